@@ -23,3 +23,38 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+TINY_WORDS = ("When Mary and John went to the store , gave a drink . Tom Anna bought ball book at park "
+              "then school had fun later").split()
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    from interp.models.tokenizer import build_word_tokenizer
+
+    return build_word_tokenizer(TINY_WORDS)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory, word_tokenizer):
+    """Tiny random HF checkpoints (one per architecture) saved to temp folders with a local tokenizer."""
+    from interp.models.tiny import ARCHITECTURES, build_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: build_tiny_checkpoint(arch, root / arch, word_tokenizer) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_dirs):
+    """(tl, nnsight) model pairs per architecture, loaded once per session."""
+    from interp import load_model
+
+    cache: dict = {}
+
+    def get(arch: str, backend: str):
+        if (arch, backend) not in cache:
+            cache[arch, backend] = load_model(tiny_dirs[arch], backend=backend, device="cpu")
+        return cache[arch, backend]
+
+    return get
