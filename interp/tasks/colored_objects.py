@@ -1,0 +1,68 @@
+"""Colored Objects (BIG-bench; Merullo et al. 2024, "Circuit Component Reuse"): one-shot colour questions.
+
+"Q: On the table, there is a red car, a blue book, and a green cup. What color is the book?\nA: Blue\n\nQ: ...
+What color is the cup?\nA:" -> " Green". Three objects with three distinct colours per question; the answer is
+the capitalised colour. Corruption is "mindiff": the same prompt asking about another object of the same list,
+so the answer colour changes; the wrong answer is that colour. `options` are the question's three colours.
+Held-out split: a stable hash of a question's (colour, object) set puts about 1 in 5 sets in "test" only (the
+demonstration question is drawn from the same split).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import replace
+
+from interp.tasks.encode import Pair, Sample, Span, check_split, in_split, render
+from interp.tasks.words import CO_OBJECTS, CO_QUESTION, CO_SURFACES, CO_VIEWS, COLOR_LABELS, COLORS
+
+N_OBJECTS = 3
+# the demonstration question's slots are prefixed with "D" ({DC0}, {DOQ}, ...)
+_TEMPLATE = re.sub(r"\{(\w+)\}", r"{D\1}", CO_QUESTION) + " {DANSWER}\n\n" + CO_QUESTION
+
+
+def label(color: str) -> str:
+    """The answer form of a colour: capitalised ("blue" -> "Blue")."""
+    return COLOR_LABELS[COLORS.index(color)]
+
+
+def _question(rng: random.Random, split: str, prefix: str = "") -> tuple[dict[str, str], list[str], int]:
+    while True:
+        objects, colors = rng.sample(CO_OBJECTS, N_OBJECTS), rng.sample(COLORS, N_OBJECTS)
+        contents = sorted(f"{c} {o}" for c, o in zip(colors, objects, strict=True))
+        if in_split("co:" + ",".join(contents), split):
+            break
+    q = rng.randrange(N_OBJECTS)
+    values = {"SURFACE": rng.choice(CO_SURFACES), "VIEW": rng.choice(CO_VIEWS), "OQ": objects[q]}
+    values |= {f"C{i}": c for i, c in enumerate(colors)} | {f"O{i}": o for i, o in enumerate(objects)}
+    return {prefix + k: v for k, v in values.items()}, colors, q
+
+
+def _draw(rng: random.Random, split: str) -> tuple[Sample, dict[str, str], dict[str, list[Span]]]:
+    check_split(split)
+    demo, demo_colors, demo_q = _question(rng, split, prefix="D")
+    values, colors, q = _question(rng, split)
+    values |= demo | {"DANSWER": label(demo_colors[demo_q])}
+    text, spans = render(_TEMPLATE, values)
+    key_spans = {"query_object": spans["OQ"][0], "answer_color": spans[f"C{q}"][0],
+                 "answer_object": spans[f"O{q}"][0]}
+    meta = {"colors": colors, "objects": [values[f"O{i}"] for i in range(N_OBJECTS)], "query_index": q}
+    return Sample(prompt=text, answer=label(colors[q]), spans=key_spans, meta=meta), values, spans
+
+
+def sample(rng: random.Random, *, split: str = "train") -> Sample:
+    """One one-shot Colored Objects prompt (training text: `sample(...).text`)."""
+    return _draw(rng, split)[0]
+
+
+def draw(rng: random.Random, *, split: str = "test") -> list[Pair]:
+    """A prompt and its mindiff corruption (another object of the same list is queried)."""
+    clean, values, spans = _draw(rng, split)
+    colors = clean.meta["colors"]
+    j = rng.choice([i for i in range(N_OBJECTS) if i != clean.meta["query_index"]])
+    corrupt, _ = render(_TEMPLATE, values | {"OQ": values[f"O{j}"]})
+    clean = replace(clean, spans=clean.spans | {"wrong_color": spans[f"C{j}"][0]},
+                    meta=clean.meta | {"corrupt_index": j})
+    return [Pair(clean=clean, corrupt_prompt=corrupt, wrong=label(colors[j]),
+                 options=tuple(label(c) for c in colors))]
