@@ -7,10 +7,18 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-"$VPY" -m pip install -q --upgrade pip
+# pip, quiet, minus known-harmless noise: this machine's pip config lists a local index folder that may be absent
+# ("Location '...' is ignored: it is neither a file nor a directory"), and setuptools prints a banner on every
+# editable install (a UserWarning, silenced for pip's build subprocesses only). pip's exit status is kept.
+pip_install() {
+  PYTHONWARNINGS="ignore::UserWarning" "$VPY" -m pip install -q "$@" 2>&1 \
+    | { grep -v -e "is ignored: it is neither a file nor a directory" || true; }
+  return "${PIPESTATUS[0]}"
+}
+pip_install --upgrade pip
 # torch first: without a pin in its own call pip resolves a multi-GB CUDA build.
-"$VPY" -m pip install -q "torch==2.13.0"
-"$VPY" -m pip install -q -e ".[test]" "torch==2.13.0"
+pip_install "torch==2.13.0"
+pip_install -e ".[test]" "torch==2.13.0"
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing Debian chromium for static figure export (PNG/PDF/SVG)"

@@ -135,9 +135,11 @@ def test_offline_hub_name_fails_fast():
 
 
 def test_import_is_light():
-    code = ("import sys, interp, interp.sites, interp.models; "
-            "bad = [m for m in ('transformer_lens', 'nnsight', 'sae_lens') if m in sys.modules]; "
-            "print(','.join(bad))")
+    code = (
+        "import sys, interp, interp.sites, interp.models; "
+        "bad = [m for m in ('transformer_lens', 'nnsight', 'sae_lens') if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -1,0 +1,56 @@
+"""Shared helpers for the benchmarks: random-init GPT-2 checkpoints, timing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+GPT2_SIZES = {"gpt2-small": dict(n_layer=12, n_head=12, n_embd=768), "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024)}
+
+
+def random_gpt2(size: str, root: str | None = None) -> Path:
+    """A random-init GPT-2 checkpoint (full 50,257-token vocabulary) with a word tokenizer; cached in a temp dir."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from interp.models.tokenizer import build_word_tokenizer
+
+    folder = Path(root or tempfile.gettempdir()) / f"interp-bench-{size}"
+    if (folder / "config.json").exists():
+        return folder
+    tok = build_word_tokenizer([f"w{i}" for i in range(50257 - 4)])
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=1024, n_ctx=1024, **GPT2_SIZES[size],
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def timed(fn, *, sync: bool = True):
+    if sync and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if sync and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,255 @@
+"""Batched patching engines: many patched cells per forward pass.
+
+A *cell* replaces one site's activation (a layer, optionally one position and/or one head) in the *target* run
+with a *source* activation and reads the metric. Two engines compute the same numbers:
+
+- `run_cells_generic`: any backend; stacks cells along the batch and runs full forward passes with hooks.
+- `run_cells_tl`: TransformerLens fast path; starts at the patched layer from the target's cached residual
+  stream, reuses the unchanged prefix (positions before the patch) through a frozen key/value cache, and
+  unembeds only the positions and token ids that the metric reads.
+
+Both chunk the cells to a memory budget and halve the chunk on out-of-memory instead of failing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from interp.models.base import HookedModel
+from interp.patching.readout import Readout
+from interp.sites import Site
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One patch: `component` at `layer`, at token `pos` (None: all positions), of `head` (None: whole site)."""
+
+    layer: int
+    pos: int | None = None
+    head: int | None = None
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def default_budget(device: torch.device) -> int:
+    """Bytes the engines may use for one chunk's activations."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return 2 * 1024**3
+
+
+def _bytes_per_token(model: HookedModel, seq_len: int, elem: int = 4) -> int:
+    c = model.cfg
+    # residual copies, q/k/v/z, MLP hidden, attention scores+pattern; a generous constant for temporaries
+    return elem * (10 * c.d_model + 4 * c.n_heads * c.d_head + 3 * c.d_mlp + 3 * c.n_heads * seq_len)
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for i in range(0, n, size):
+        yield slice(i, min(n, i + size))
+
+
+def _run_chunked(n_cells: int, per_cell_bytes: int, budget: int, fn: Callable[[slice], Tensor]) -> list[Tensor]:
+    """Call fn on cell slices sized to the budget; on OOM halve the size and retry."""
+    size = max(1, min(n_cells, budget // max(1, per_cell_bytes)))
+    out: list[Tensor] = []
+    start = 0
+    while start < n_cells:
+        sl = slice(start, min(n_cells, start + size))
+        try:
+            out.append(fn(sl))
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
+            if not _is_oom(e) or size == 1:
+                raise
+            size = max(1, size // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        start = sl.stop
+    return out
+
+
+def write_cell(act: Tensor, rows: slice, cell: Cell, src: Tensor, component: str, offset: int = 0) -> None:
+    """Write the source activation of `cell` into rows `rows` of `act` (in place).
+
+    `act` is the target activation for a stacked chunk (TL shapes); `src` the source activation [batch, ...] of
+    the same site over the full sequence; `offset` is the first position `act` holds (prefix reuse).
+    """
+    if component == "pattern":  # [b, head, q, k]; positions index the query axis
+        q = slice(None) if cell.pos is None else cell.pos - offset
+        qs = slice(offset, None) if cell.pos is None else cell.pos
+        h = slice(None) if cell.head is None else cell.head
+        act[rows, h, q] = src[:, h, qs]
+        return
+    p = slice(None) if cell.pos is None else cell.pos - offset
+    ps = slice(offset, None) if cell.pos is None else cell.pos
+    if cell.head is None:
+        act[rows, p] = src[:, ps]
+    else:
+        act[rows, p, cell.head] = src[:, ps, cell.head]
+
+
+# --------------------------------------------------------------------------------------------- generic engine
+def run_cells_generic(model: HookedModel, tokens: Tensor, cells: list[Cell], component: str,
+                      sources: dict[int, Tensor], readout: Readout, *, attention_mask: Tensor | None = None,
+                      budget: int | None = None) -> Tensor:
+    """Per-cell metric values [n_cells, batch]: full forwards with `C` cells stacked along the batch."""
+    B, T = tokens.shape
+    budget = budget or default_budget(model.device)
+    per_cell = B * T * _bytes_per_token(model, T) + B * T * model.cfg.d_vocab * 4
+
+    def chunk(sl: slice) -> Tensor:
+        group = cells[sl]
+        C = len(group)
+        by_layer: dict[int, list[tuple[int, Cell]]] = defaultdict(list)
+        for i, cell in enumerate(group):
+            by_layer[cell.layer].append((i, cell))
+        hooks = []
+        for layer, items in by_layer.items():
+            def hook(act: Tensor, site: Site, items=items, layer=layer) -> Tensor:
+                act = act.clone()
+                for i, cell in items:
+                    write_cell(act, slice(i * B, (i + 1) * B), cell, sources[layer], component)
+                return act
+            hooks.append((Site(component, layer), hook))
+        mask = attention_mask.repeat(C, 1) if attention_mask is not None else None
+        logits = model.run_with_hooks(tokens.repeat(C, 1), hooks, attention_mask=mask)
+        return _read_full(readout, logits.view(C, B, T, -1))
+
+    return torch.cat(_run_chunked(len(cells), per_cell, budget, chunk))
+
+
+def _read_full(readout: Readout, logits: Tensor) -> Tensor:
+    """[C, B, T, V] logits -> [C, B] metric values."""
+    if readout.gathered is not None:
+        b = torch.arange(logits.shape[1], device=logits.device)
+        at = logits[:, b, readout.positions]  # [C, B, V]
+        if readout.token_ids is not None:
+            at = torch.gather(at, -1, readout.token_ids.expand(at.shape[0], -1, -1))
+        return readout.gathered(at.float()).float()
+    return torch.stack([readout.from_logits(lg) for lg in logits])
+
+
+# --------------------------------------------------------------------------------------------- TL fast engine
+@dataclass(frozen=True, kw_only=True)
+class TargetCache:
+    """What the fast engine keeps of the target run."""
+
+    resid_pre: list[Tensor]  # per layer [B, T, d]
+    keys: list[Tensor]  # per layer [B, T, kv_heads, d_head] (pre-rotary, as TL caches them)
+    values: list[Tensor]
+    final: Tensor  # [B, T, d] residual entering ln_final
+
+
+def cache_target(model, tokens: Tensor) -> TargetCache:
+    """One target forward pass caching what prefix reuse and layer starts need."""
+    tl = model.tl
+    L = model.cfg.n_layers
+    names = {f"blocks.{i}.hook_resid_pre" for i in range(L)} | {f"blocks.{i}.attn.hook_k" for i in range(L)}
+    names |= {f"blocks.{i}.attn.hook_v" for i in range(L)} | {f"blocks.{L - 1}.hook_resid_post"}
+    _, cache = tl.run_with_cache(tokens, names_filter=lambda n: n in names, return_type=None)
+    return TargetCache(resid_pre=[cache[f"blocks.{i}.hook_resid_pre"] for i in range(L)],
+                       keys=[cache[f"blocks.{i}.attn.hook_k"] for i in range(L)],
+                       values=[cache[f"blocks.{i}.attn.hook_v"] for i in range(L)],
+                       final=cache[f"blocks.{L - 1}.hook_resid_post"])
+
+
+def unembed(tl, resid: Tensor, token_ids: Tensor | None) -> Tensor:
+    """Logits from final residuals [C, B, d]: only the columns `token_ids` [B, k] when given."""
+    x = tl.ln_final(resid)
+    if token_ids is None:
+        logits = x @ tl.W_U + tl.b_U
+    else:
+        w = tl.W_U.T[token_ids]  # [B, k, d]
+        logits = torch.einsum("cbd,bkd->cbk", x, w) + tl.b_U[token_ids]
+    cap = getattr(tl.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+@contextmanager
+def _precision(fast: bool, device: torch.device):
+    if fast and device.type == "cuda":
+        prev = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = prev
+    else:
+        with nullcontext():
+            yield
+
+
+def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sources: dict[int, Tensor],
+                 readout: Readout, *, target: TargetCache | None = None, prefix_reuse: bool = True,
+                 fast: bool = False, budget: int | None = None) -> Tensor:
+    """Per-cell metric values [n_cells, batch] on the TL backend, starting each cell at its patched layer."""
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as Entry
+
+    tl = model.tl
+    B, T = tokens.shape
+    L = model.cfg.n_layers
+    target = target or cache_target(model, tokens)
+    budget = budget or default_budget(model.device)
+    hook_name = {c: Site(component, c).hook_name for c in range(L)}
+    out = torch.empty(len(cells), B, device=tokens.device)
+    # group cells by (layer, first recomputed position)
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for idx, cell in enumerate(cells):
+        start = cell.pos if (prefix_reuse and cell.pos is not None) else 0
+        if component in ("k", "v") and cell.pos is not None and prefix_reuse:
+            start = cell.pos  # keys/values at pos only matter to queries >= pos
+        groups[cell.layer, start].append(idx)
+    pos = readout.positions
+
+    for (layer, p0), idxs in groups.items():
+        n_new = T - p0
+        per_cell = B * n_new * _bytes_per_token(model, T)
+
+        def chunk(sl: slice, layer=layer, p0=p0, idxs=idxs) -> Tensor:
+            group = [cells[i] for i in idxs[sl]]
+            C = len(group)
+
+            def hook(act: Tensor, hook) -> Tensor:
+                for i, cell in enumerate(group):
+                    write_cell(act, slice(i * B, (i + 1) * B), cell, sources[layer], component, offset=p0)
+                return act
+
+            resid = target.resid_pre[layer][:, p0:].repeat(C, 1, 1)
+            with tl.hooks(fwd_hooks=[(hook_name[layer], hook)]), _precision(fast, tokens.device):
+                for j in range(layer, L):
+                    entry = None
+                    if p0 > 0:
+                        entry = Entry(past_keys=target.keys[j][:, :p0].repeat(C, 1, 1, 1),
+                                      past_values=target.values[j][:, :p0].repeat(C, 1, 1, 1), frozen=True)
+                    resid = tl.blocks[j](resid, past_kv_cache_entry=entry)
+            resid = resid.float().view(C, B, n_new, -1)
+            if readout.needs_full_logits:
+                full = torch.cat([target.final[:, :p0].expand(C, -1, -1, -1), resid], dim=2)
+                logits = unembed(tl, full.reshape(C * B * T, 1, -1), None).view(C, B, T, -1)
+                return torch.stack([readout.from_logits(lg) for lg in logits])
+            b = torch.arange(B, device=tokens.device)
+            rel = (pos - p0).clamp(min=0)
+            at = resid[:, b, rel]  # [C, B, d]
+            before = pos < p0  # the patch cannot reach these prompts' read positions
+            if bool(before.any()):
+                at = torch.where(before[None, :, None], target.final[b, pos][None].expand_as(at), at)
+            logits = unembed(tl, at, readout.token_ids)
+            return readout.gathered(logits.float()).float()
+
+        vals = torch.cat(_run_chunked(len(idxs), per_cell, budget, chunk))
+        out[torch.tensor(idxs, device=out.device)] = vals
+    return out

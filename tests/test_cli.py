@@ -1,0 +1,125 @@
+"""The `interp` command line: help, run, demo, zoo, bench (in-process through typer's CliRunner)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from interp import cli as cli_module
+from interp import demo as demo_module
+from interp.cli import app
+from interp.runner import Run, register_experiment
+
+cli = CliRunner()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EchoConfig:
+    value: float = 1.5
+
+
+@register_experiment("_test_cli_echo", config=EchoConfig)
+def echo_experiment(cfg: EchoConfig, run: Run) -> dict[str, float]:
+    """Return the configured value."""
+    return {"value": run.step("echo", lambda: cfg.value)}
+
+
+def test_help_lists_commands_and_no_d_flag() -> None:
+    result = cli.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("run", "demo", "zoo", "bench"):
+        assert command in result.output
+    click_app = typer.main.get_command(app)
+
+    def options(command) -> list[str]:
+        opts = [o for p in command.params for o in (*p.opts, *p.secondary_opts)]
+        for sub in getattr(command, "commands", {}).values():
+            opts += options(sub)
+        return opts
+
+    assert "-d" not in options(click_app)  # nnsight reads -d from sys.argv
+
+
+def test_run_writes_a_run_folder(tmp_path: Path) -> None:
+    config = tmp_path / "echo.yaml"
+    config.write_text("experiment: _test_cli_echo\nvalue: 2.5\n")
+    out = tmp_path / "run"
+    result = cli.invoke(app, ["run", str(config), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "2.5" in result.output
+    assert json.loads((out / "results.json").read_text()) == {"value": 2.5}
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "provenance.json", "results.json", "steps"}
+
+
+def test_run_reports_config_errors_cleanly(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("experiment: _test_cli_echo\nvalu: 2\n")
+    result = cli.invoke(app, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert (
+        result.exit_code == 1 and "unknown key 'valu'" in result.output and "Traceback" not in result.output
+    )
+    config.write_text("experiment: no_such_kind\n")
+    result = cli.invoke(app, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "Valid kinds:" in result.output
+
+
+def test_demo_exits_zero_and_lists_figures(tmp_path: Path) -> None:
+    result = cli.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert "zoo" in result.output and "Figures written" in result.output
+
+
+def test_failing_demo_step_exits_nonzero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(out: Path) -> None:
+        raise RuntimeError("kaput")
+
+    monkeypatch.setitem(demo_module._STEPS, "boom", demo_module.DemoStep(name="boom", order=99, fn=boom))
+    result = cli.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--only", "boom"])
+    assert result.exit_code == 1
+    assert "demo step 'boom' failed: RuntimeError: kaput" in result.output
+
+
+def test_zoo_without_zoo_module_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "interp.zoo", None)  # as on a checkout without the zoo
+    for args in (["zoo", "list"], ["zoo", "build", "--only", "x"]):
+        result = cli.invoke(app, args)
+        assert result.exit_code == 1 and "interp.zoo" in result.output
+    result = cli.invoke(app, ["demo", "--out", str(tmp_path), "--only", "zoo"])
+    assert result.exit_code == 0 and "zoo is not built" in result.output
+
+
+def test_zoo_commands_delegate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    fake = types.ModuleType("interp.zoo")
+    fake.cli_list = lambda: print("organism/base  gpt2  built")
+    fake.build = lambda only=None: calls.append(only)
+    monkeypatch.setitem(sys.modules, "interp.zoo", fake)
+    assert cli.invoke(app, ["zoo", "build", "--only", "organism/base"]).exit_code == 0
+    assert calls == ["organism/base"]
+    result = cli.invoke(app, ["demo", "--out", str(tmp_path), "--only", "zoo"])
+    assert result.exit_code == 0 and "organism/base" in result.output
+    assert (tmp_path / "zoo" / "zoo_card.txt").read_text() == "organism/base  gpt2  built\n"
+
+
+def test_bench_runs_a_script_with_its_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "echo.py").write_text("import sys\nsys.exit(int(sys.argv[1]))\n")
+    monkeypatch.setattr(cli_module, "REPO_ROOT", tmp_path)
+    assert cli.invoke(app, ["bench", "echo", "0"]).exit_code == 0
+    assert cli.invoke(app, ["bench", "echo", "3"]).exit_code == 3
+    result = cli.invoke(app, ["bench", "no_such_benchmark"])
+    assert result.exit_code == 1 and "no benchmark" in result.output and "available: echo" in result.output
+
+
+def test_console_entry_point_demo(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-c", "from interp.cli import main; main()", "demo", "--out", str(tmp_path / "d")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
