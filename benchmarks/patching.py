@@ -66,20 +66,20 @@ def bench(size: str, batch: int, seq: int, device: str, tl_subset: int | None, m
         n_cells = L * seq * (H if per_head else 1)
         with torch.no_grad():
             if tl_subset is None or tl_subset >= n_cells or not per_head:
-                ref, t_tl = timed(lambda: tl_fn(model.tl, corrupt, clean_cache, lambda lg: metric(lg).mean()))
+                ref, t_tl = timed(lambda f=tl_fn: f(model.tl, corrupt, clean_cache, lambda lg: metric(lg).mean()))
                 ref_cells, tl_time, measured = None, t_tl, n_cells
             else:
                 grid = torch.cartesian_prod(*[torch.arange(n) for n in ((L, seq, H) if per_head else (L, seq))])
                 pick = grid[torch.randperm(len(grid), generator=g)[:tl_subset]]
                 df = pd.DataFrame(pick.numpy(), columns=list(axes))
-                ref, t_tl = timed(lambda: P.generic_activation_patch(
-                    model.tl, corrupt, clean_cache, lambda lg: metric(lg).mean(), setter, comp, index_df=df))
+                ref, t_tl = timed(lambda s=setter, c=comp, d=df: P.generic_activation_patch(
+                    model.tl, corrupt, clean_cache, lambda lg: metric(lg).mean(), s, c, index_df=d))
                 ref_cells, tl_time, measured = pick, t_tl / tl_subset * n_cells, tl_subset
         for mode in modes:
             patch_sweep(model, clean=clean[:2], corrupt=corrupt[:2], metric=lambda lg: lg[:, -1, 0],
                         component=comp, per_head=per_head, mode=mode, positions=[0])  # warm-up
-            res, t_ours = timed(lambda: patch_sweep(model, clean=clean, corrupt=corrupt, metric=metric,
-                                                    component=comp, per_head=per_head, mode=mode))
+            res, t_ours = timed(lambda c=comp, h=per_head, m=mode: patch_sweep(
+                model, clean=clean, corrupt=corrupt, metric=metric, component=c, per_head=h, mode=m))
             ours = res.scores.to(ref.device)
             ours_at = ours[tuple(ref_cells.T)] if ref_cells is not None else ours
             rows.append({

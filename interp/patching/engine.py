@@ -219,7 +219,7 @@ def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sourc
         n_new = T - p0
         per_cell = B * n_new * _bytes_per_token(model, T)
 
-        def chunk(sl: slice, layer=layer, p0=p0, idxs=idxs) -> Tensor:
+        def chunk(sl: slice, layer=layer, p0=p0, idxs=idxs, n_new=n_new) -> Tensor:
             group = [cells[i] for i in idxs[sl]]
             C = len(group)
 
