@@ -1,0 +1,62 @@
+"""Every public entry point on CUDA gives the CPU numbers (skipped where no GPU is present)."""
+
+import pytest
+import torch
+
+from interp.sites import Site
+
+pytestmark = pytest.mark.gpu
+B, T = 4, 10
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(5)
+    clean = torch.randint(4, 20, (B, T), generator=g)
+    corrupt = clean.clone()
+    corrupt[:, 3] = torch.randint(4, 20, (B,), generator=g)
+    ans, wrong = torch.randint(4, 20, (B,), generator=g), torch.randint(4, 20, (B,), generator=g)
+    return clean, corrupt, ans, wrong
+
+
+def _metric(ans, wrong):
+    def m(lg):
+        b = torch.arange(lg.shape[0], device=lg.device)
+        return lg[b, -1, ans.to(lg.device)] - lg[b, -1, wrong.to(lg.device)]
+    return m
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("backend", ["tl", "nnsight"])
+def test_load_and_run_on_cuda(tiny_dirs, arch, backend, data):
+    from interp import load_model
+
+    clean = data[0]
+    cpu = load_model(tiny_dirs[arch], backend=backend, device="cpu")
+    gpu = load_model(tiny_dirs[arch], backend=backend, device="cuda")
+    assert gpu.device.type == "cuda"
+    with torch.no_grad():
+        a, b = cpu(clean), gpu(clean.cuda())
+        _, cache = gpu.run_with_cache(clean.cuda(), [Site("z", 1), Site("resid_post", 0)])
+    assert (a - b.cpu()).abs().max().item() < 1e-4
+    assert cache["blocks.1.attn.hook_z"].is_cuda
+
+
+@pytest.mark.parametrize("component,per_head", [("resid_pre", False), ("z", True), ("k", True)])
+def test_patching_entry_points_on_cuda(tiny_dirs, data, component, per_head):
+    from interp import load_model
+    from interp.patching import attribution_patch, path_patch, patch_sweep
+
+    clean, corrupt, ans, wrong = data
+    cpu = load_model(tiny_dirs["gpt2"], backend="tl", device="cpu")
+    gpu = load_model(tiny_dirs["gpt2"], backend="tl", device="cuda")
+    kw = dict(clean=clean, corrupt=corrupt, metric=_metric(ans, wrong), component=component, per_head=per_head)
+    a, b = patch_sweep(cpu, **kw), patch_sweep(gpu, **kw)
+    assert (a.scores - b.scores).abs().max().item() < 1e-4
+    fast = patch_sweep(gpu, mode="fast", **kw)
+    assert (fast.scores - a.scores).abs().max().item() < 0.05
+    at_c, at_g = attribution_patch(cpu, **kw), attribution_patch(gpu, **kw)
+    assert (at_c.scores - at_g.scores).abs().max().item() < 1e-4
+    pc = path_patch(cpu, clean=clean, corrupt=corrupt, metric=_metric(ans, wrong), convention="raw")
+    pg = path_patch(gpu, clean=clean, corrupt=corrupt, metric=_metric(ans, wrong), convention="raw")
+    assert torch.allclose(pc.scores, pg.scores, atol=1e-4, equal_nan=True)
