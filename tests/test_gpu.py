@@ -38,7 +38,7 @@ def test_load_and_run_on_cuda(tiny_dirs, arch, backend, data):
     with torch.no_grad():
         a, b = cpu(clean), gpu(clean.cuda())
         _, cache = gpu.run_with_cache(clean.cuda(), [Site("z", 1), Site("resid_post", 0)])
-    assert (a - b.cpu()).abs().max().item() < 1e-4
+    assert (a.cpu() - b.cpu()).abs().max().item() < 1e-4
     assert cache["blocks.1.attn.hook_z"].is_cuda
 
 
