@@ -20,7 +20,12 @@ from typing import Any, TypeVar
 F = TypeVar("F", bound=Callable[[Path], None])
 
 # Modules whose import registers demo steps; capabilities add theirs (the zoo step lives here).
-DEMO_MODULES: tuple[str, ...] = ()
+DEMO_MODULES: tuple[str, ...] = (
+    "interp.patching.experiment",
+    "interp.selection.experiment",
+    "interp.subspace.experiment",
+    "interp.finetuning.experiments",
+)
 FIGURE_SUFFIXES = (".html", ".png", ".pdf", ".svg")
 
 

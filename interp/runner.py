@@ -53,7 +53,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # kind -> the module whose import registers it (`@register_experiment(kind, ...)`); capabilities add theirs.
-EXPERIMENT_MODULES: dict[str, str] = {}
+EXPERIMENT_MODULES: dict[str, str] = {
+    "ioi_patching": "interp.patching.experiment",
+    "sae_data_selection": "interp.selection.experiment",
+    "context_knob": "interp.subspace.experiment",
+    "tuco": "interp.finetuning.experiments", "finetune_cmap": "interp.finetuning.experiments",
+}
 
 F = TypeVar("F", bound=Callable[..., Any])
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")

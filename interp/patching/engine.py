@@ -79,24 +79,39 @@ def _run_chunked(n_cells: int, per_cell_bytes: int, budget: int, fn: Callable[[s
     return out
 
 
+def _index(cell: Cell, component: str, offset: int = 0) -> tuple:
+    """The index of `cell` into an activation (after the batch axis) holding positions from `offset` on."""
+    h = slice(None) if cell.head is None else cell.head
+    p = slice(offset, None) if cell.pos is None else cell.pos
+    if component == "pattern":  # [b, head, q, k]; positions index the query axis
+        return (h, p)
+    return (p,) if cell.head is None else (p, h)
+
+
 def write_cell(act: Tensor, rows: slice, cell: Cell, src: Tensor, component: str, offset: int = 0) -> None:
     """Write the source activation of `cell` into rows `rows` of `act` (in place).
 
     `act` is the target activation for a stacked chunk (TL shapes); `src` the source activation [batch, ...] of
     the same site over the full sequence; `offset` is the first position `act` holds (prefix reuse).
     """
-    if component == "pattern":  # [b, head, q, k]; positions index the query axis
-        q = slice(None) if cell.pos is None else cell.pos - offset
-        qs = slice(offset, None) if cell.pos is None else cell.pos
-        h = slice(None) if cell.head is None else cell.head
-        act[rows, h, q] = src[:, h, qs]
-        return
-    p = slice(None) if cell.pos is None else cell.pos - offset
-    ps = slice(offset, None) if cell.pos is None else cell.pos
-    if cell.head is None:
-        act[rows, p] = src[:, ps]
-    else:
-        act[rows, p, cell.head] = src[:, ps, cell.head]
+    idx = _index(cell, component)
+    dst = list(idx)
+    pos_axis = 1 if component == "pattern" else 0
+    p = dst[pos_axis]
+    dst[pos_axis] = slice(None) if isinstance(p, slice) else p - offset
+    if isinstance(p, slice):
+        src_idx = list(idx)
+        src_idx[pos_axis] = slice(offset, None)
+        idx = tuple(src_idx)
+    act[(rows, *dst)] = src[(slice(None), *idx)]
+
+
+def noop_cells(cells: list[Cell], component: str, sources: dict[int, Tensor], targets: dict[int, Tensor]) -> Tensor:
+    """Bool [n_cells]: cells whose source activation equals the target's exactly, so patching them changes nothing
+    (their score is the target run's metric, no forward pass needed)."""
+    return torch.tensor([torch.equal(sources[c.layer][(slice(None), *_index(c, component))],
+                                     targets[c.layer][(slice(None), *_index(c, component))]) for c in cells],
+                        dtype=torch.bool)
 
 
 # --------------------------------------------------------------------------------------------- generic engine

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from interp.models.base import HookedModel
-from interp.patching.engine import Cell, run_cells_generic, run_cells_tl
+from interp.patching.engine import Cell, noop_cells, run_cells_generic, run_cells_tl
 from interp.patching.readout import as_readout
 from interp.sites import HEAD_COMPONENTS, Site, SiteError
 
@@ -164,13 +164,15 @@ def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None
                 component: str = "resid_pre", per_head: bool = False, positions: str | list[int] = "each",
                 direction: str = "denoise", source: str = "run", mode: str = "exact", seed: int = 0,
                 prefix_reuse: bool | None = None, memory_budget: int | None = None,
-                engine: str = "auto") -> PatchResult:
+                engine: str = "auto", skip_noops: bool = True) -> PatchResult:
     """Activation patching over every (layer, position[, head]) cell, many cells per forward pass.
 
     `denoise` patches clean activations into the corrupt run; `noise` corrupt into clean (TransformerLens'
     conventions). `source` replaces the patched-in activation by zeros, the batch mean or a seeded resample
     of the source run. A cell's score is the batch mean of `metric`. `mode="fast"` allows bf16/TF32 on GPU.
     `engine`: "auto" (TL fast path on the TL backend), "tl" or "generic" (any backend; full forwards).
+    `skip_noops`: cells whose source activation equals the target's bit for bit (e.g. positions before the
+    first token where clean and corrupt differ) are not run; their score is the target run's metric.
     """
     clean_t, corrupt_t, prompts = _tokens_pair(clean, corrupt)
     # ---- validation: everything before the first forward pass
@@ -213,14 +215,21 @@ def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None
     use_tl = engine == "tl" or (engine == "auto" and model.backend == "tl")
     with torch.no_grad():
         sources = _sources(model, component, src, target, source, seed, None)
-        base = {"clean": readout.from_logits(model(clean_t)).mean().item(),
-                "corrupt": readout.from_logits(model(corrupt_t)).mean().item()}
-        if use_tl:
+        targets = _sources(model, component, target, target, "run", seed, None)
+        per_prompt = {"clean": readout.from_logits(model(clean_t)), "corrupt": readout.from_logits(model(corrupt_t))}
+        base = {k: v.mean().item() for k, v in per_prompt.items()}
+        # cells whose source equals the target exactly are no-ops: their value is the target run's metric
+        skip = noop_cells(cells, component, sources, targets) if skip_noops else torch.zeros(len(cells), dtype=bool)
+        todo = [c for c, s in zip(cells, skip.tolist(), strict=True) if not s]
+        vals = per_prompt["corrupt" if direction == "denoise" else "clean"].expand(len(cells), -1).clone()
+        if todo and use_tl:
             reuse = (dev.type != "cuda") if prefix_reuse is None else prefix_reuse
-            vals = run_cells_tl(model, target, cells, component, sources, readout, prefix_reuse=reuse,
+            done = run_cells_tl(model, target, todo, component, sources, readout, prefix_reuse=reuse,
                                 fast=(mode == "fast"), budget=memory_budget)
-        else:
-            vals = run_cells_generic(model, target, cells, component, sources, readout, budget=memory_budget)
+        elif todo:
+            done = run_cells_generic(model, target, todo, component, sources, readout, budget=memory_budget)
+        if todo:
+            vals[~skip.to(vals.device)] = done
     scores = vals.mean(-1).view(*shape).cpu()
     toks = model.to_str_tokens(clean_t[0])
     labels = {"layer": [str(i) for i in range(model.cfg.n_layers)], "head": [str(h) for h in range(n_heads)]}
