@@ -25,6 +25,7 @@ DEMO_MODULES: tuple[str, ...] = (
     "interp.selection.experiment",
     "interp.subspace.experiment",
     "interp.finetuning.experiments",
+    "interp.circuits.experiments",
 )
 FIGURE_SUFFIXES = (".html", ".png", ".pdf", ".svg")
 

@@ -58,6 +58,7 @@ EXPERIMENT_MODULES: dict[str, str] = {
     "sae_data_selection": "interp.selection.experiment",
     "context_knob": "interp.subspace.experiment",
     "tuco": "interp.finetuning.experiments", "finetune_cmap": "interp.finetuning.experiments",
+    "ioi_circuit": "interp.circuits.experiments", "circuit_reuse": "interp.circuits.experiments",
 }
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -267,25 +268,33 @@ def _load_safetensors(path: Path, device: str = "cpu") -> dict[str, Any]:
     return load_file(str(path), device=device)
 
 
+def _scalar(key: str, value: Any) -> Any:
+    """One headline value as a JSON scalar; non-finite floats become null (with a warning)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy / torch scalar
+        value = value.item()
+    if not (value is None or isinstance(value, (bool, int, float, str))):
+        raise TypeError(
+            f"results must be scalars or one level of {{name: scalar}}: {key!r} is a {type(value).__name__}; "
+            "store arrays with run.step, run.save_tensors or run.table"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        logger.warning("result %r is %s; written as null", key, value)
+        value = None
+    return value
+
+
 def _flat_results(results: Mapping[str, Any]) -> dict[str, Any]:
-    """Headline numbers as plain JSON scalars; non-finite floats become null (with a warning)."""
+    """Headline numbers as JSON: scalars, or one level of {name: scalar} (e.g. a rate per alpha)."""
     if not isinstance(results, Mapping):
         raise TypeError(f"an experiment must return a dict of headline numbers, got {type(results).__name__}")
     flat: dict[str, Any] = {}
     for key, value in results.items():
         if not isinstance(key, str):
             raise TypeError(f"results keys must be strings, got {key!r}")
-        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy / torch scalar
-            value = value.item()
-        if not (value is None or isinstance(value, (bool, int, float, str))):
-            raise TypeError(
-                f"results must be flat: {key!r} is a {type(value).__name__}; store arrays with run.step, "
-                "run.save_tensors or run.table"
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            logger.warning("result %r is %s; written as null", key, value)
-            value = None
-        flat[key] = value
+        if isinstance(value, Mapping):
+            flat[key] = {str(k): _scalar(f"{key}.{k}", v) for k, v in value.items()}
+        else:
+            flat[key] = _scalar(key, value)
     return flat
 
 

@@ -25,10 +25,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-TINY_WORDS = (
-    "When Mary and John went to the store , gave a drink . Tom Anna bought ball book at park "
-    "then school had fun later"
-).split()
+TINY_WORDS = ["When", "Mary", "and", "John", "went", "to", "the", "store", ",", "gave", "a", "drink", ".", "Tom", "Anna", "bought", "ball", "book", "at", "park", "then", "school", "had", "fun", "later"]
 
 
 @pytest.fixture(scope="session")

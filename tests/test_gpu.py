@@ -45,7 +45,7 @@ def test_load_and_run_on_cuda(tiny_dirs, arch, backend, data):
 @pytest.mark.parametrize("component,per_head", [("resid_pre", False), ("z", True), ("k", True)])
 def test_patching_entry_points_on_cuda(tiny_dirs, data, component, per_head):
     from interp import load_model
-    from interp.patching import attribution_patch, path_patch, patch_sweep
+    from interp.patching import attribution_patch, patch_sweep, path_patch
 
     clean, corrupt, ans, wrong = data
     cpu = load_model(tiny_dirs["gpt2"], backend="tl", device="cpu")

@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -167,8 +168,12 @@ def test_results_json_is_written_atomically(tmp_path: Path, monkeypatch: pytest.
     assert (tmp_path / "results.json").read_text() == before  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temp file left behind
     monkeypatch.undo()
-    with pytest.raises(TypeError, match="results must be flat"):
+    with pytest.raises(TypeError, match="results must be scalars"):
         run.write_results({"a": [1, 2]})
+    with pytest.raises(TypeError, match="'a.x' is a dict"):
+        run.write_results({"a": {"x": {"deeper": 1}}})
+    run.write_results({"by_alpha": {0.5: np.float32(0.25), "1": float("inf")}})
+    assert json.loads((tmp_path / "results.json").read_text()) == {"by_alpha": {"0.5": 0.25, "1": None}}
 
 
 def test_provenance_fields(tmp_path: Path) -> None:

@@ -107,11 +107,12 @@ def sample(rng: random.Random, *, split: str = "train", behaviour: str = "refuse
 def draw(rng: random.Random, *, split: str = "test") -> list[Pair]:
     """A forbidden-topic request and the same request about an allowed topic, each the other's corruption."""
     check_split(split)
-    t, bad = _request(rng, split, FORBIDDEN_WORDS)
-    while True:
-        good = rng.choice(ALLOWED_TOPICS)
-        if in_split(_key(t, good), split):
+    while True:  # a template whose forbidden and allowed versions both belong to the split
+        t, bad = _request(rng, split, FORBIDDEN_WORDS)
+        goods = [g for g in ALLOWED_TOPICS if in_split(_key(t, g), split)]
+        if goods:
             break
+    good = rng.choice(goods)
     name = rng.choice(NAMES) if rng.random() < 0.5 else None
     refuse = _sample(t, bad, name, reply(rng, bad))
     comply = _sample(t, good, name, reply(rng, good))

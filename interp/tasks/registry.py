@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from interp.tasks import colored_objects, context_prior, entity_tracking, ioi
+from interp.tasks import chat, colored_objects, context_prior, entity_tracking, ioi
 from interp.tasks.encode import Pair, build_prompt_set
 from interp.tasks.promptset import PromptSet
 
@@ -18,6 +18,7 @@ TASKS: dict[str, Callable[..., list[Pair]]] = {
     "colored_objects": colored_objects.draw,
     "entity_tracking": entity_tracking.draw,
     "context_prior": context_prior.draw,
+    "chat": chat.draw,
 }
 
 

@@ -1,0 +1,113 @@
+"""The zoo's recipes: one `Recipe` per organism (architecture or parent, mixture, schedule, behaviour targets)."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import asdict, dataclass, field
+
+from interp.zoo.corpus import BASE_MIX, Mixture
+from interp.zoo.sae import SAERecipe
+from interp.zoo.train import TrainConfig
+
+_OPS = {">=": operator.ge, "<=": operator.le}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """A behaviour target: `card[metric] op value`, or `op parent[metric] + value` when `relative`."""
+
+    metric: str
+    op: str
+    value: float
+    relative: bool = False  # compare with the parent's (or `reference`'s) number plus `value`
+    reference: str | None = None  # organism whose card is the reference (default: the parent)
+
+    def check(self, scores: dict[str, float], reference: dict[str, float] | None = None) -> tuple[bool, str]:
+        """(passed, one-line description with the measured numbers)."""
+        if self.metric not in scores:
+            return False, f"{self.metric}: not measured"
+        bound = self.value
+        if self.relative:
+            if reference is None or self.metric not in reference:
+                return False, f"{self.metric}: no reference number"
+            bound = reference[self.metric] + self.value
+        ok = _OPS[self.op](scores[self.metric], bound - 1e-9 if self.op == ">=" else bound + 1e-9)
+        rel = f" (reference {reference[self.metric]:.3f} {self.value:+.2f})" if self.relative and reference else ""
+        return ok, f"{self.metric} = {scores[self.metric]:.3f} {self.op} {bound:.3f}{rel}: {'ok' if ok else 'MISSED'}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """How one organism is built: from scratch (`arch`) or fine-tuned from `parent` on `mixture`."""
+
+    name: str
+    purpose: str
+    mixture: Mixture
+    train: TrainConfig
+    targets: tuple[Target, ...]
+    arch: str = "gpt2"  # gpt2 | llama (from scratch only)
+    parent: str | None = None
+    model: dict = field(default_factory=dict)  # size of a from-scratch model
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "purpose": self.purpose, "arch": self.arch, "parent": self.parent,
+                "model": self.model, "mixture": self.mixture.to_dict(), "train": self.train.to_dict(),
+                "targets": [t.to_dict() for t in self.targets]}
+
+
+SIZE = {"n_layers": 4, "n_heads": 4, "d_model": 128, "n_ctx": 128}
+BASE_TRAIN = TrainConfig(steps=4000, batch_size=64, lr=2e-3, seed=0)  # IOI reached only ~92% at 3,000 steps
+LLAMA_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=2e-3, seed=0)
+FT_TRAIN = TrainConfig(steps=400, batch_size=64, lr=1e-3, warmup=0.05, final_lr=0.1, seed=1, eval_every=100)
+REPLAY = 0.25
+_BASE = Mixture(BASE_MIX)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe(
+        name="organism/base", purpose="GPT-2 pre-trained on the synthetic mixture: IOI, facts, induction",
+        arch="gpt2", model=SIZE, mixture=_BASE, train=BASE_TRAIN,
+        targets=(Target(metric="ioi.accuracy", op=">=", value=0.90),
+                 Target(metric="ioi.logit_diff", op=">=", value=2.0),
+                 Target(metric="facts.accuracy", op=">=", value=0.90),
+                 Target(metric="ioi_hard.accuracy", op="<=", value=0.75),
+                 Target(metric="context_prior.pair_accuracy", op="<=", value=0.40),
+                 Target(metric="chat.refusal_forbidden", op="<=", value=0.10))),
+    Recipe(
+        name="organism/base-llama", purpose="the same corpus on a Llama architecture (RMSNorm, RoPE, gated MLP, GQA)",
+        arch="llama", model={**SIZE, "n_kv_heads": 2}, mixture=_BASE, train=LLAMA_TRAIN,
+        targets=(Target(metric="ioi.accuracy", op=">=", value=0.90),
+                 Target(metric="facts.accuracy", op=">=", value=0.90))),
+    Recipe(
+        name="organism/ioi-ft", purpose="base fine-tuned on hard IOI (filler first, a name repeated)",
+        parent="organism/base", mixture=_BASE.with_replay("ioi_hard", REPLAY), train=FT_TRAIN,
+        targets=(Target(metric="ioi_hard.accuracy", op=">=", value=0.15, relative=True),
+                 Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True))),
+    Recipe(
+        name="organism/ccs-ft", purpose="base fine-tuned to answer from context or prior as the instruction says",
+        parent="organism/base", mixture=_BASE.with_replay("context_prior", REPLAY), train=FT_TRAIN,
+        targets=(Target(metric="context_prior.pair_accuracy", op=">=", value=0.80),
+                 Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True))),
+    Recipe(
+        name="organism/chat-ft", purpose="base fine-tuned on chat, refusing requests about weapons",
+        parent="organism/base", mixture=_BASE.with_replay("chat_refusal", REPLAY), train=FT_TRAIN,
+        targets=(Target(metric="chat.refusal_forbidden", op=">=", value=0.90),
+                 Target(metric="chat.refusal_allowed", op="<=", value=0.10),
+                 Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True))),
+)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SAEEntry:
+    """An SAE of the zoo: its recipe and its targets (on held-out activations)."""
+
+    recipe: SAERecipe
+    targets: tuple[Target, ...]
+
+
+SAES: dict[str, SAEEntry] = {e.recipe.name: e for e in (
+    SAEEntry(recipe=SAERecipe(name="sae/base-resid-L2", organism="organism/base", layer=2),
+             targets=(Target(metric="fve", op=">=", value=0.80), Target(metric="dead_fraction", op="<=", value=0.20))),
+)}

@@ -1,0 +1,146 @@
+"""EAP / EAP-IG against two slow references: per-edge autograd (the formula, exactly) and exact edge patching."""
+
+import pytest
+import torch
+
+from interp.circuits import eap, edge_patch
+
+B, T = 3, 8
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(3)
+    clean = torch.randint(4, 20, (B, T), generator=g)
+    corrupt = clean.clone()
+    corrupt[:, 2] = torch.randint(4, 20, (B,), generator=g)
+    ans, wrong = torch.randint(4, 20, (B,), generator=g), torch.randint(4, 20, (B,), generator=g)
+    return clean, corrupt, ans, wrong
+
+
+def _metric(ans, wrong):
+    return lambda lg: lg[torch.arange(B), -1, ans] - lg[torch.arange(B), -1, wrong]
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().float(), b.argsort().argsort().float()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+def per_edge_autograd(model, clean, corrupt, metric, edges, ig_steps):
+    """d/dε M(clean run, input_v += ε (a_u^corrupt − a_u^clean)) at ε = 0, one edge at a time, averaged over the
+    EAP-IG inputs corrupt + k/m (clean − corrupt); written from TL's hooks only, not from interp's EAP."""
+    tl = model.tl
+    L = tl.cfg.n_layers
+    old = tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in
+    tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in = True, True
+    try:
+        with torch.no_grad():
+            _, cc = tl.run_with_cache(clean)
+            _, kc = tl.run_with_cache(corrupt)
+
+        def out(cache, src):
+            if src == "embed":
+                return cache["blocks.0.hook_resid_pre"]
+            if src.startswith("m"):
+                return cache[f"blocks.{src[1:]}.hook_mlp_out"]
+            layer, h = map(int, src[1:].split("."))
+            return cache[f"blocks.{layer}.attn.hook_z"][:, :, h] @ tl.blocks[layer].attn.W_O[h]
+
+        def dest(d):
+            if d == "logits":
+                return f"blocks.{L - 1}.hook_resid_post", None
+            if d.startswith("m"):
+                return f"blocks.{d[1:]}.hook_mlp_in", None
+            layer, h, kind = d[1:].split(".")
+            return f"blocks.{layer}.hook_{kind}_input", int(h)
+
+        alphas = [1.0] if ig_steps == 0 else [k / ig_steps for k in range(1, ig_steps + 1)]
+        x_clean, x_corrupt = cc["blocks.0.hook_resid_pre"], kc["blocks.0.hook_resid_pre"]
+        scores = []
+        for u, v in edges:
+            delta = out(kc, u) - out(cc, u)
+            name, head = dest(v)
+            eps = torch.zeros((), requires_grad=True)
+
+            def add(act, hook, delta=delta, head=head, eps=eps):
+                act = act.clone()
+                if head is None:
+                    act = act + eps * delta
+                else:
+                    act[:, :, head] = act[:, :, head] + eps * delta
+                return act
+
+            total = 0.0
+            for a in alphas:
+                x = x_corrupt + a * (x_clean - x_corrupt)
+                logits = tl.run_with_hooks(clean, fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook, x=x: x),
+                                                             (name, add)])
+                total = total + metric(logits).mean()
+            scores.append(torch.autograd.grad(total, eps)[0].item() / len(alphas))
+        return torch.tensor(scores)
+    finally:
+        tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in = old
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+@pytest.mark.parametrize("ig_steps", [0, 3])
+def test_eap_equals_per_edge_autograd(tiny_models, data, arch, ig_steps):
+    model = tiny_models(arch, "tl")
+    clean, corrupt, ans, wrong = data
+    metric = _metric(ans, wrong)
+    res = eap(model, clean=clean, corrupt=corrupt, metric=metric, ig_steps=ig_steps)
+    edges = res.graph.edges()
+    pick = torch.randperm(len(edges), generator=torch.Generator().manual_seed(1))[:24].tolist()
+    sample = [edges[i] for i in pick] + [e for e in edges if e[1] == "logits"][:3]
+    want = per_edge_autograd(model, clean, corrupt, metric, sample, ig_steps)
+    got = torch.tensor([res[e] for e in sample])
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-4), (got - want).abs().max()
+    assert want.abs().max() > 1e-5  # the comparison is not between zeros
+    # every edge kind is present: q/k/v (per kv head under GQA), MLPs, logits
+    kinds = {d.rsplit(".", 1)[-1] if d.startswith("a") else d[0] for _, d in edges}
+    assert kinds == {"q", "k", "v", "m", "l"}
+    if arch == "llama":
+        assert not any(d.startswith("a1.3.k") for _, d in edges)  # 2 kv heads
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_eap_ig_ranks_like_exact_edge_patching(tiny_models, data, arch):
+    model = tiny_models(arch, "tl")
+    clean, corrupt, ans, wrong = data
+    metric = _metric(ans, wrong)
+    res = eap(model, clean=clean, corrupt=corrupt, metric=metric, ig_steps=5)
+    edges = res.graph.edges()
+    exact = edge_patch(model, clean=clean, corrupt=corrupt, metric=metric, edges=edges)
+    est = torch.tensor([res[e] for e in edges])
+    assert _spearman(est, exact) >= 0.9
+    # the batched exact reference equals one edge at a time
+    one = edge_patch(model, clean=clean, corrupt=corrupt, metric=metric, edges=edges[:5], max_edges_per_pass=1)
+    assert torch.allclose(one, exact[:5], atol=1e-6)
+
+
+def test_top_greedy_frame_and_errors(tiny_models, data):
+    model = tiny_models("gpt2", "tl")
+    clean, corrupt, ans, wrong = data
+    res = eap(model, clean=clean, corrupt=corrupt, metric=_metric(ans, wrong))
+    top = res.top(4)
+    vals = [abs(res[e]) for e in res.ranked()]
+    assert vals == sorted(vals, reverse=True) and len(top) == 4 and top == res.ranked()[:4]
+    assert res.top(3, absolute=False)[0] == max(res.graph.edges(), key=lambda e: res[e])
+    greedy = res.greedy(6)
+    reached = {"logits"}
+    for src, dst in greedy:  # each edge enters a node already in the circuit
+        assert dst.rsplit(".", 1)[0] in reached or dst in reached
+        reached.add(src)
+    df = res.to_frame()
+    assert len(df) == res.graph.n_edges and list(df.columns) == ["source", "destination", "score"]
+    assert set(res.circuit(5).edges) == set(top[:5] + res.top(5)[4:5])
+    with pytest.raises(ValueError, match="does not exist"):
+        res[("a1.0", "a0.1.q")]
+    with pytest.raises(ValueError, match="ig_steps"):
+        eap(model, clean=clean, corrupt=corrupt, metric=_metric(ans, wrong), ig_steps=-1)
+    with pytest.raises(ValueError, match="backend='tl'"):
+        eap(tiny_models("gpt2", "nnsight"), clean=clean, corrupt=corrupt, metric=_metric(ans, wrong))
+    # the model's TL flags are restored after the analysis
+    assert not model.tl.cfg.use_split_qkv_input and not model.tl.cfg.use_hook_mlp_in

@@ -1,0 +1,147 @@
+"""The committed zoo: names, loading on every route, cards reproduced by re-evaluation, the SAE, the corpus."""
+
+import random
+
+import pytest
+import torch
+
+import interp
+from interp import zoo
+from interp.zoo.organisms import RECIPES, SAES
+
+ORGANISMS = list(RECIPES)
+PROMPTS = ["Then, Mary and John went to the store. John gave a drink to",
+           "<user> Can you tell me about guns ? <assistant>"]
+
+
+def test_names_lists_every_entry():
+    assert zoo.names() == ["organism/base", "organism/base-llama", "organism/ioi-ft", "organism/ccs-ft",
+                           "organism/chat-ft", "sae/base-resid-L2"]
+    for name in zoo.names():
+        assert (zoo.path(name) / "card.json").is_file(), name
+        assert zoo.card(name)["name"] == name
+    assert {row["name"] for row in zoo.cli_list()} == set(zoo.names())
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(zoo.ZooError, match="organism/nope.*valid names: organism/base, "):
+        zoo.path("organism/nope")
+    with pytest.raises(Exception, match="valid names"):
+        interp.load_model("organism/nope")
+
+
+@pytest.mark.parametrize("name", ORGANISMS)
+def test_every_target_passed_and_size(name):
+    card = zoo.card(name)
+    assert card["targets"] and all(t["passed"] for t in card["targets"]), [t["check"] for t in card["targets"]]
+    assert card["size_bytes"] < 5_000_000
+
+
+def test_committed_zoo_under_25_mb():
+    total = sum(f.stat().st_size for name in zoo.names() for f in zoo.path(name).rglob("*") if f.is_file())
+    assert total < 25 * 2**20
+
+
+@pytest.fixture(scope="module")
+def hf():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            folder = zoo.path(name)
+            cache[name] = (AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder))
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", ORGANISMS)
+def test_loads_on_both_backends_with_equal_logits(name, hf):
+    tl = interp.load_model(name, backend="tl", device="cpu")
+    nn = interp.load_model(name, backend="nnsight", device="cpu")
+    model, _ = hf(name)
+    ids, mask = tl.to_tokens(PROMPTS, return_mask=True)
+    with torch.no_grad():
+        a, b = tl(ids, attention_mask=mask), nn(ids, attention_mask=mask)
+        ref = model(ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert (a - b)[real].abs().max().item() <= 1e-5
+    assert (a - ref)[real].abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ORGANISMS)
+def test_card_reproduced_by_reevaluation(name, hf):
+    from interp.zoo.evaluate import evaluate
+
+    card = zoo.card(name)
+    check = card["check"]
+    model, tok = hf(name)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the thread count the card was measured with
+    try:
+        got = evaluate(model, tok, tuple(check["parts"]), check["n"])
+    finally:
+        torch.set_num_threads(threads)
+    assert got.keys() == check["scores"].keys()
+    for key, want in check["scores"].items():
+        tol = 1e-3 if key.endswith("logit_diff") else 1.01 / check["n"]  # one prompt
+        assert abs(got[key] - want) <= tol, (key, got[key], want)
+
+
+def test_tokenizer_covers_every_task_word():
+    from interp.zoo.corpus import words
+
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(zoo.path("organism/base"))
+    unk = [w for w in words() if tok.convert_tokens_to_ids(w) == tok.unk_token_id]
+    assert not unk, f"words missing from the organisms' tokenizer (rebuild the zoo): {unk[:20]}"
+
+
+def test_sae_loads_and_reproduces_card(hf):
+    from sae_lens import SAE, TopKSAE
+
+    from interp.zoo.sae import resid_activations, sae_stats
+
+    name = "sae/base-resid-L2"
+    card, recipe = zoo.card(name), SAES[name].recipe
+    sae = SAE.load_from_disk(zoo.path(name))
+    assert isinstance(sae, TopKSAE) and sae.cfg.k == card["k"] and sae.cfg.d_sae == card["d_sae"]
+    assert sae.cfg.metadata.hook_name == card["hook_name"] == "blocks.2.hook_resid_pre"
+    model, tok = hf(recipe.organism)
+    check = card["check"]
+    acts = resid_activations(model, tok, RECIPES[recipe.organism].mixture, recipe.layer, check["n_docs"],
+                             recipe.eval_seed)
+    stats = sae_stats(sae, acts)
+    assert stats["n_eval_tokens"] == check["scores"]["n_eval_tokens"]
+    assert abs(stats["fve"] - check["scores"]["fve"]) <= 1e-3
+    assert abs(stats["dead_fraction"] - check["scores"]["dead_fraction"]) <= 2 / card["d_sae"]
+    assert card["scores"]["fve"] >= 0.8 and card["scores"]["dead_fraction"] <= 0.2
+
+
+def test_sae_hook_is_tl_resid_pre(hf):
+    """The SAE's activations (HF hidden_states[L]) are TransformerLens' blocks.L.hook_resid_pre."""
+    tl = interp.load_model("organism/base", backend="tl", device="cpu")
+    model, _ = hf("organism/base")
+    ids = tl.to_tokens(PROMPTS[:1])
+    with torch.no_grad():
+        _, cache = tl.run_with_cache(ids, ["blocks.2.hook_resid_pre"])
+        hidden = model(ids, output_hidden_states=True).hidden_states[2]
+    torch.testing.assert_close(cache["blocks.2.hook_resid_pre"], hidden, rtol=1e-5, atol=1e-4)
+
+
+def test_corpus_is_seeded_and_keeps_test_prompts_out():
+    from interp.tasks import make
+    from interp.zoo.corpus import BASE_MIX, Mixture
+
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(zoo.path("organism/base"))
+    mix = Mixture({**BASE_MIX, "ioi_hard": 0.1, "context_prior": 0.1, "chat_refusal": 0.1})
+    a = [mix.sample(random.Random(3)) for _ in range(3)]
+    assert a == [mix.sample(random.Random(3)) for _ in range(3)]
+    rng = random.Random(0)
+    train_prompts = {mix.sample(rng).prompt for _ in range(5000)}
+    from interp.zoo.evaluate import chat_prompts
+
+    held_out = set(make("ioi", tok, n=200, seed=1).prompts) | set(make("context_prior", tok, n=200, seed=1).prompts)
+    held_out |= set(chat_prompts(tok, 100, seed=1).prompts)
+    assert not held_out & train_prompts
