@@ -57,3 +57,16 @@ def tiny_models(tiny_dirs):
         return cache[arch, backend]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def organism_like(tmp_path_factory):
+    """A tiny random GPT-2 with the organisms' word vocabulary and a perturbed twin (stand-ins for the zoo)."""
+    from interp.finetuning.pair import perturbed_twin
+    from interp.models.tiny import build_tiny_checkpoint
+    from interp.models.tokenizer import build_word_tokenizer
+    from interp.zoo.corpus import words
+
+    root = tmp_path_factory.mktemp("organism_like")
+    base = build_tiny_checkpoint("gpt2", root / "base", build_word_tokenizer(words()), n_layers=3, n_ctx=128)
+    return {"base": base, "ft": perturbed_twin(base, root / "ft", scale=0.05)}

@@ -171,18 +171,6 @@ def test_errors_before_compute(models, prompts, tiny_dirs, tmp_path):
         cmap_input(base, base, prompts, [GROUPS[2]], metric=LogitDiff)
 
 
-@pytest.fixture(scope="module")
-def organism_like(tmp_path_factory):
-    """A tiny random GPT-2 with the organisms' word vocabulary and a perturbed twin (stand-ins for the zoo)."""
-    from interp.models.tiny import build_tiny_checkpoint
-    from interp.models.tokenizer import build_word_tokenizer
-    from interp.zoo.corpus import words
-
-    root = tmp_path_factory.mktemp("organism_like")
-    base = build_tiny_checkpoint("gpt2", root / "base", build_word_tokenizer(words()), n_layers=3, n_ctx=128)
-    return {"base": base, "ft": perturbed_twin(base, root / "ft", scale=0.05)}
-
-
 def test_finetune_cmap_experiment_end_to_end(organism_like, tmp_path, monkeypatch):
     from interp.runner import run_experiment
 
