@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _common import device_name, random_gpt2, timed, write_json  # noqa: E402
+from _common import GPT2_SIZES, device_name, random_gpt2, timed, write_json  # noqa: E402
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -100,7 +100,8 @@ def bench(size: str, batch: int, seq: int, device: str, tl_subset: int | None, m
 def main() -> None:
     ap = argparse.ArgumentParser()
     gpu = torch.cuda.is_available()
-    ap.add_argument("--sizes", nargs="+", default=["gpt2-small", "gpt2-medium"] if gpu else ["gpt2-small"])
+    ap.add_argument("--sizes", nargs="+", choices=sorted(GPT2_SIZES),
+                    default=["gpt2-small", "gpt2-medium"] if gpu else ["gpt2-small"])
     ap.add_argument("--batch", type=int, default=64 if gpu else 8)
     ap.add_argument("--seq", type=int, default=16)
     ap.add_argument("--tl-subset", type=int, default=None if gpu else 96,
