@@ -109,7 +109,7 @@ def test_oom_backoff(tiny_models, pair, monkeypatch):
     kw = dict(clean=clean, corrupt=corrupt, metric=LogitDiff(ans, wrong), component="resid_pre")
     ref = patch_sweep(model, **kw)
     calls = {"n": 0}
-    real = engine._run_chunked
+    real = engine.run_chunked
 
     def flaky(n_cells, per_cell_bytes, budget, fn):
         def wrapped(sl):
@@ -119,7 +119,7 @@ def test_oom_backoff(tiny_models, pair, monkeypatch):
             return fn(sl)
         return real(n_cells, per_cell_bytes, budget, wrapped)
 
-    monkeypatch.setattr(engine, "_run_chunked", flaky)
+    monkeypatch.setattr(engine, "run_chunked", flaky)
     res = patch_sweep(model, **kw)
     assert calls["n"] > ref.scores.numel() // ref.scores.shape[1]
     assert (res.scores - ref.scores).abs().max().item() <= 1e-6

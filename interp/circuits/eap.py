@@ -25,7 +25,7 @@ from torch import Tensor
 
 from interp.circuits.graph import Circuit, Edge, Graph, node_of
 from interp.models.base import HookedModel
-from interp.patching.engine import _bytes_per_token, _is_oom, default_budget
+from interp.patching.engine import bytes_per_token, default_budget, is_oom
 from interp.patching.engine import unembed as _unembed
 from interp.patching.readout import Readout, as_readout
 
@@ -266,7 +266,7 @@ class EdgeScores:
 # --------------------------------------------------------------------------------------------- EAP / EAP-IG
 def _rows_per_pass(model: HookedModel, T: int, budget: int | None) -> int:
     # a forward kept for backward, per layer, plus one layer's per-head input gradients at a time
-    per_row = T * (2 * model.cfg.n_layers * _bytes_per_token(model, T) + 8 * model.cfg.n_heads * model.cfg.d_model)
+    per_row = T * (2 * model.cfg.n_layers * bytes_per_token(model, T) + 8 * model.cfg.n_heads * model.cfg.d_model)
     return max(1, (budget or default_budget(model.device)) // per_row)
 
 
@@ -303,7 +303,7 @@ def eap(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric
                 scores += _gradient_pass(model, graph, clean_t, mask, readout, deltas, x_clean, x_corrupt,
                                          alphas[i:i + per_pass])
             except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-                if not _is_oom(e) or per_pass == 1:
+                if not is_oom(e) or per_pass == 1:
                     raise
                 per_pass //= 2  # halve the stacked steps and redo this chunk
                 if torch.cuda.is_available():

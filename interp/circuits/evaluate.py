@@ -36,7 +36,7 @@ from interp.circuits.eap import (
 )
 from interp.circuits.graph import Circuit, Graph, head_name, node_of
 from interp.models.base import HookedModel
-from interp.patching.engine import _bytes_per_token, _read_full, default_budget
+from interp.patching.engine import bytes_per_token, default_budget, read_full
 from interp.sites import Site
 
 LEVELS = ("node", "edge")
@@ -166,7 +166,7 @@ def _node_values(model: HookedModel, prompts: Any, readout: Any, keeps: Tensor, 
     tokens = prompts.clean.to(dev).repeat(C, 1)
     mask = prompts.attention_mask.to(dev).repeat(C, 1)
     logits = model.run_with_hooks(tokens, hooks, attention_mask=mask)
-    return _read_full(readout, logits.view(C, B, *logits.shape[1:]))
+    return read_full(readout, logits.view(C, B, *logits.shape[1:]))
 
 
 def _node_ablation(model: HookedModel, prompts: Any, config: EvalConfig
@@ -239,7 +239,7 @@ def _circuits_per_pass(model: HookedModel, B: int, T: int, *, edge: bool) -> int
     """How many circuits to stack on the batch: a forward per circuit, and at edge level the current and
     ablated source outputs ([source, batch, pos, d_model], a few copies) plus one layer's split q/k/v inputs."""
     c = model.cfg
-    per = B * T * _bytes_per_token(model, T)
+    per = B * T * bytes_per_token(model, T)
     if edge:
         n_sources = 1 + c.n_layers * (c.n_heads + 1)
         per += 4 * B * T * (3 * n_sources * c.d_model + 8 * c.n_heads * c.d_model)

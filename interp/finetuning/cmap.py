@@ -33,12 +33,12 @@ from interp.metrics import as_metric
 from interp.models.base import HookedModel
 from interp.patching.engine import (
     Cell,
-    _bytes_per_token,
-    _read_full,
-    _run_chunked,
+    bytes_per_token,
     default_budget,
+    read_full,
     run_cells_generic,
     run_cells_tl,
+    run_chunked,
 )
 from interp.patching.readout import Readout, as_readout
 from interp.patching.sweep import PatchResult, SweepConfig
@@ -129,7 +129,7 @@ def run_masked(model: HookedModel, tokens: Tensor, writes: Sequence[MaskedWrite]
     """Per-spec metric values: `n_specs` patched runs stacked along the batch, chunked to the memory budget."""
     B, T = tokens.shape
     budget = budget or default_budget(model.device)
-    per_spec = B * T * _bytes_per_token(model, T) + B * T * model.cfg.d_vocab * 4
+    per_spec = B * T * bytes_per_token(model, T) + B * T * model.cfg.d_vocab * 4
     for w in writes:
         if w.where.shape[0] != n_specs or w.where.shape[1:3] != (B, T):
             raise ValueError(f"write at {w.site}: mask shape {tuple(w.where.shape)} is not [{n_specs}, {B}, {T}, ...]")
@@ -146,9 +146,9 @@ def run_masked(model: HookedModel, tokens: Tensor, writes: Sequence[MaskedWrite]
             hooks.append((w.site, hook))
         mask = attention_mask.repeat(C, 1) if attention_mask is not None else None
         logits = model.run_with_hooks(tokens.repeat(C, 1), hooks, attention_mask=mask)
-        return _read_full(readout, logits.view(C, B, T, -1))
+        return read_full(readout, logits.view(C, B, T, -1))
 
-    return torch.cat(_run_chunked(n_specs, per_spec, budget, chunk))
+    return torch.cat(run_chunked(n_specs, per_spec, budget, chunk))
 
 
 def _position_mask(pos: Tensor | None, B: int, T: int, relation: str = "eq") -> Bool[Tensor, "batch pos"]:

@@ -36,7 +36,7 @@ class Cell:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _is_oom(e: BaseException) -> bool:
+def is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
@@ -48,7 +48,7 @@ def default_budget(device: torch.device) -> int:
     return 2 * 1024**3
 
 
-def _bytes_per_token(model: HookedModel, seq_len: int, elem: int = 4) -> int:
+def bytes_per_token(model: HookedModel, seq_len: int, elem: int = 4) -> int:
     c = model.cfg
     # residual copies, q/k/v/z, MLP hidden, attention scores+pattern; a generous constant for temporaries
     return elem * (10 * c.d_model + 4 * c.n_heads * c.d_head + 3 * c.d_mlp + 3 * c.n_heads * seq_len)
@@ -59,7 +59,7 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(i, min(n, i + size))
 
 
-def _run_chunked(n_cells: int, per_cell_bytes: int, budget: int, fn: Callable[[slice], Tensor]) -> list[Tensor]:
+def run_chunked(n_cells: int, per_cell_bytes: int, budget: int, fn: Callable[[slice], Tensor]) -> list[Tensor]:
     """Call fn on cell slices sized to the budget; on OOM halve the size and retry."""
     size = max(1, min(n_cells, budget // max(1, per_cell_bytes)))
     out: list[Tensor] = []
@@ -69,7 +69,7 @@ def _run_chunked(n_cells: int, per_cell_bytes: int, budget: int, fn: Callable[[s
         try:
             out.append(fn(sl))
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-            if not _is_oom(e) or size == 1:
+            if not is_oom(e) or size == 1:
                 raise
             size = max(1, size // 2)
             if torch.cuda.is_available():
@@ -121,7 +121,7 @@ def run_cells_generic(model: HookedModel, tokens: Tensor, cells: list[Cell], com
     """Per-cell metric values [n_cells, batch]: full forwards with `C` cells stacked along the batch."""
     B, T = tokens.shape
     budget = budget or default_budget(model.device)
-    per_cell = B * T * _bytes_per_token(model, T) + B * T * model.cfg.d_vocab * 4
+    per_cell = B * T * bytes_per_token(model, T) + B * T * model.cfg.d_vocab * 4
 
     def chunk(sl: slice) -> Tensor:
         group = cells[sl]
@@ -139,12 +139,12 @@ def run_cells_generic(model: HookedModel, tokens: Tensor, cells: list[Cell], com
             hooks.append((Site(component, layer), hook))
         mask = attention_mask.repeat(C, 1) if attention_mask is not None else None
         logits = model.run_with_hooks(tokens.repeat(C, 1), hooks, attention_mask=mask)
-        return _read_full(readout, logits.view(C, B, T, -1))
+        return read_full(readout, logits.view(C, B, T, -1))
 
-    return torch.cat(_run_chunked(len(cells), per_cell, budget, chunk))
+    return torch.cat(run_chunked(len(cells), per_cell, budget, chunk))
 
 
-def _read_full(readout: Readout, logits: Tensor) -> Tensor:
+def read_full(readout: Readout, logits: Tensor) -> Tensor:
     """[C, B, T, V] logits -> [C, B] metric values."""
     if readout.gathered is not None:
         b = torch.arange(logits.shape[1], device=logits.device)
@@ -232,7 +232,7 @@ def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sourc
 
     for (layer, p0), idxs in groups.items():
         n_new = T - p0
-        per_cell = B * n_new * _bytes_per_token(model, T)
+        per_cell = B * n_new * bytes_per_token(model, T)
 
         def chunk(sl: slice, layer=layer, p0=p0, idxs=idxs, n_new=n_new) -> Tensor:
             group = [cells[i] for i in idxs[sl]]
@@ -265,6 +265,6 @@ def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sourc
             logits = unembed(tl, at, readout.token_ids)
             return readout.gathered(logits.float()).float()
 
-        vals = torch.cat(_run_chunked(len(idxs), per_cell, budget, chunk))
+        vals = torch.cat(run_chunked(len(idxs), per_cell, budget, chunk))
         out[torch.tensor(idxs, device=out.device)] = vals
     return out

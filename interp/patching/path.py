@@ -221,6 +221,6 @@ def _patched_values(model, clean_t, group, clean_cache, corrupt_cache, recv, s_p
 
 
 def _values(readout, logits: Tensor, S: int, B: int) -> Tensor:
-    from interp.patching.engine import _read_full
+    from interp.patching.engine import read_full
 
-    return _read_full(readout, logits.view(S, B, *logits.shape[1:]))
+    return read_full(readout, logits.view(S, B, *logits.shape[1:]))
