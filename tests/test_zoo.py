@@ -145,3 +145,21 @@ def test_corpus_is_seeded_and_keeps_test_prompts_out():
     held_out = set(make("ioi", tok, n=200, seed=1).prompts) | set(make("context_prior", tok, n=200, seed=1).prompts)
     held_out |= set(chat_prompts(tok, 100, seed=1).prompts)
     assert not held_out & train_prompts
+
+
+def test_ccs_ft_rebuild_is_deterministic(tmp_path):
+    """`interp zoo build --only organism/ccs-ft` from the committed base reproduces the committed card (±1 point).
+
+    The whole recipe runs (about 3 minutes on 2 cores): the build is what the acceptance is about."""
+    import shutil
+
+    from interp.zoo.build import build_organism
+
+    shutil.copytree(zoo.path("organism/base"), tmp_path / "base")
+    card = build_organism("organism/ccs-ft", root=tmp_path)
+    want = zoo.card("organism/ccs-ft")["scores"]
+    assert card["scores"].keys() == want.keys()
+    for key, value in want.items():
+        tol = 0.05 if key.endswith("logit_diff") else 0.01
+        assert abs(card["scores"][key] - value) <= tol, (key, card["scores"][key], value)
+    assert all(t["passed"] for t in card["targets"])
