@@ -39,7 +39,7 @@ def test_nothing_is_styled_at_import() -> None:
         "assert 'interp' not in pio.templates, 'template registered at import'\n"
         "assert pio.templates.default == 'plotly', pio.templates.default\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 def test_signed_heatmap_style_and_labels() -> None:

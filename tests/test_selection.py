@@ -303,7 +303,7 @@ def test_two_process_gloo_run_equals_one_process(gpt2, sae, tiny_dirs, tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "interp.selection.encode", "--model", str(tiny_dirs["gpt2"]), "--sae", str(sae_dir),
            "--texts", str(tmp_path / "texts.jsonl"), "--out", str(tmp_path / "enc"), "--shard-size", "2"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120,
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 rank(s)" in proc.stdout and len(list((tmp_path / "enc").glob("shard-*"))) == 5
