@@ -24,13 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from _common import device_name, random_gpt2, timed, write_json  # noqa: E402
 
+from interp.metrics import rank_correlation  # noqa: E402
+
 GOAL_GPU_SECONDS = 0.5
-
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = a.flatten().argsort().argsort().float(), b.flatten().argsort().argsort().float()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
 def _median_time(fn, repeats: int) -> tuple[object, float, list[float]]:
@@ -108,9 +104,9 @@ def bench(name: str, model, clean, corrupt, metric, subset: int | None, repeats:
            "eap_seconds": round(t_eap, 4), "exact_edges_measured": len(chosen),
            "exact_seconds_measured": round(t_exact, 3), "exact_extrapolated": extrapolated,
            "exact_seconds_all_edges": round(t_exact_all, 3), "speedup_vs_exact": round(t_exact_all / t_ig, 1),
-           "spearman_eap_ig_vs_exact": round(spearman(est, exact), 4)}
+           "spearman_eap_ig_vs_exact": round(rank_correlation(est, exact), 4)}
     plain = torch.tensor([eap(model, ig_steps=0, **kw)[e] for e in chosen])
-    row["spearman_eap_vs_exact"] = round(spearman(plain, exact), 4)
+    row["spearman_eap_vs_exact"] = round(rank_correlation(plain, exact), 4)
     row["pearson_eap_ig_vs_exact"] = round(float(torch.corrcoef(torch.stack([est, exact]))[0, 1]), 4)
     k = min(20, len(chosen))  # do the largest exact effects come out on top?
     top = set(exact.abs().topk(k).indices.tolist())

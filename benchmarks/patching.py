@@ -18,12 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from _common import GPT2_SIZES, device_name, random_gpt2, timed, write_json  # noqa: E402
 
-
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra = a.flatten().argsort().argsort().float()
-    rb = b.flatten().argsort().argsort().float()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+from interp.metrics import rank_correlation  # noqa: E402
 
 
 def bench(size: str, batch: int, seq: int, device: str, tl_subset: int | None, modes: list[str]) -> list[dict]:
@@ -90,7 +85,7 @@ def bench(size: str, batch: int, seq: int, device: str, tl_subset: int | None, m
                 "interp_seconds": round(t_ours, 3), "speedup": round(tl_time / t_ours, 1),
                 "max_abs_diff": float((ours_at.cpu() - ref.cpu()).abs().max()),
                 # rank agreement over the cells the patch moves (unmoved cells all tie at the baseline)
-                "spearman_vs_tl_moved_cells": round(spearman(ours_at.cpu()[moved], ref.cpu()[moved]), 5),
+                "spearman_vs_tl_moved_cells": round(rank_correlation(ours_at.cpu()[moved], ref.cpu()[moved]), 5),
                 "moved_cells": int(moved.sum()),
             })
             print(rows[-1], flush=True)

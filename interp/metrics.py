@@ -166,6 +166,15 @@ def pair_accuracy(correct_a: Tensor, correct_b: Tensor) -> Tensor:
     return torch.minimum(correct_a.float(), correct_b.float())
 
 
+def rank_correlation(a: Tensor, b: Tensor) -> float:
+    """Spearman correlation of two score tensors of equal size, flattened (ties ranked by position)."""
+    if a.numel() != b.numel():
+        raise ValueError(f"rank_correlation needs equal sizes, got {a.numel()} and {b.numel()}")
+    ra, rb = a.flatten().argsort().argsort().float(), b.flatten().argsort().argsort().float()
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class PairAccuracy(Metric):
     """Per prompt: 1.0 where both this prompt and its pair partner are answered correctly (mean = PairAcc)."""

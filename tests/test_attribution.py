@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from helpers import last_logit_diff as _metric
+from helpers import swap_batch
 
 from interp.patching import attribution_patch, patch_sweep
 from interp.sites import Site
@@ -11,21 +13,7 @@ B, T = 3, 9
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(3)
-    clean = torch.randint(4, 20, (B, T), generator=g)
-    corrupt = clean.clone()
-    corrupt[:, 2] = torch.randint(4, 20, (B,), generator=g)
-    ans, wrong = torch.randint(4, 20, (B,), generator=g), torch.randint(4, 20, (B,), generator=g)
-    return clean, corrupt, ans, wrong
-
-
-def _metric(ans, wrong):
-    return lambda lg: lg[torch.arange(B), -1, ans] - lg[torch.arange(B), -1, wrong]
-
-
-def _spearman(a, b):
-    ra, rb = a.flatten().argsort().argsort().float(), b.flatten().argsort().argsort().float()
-    return torch.corrcoef(torch.stack([ra, rb]))[0, 1].item()
+    return swap_batch(B, T, seed=3, swap_at=(2,))
 
 
 @pytest.mark.parametrize(("component", "per_head", "cell"), [("resid_pre", False, (1, 4)), ("z", True, (1, 6, 2)),

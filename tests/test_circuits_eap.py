@@ -2,30 +2,18 @@
 
 import pytest
 import torch
+from helpers import last_logit_diff as _metric
+from helpers import swap_batch
 
 from interp.circuits import eap, edge_patch
+from interp.metrics import rank_correlation
 
 B, T = 3, 8
 
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(3)
-    clean = torch.randint(4, 20, (B, T), generator=g)
-    corrupt = clean.clone()
-    corrupt[:, 2] = torch.randint(4, 20, (B,), generator=g)
-    ans, wrong = torch.randint(4, 20, (B,), generator=g), torch.randint(4, 20, (B,), generator=g)
-    return clean, corrupt, ans, wrong
-
-
-def _metric(ans, wrong):
-    return lambda lg: lg[torch.arange(B), -1, ans] - lg[torch.arange(B), -1, wrong]
-
-
-def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = a.argsort().argsort().float(), b.argsort().argsort().float()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+    return swap_batch(B, T, seed=3, swap_at=(2,))
 
 
 def per_edge_autograd(model, clean, corrupt, metric, edges, ig_steps):
@@ -114,7 +102,7 @@ def test_eap_ig_ranks_like_exact_edge_patching(tiny_models, data, arch):
     edges = res.graph.edges()
     exact = edge_patch(model, clean=clean, corrupt=corrupt, metric=metric, edges=edges)
     est = torch.tensor([res[e] for e in edges])
-    assert _spearman(est, exact) >= 0.9
+    assert rank_correlation(est, exact) >= 0.9
     # the batched exact reference equals one edge at a time
     one = edge_patch(model, clean=clean, corrupt=corrupt, metric=metric, edges=edges[:5], max_edges_per_pass=1)
     assert torch.allclose(one, exact[:5], atol=1e-6)

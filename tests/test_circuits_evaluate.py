@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import swap_batch
 
 from interp.circuits import (
     Circuit,
@@ -23,13 +24,10 @@ B, T = 4, 8
 
 @pytest.fixture(scope="module")
 def prompts():
-    g = torch.Generator().manual_seed(5)
-    clean = torch.randint(4, 20, (B, T), generator=g)
-    corrupt = clean.clone()
-    corrupt[:, 3] = torch.randint(4, 20, (B,), generator=g)
+    clean, corrupt, ans, wrong = swap_batch(B, T, seed=5, swap_at=(3,))
     end = torch.full((B,), T - 1)
     return PromptSet(name="toy", clean=clean, corrupt=corrupt, attention_mask=torch.ones_like(clean),
-                     answer_ids=torch.randint(4, 20, (B,), generator=g), wrong_ids=torch.randint(4, 20, (B,), generator=g),
+                     answer_ids=ans, wrong_ids=wrong,
                      end=end, positions={"END": end, "X": torch.full((B,), 3)}, prompts=[""] * B,
                      corrupt_prompts=[""] * B, metadata=[{"template": i % 2} for i in range(B)])
 

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from helpers import last_logit_diff as _metric
+from helpers import swap_batch
 
 from interp.sites import Site
 
@@ -11,19 +13,7 @@ B, T = 4, 10
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(5)
-    clean = torch.randint(4, 20, (B, T), generator=g)
-    corrupt = clean.clone()
-    corrupt[:, 3] = torch.randint(4, 20, (B,), generator=g)
-    ans, wrong = torch.randint(4, 20, (B,), generator=g), torch.randint(4, 20, (B,), generator=g)
-    return clean, corrupt, ans, wrong
-
-
-def _metric(ans, wrong):
-    def m(lg):
-        b = torch.arange(lg.shape[0], device=lg.device)
-        return lg[b, -1, ans.to(lg.device)] - lg[b, -1, wrong.to(lg.device)]
-    return m
+    return swap_batch(B, T, seed=5, swap_at=(3,))
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

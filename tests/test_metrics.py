@@ -167,3 +167,16 @@ def test_shape_errors(ps, logits):
         AnswerProb.from_prompts(ps).from_gathered(torch.zeros(3, VOCAB))
     with pytest.raises(ValueError, match="equal shapes"):
         pair_accuracy(torch.ones(2), torch.ones(3))
+
+
+def test_rank_correlation_is_spearman():
+    from scipy.stats import spearmanr
+
+    from interp.metrics import rank_correlation
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 6, generator=g), torch.randn(24, generator=g)
+    assert abs(rank_correlation(a, b) - spearmanr(a.flatten(), b).statistic) < 1e-6
+    assert rank_correlation(a, a.flatten() * 3 + 1) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="equal sizes"):
+        rank_correlation(a, b[:5])

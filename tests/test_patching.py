@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import swap_batch
 
 from interp.patching import patch_sweep
 from interp.sites import SiteError
@@ -11,13 +12,7 @@ B, T = 3, 9
 
 @pytest.fixture(scope="module")
 def pair():
-    g = torch.Generator().manual_seed(1)
-    clean = torch.randint(4, 20, (B, T), generator=g)
-    corrupt = clean.clone()
-    corrupt[:, 2] = torch.randint(4, 20, (B,), generator=g)
-    corrupt[:, 6] = torch.randint(4, 20, (B,), generator=g)
-    ans, wrong = torch.randint(4, 20, (B,), generator=g), torch.randint(4, 20, (B,), generator=g)
-    return clean, corrupt, ans, wrong
+    return swap_batch(B, T, seed=1, swap_at=(2, 6))
 
 
 class LogitDiff:

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from helpers import last_logit_diff as _metric
+from helpers import swap_batch
 
 from interp.patching import path_patch
 from interp.sites import Site
@@ -11,17 +13,7 @@ B, T = 3, 9
 
 @pytest.fixture(scope="module")
 def data():
-    g = torch.Generator().manual_seed(2)
-    clean = torch.randint(4, 20, (B, T), generator=g)
-    corrupt = clean.clone()
-    corrupt[:, 2] = torch.randint(4, 20, (B,), generator=g)
-    corrupt[:, 5] = torch.randint(4, 20, (B,), generator=g)
-    ans, wrong = torch.randint(4, 20, (B,), generator=g), torch.randint(4, 20, (B,), generator=g)
-    return clean, corrupt, ans, wrong
-
-
-def _metric(ans, wrong):
-    return lambda lg: lg[torch.arange(B), -1, ans] - lg[torch.arange(B), -1, wrong]
+    return swap_batch(B, T, seed=2, swap_at=(2, 5))
 
 
 def oracle(model, clean, corrupt, metric, sender, receiver=None, r_pos=None, freeze_mlps=False):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from interp.demo import register_demo_step
+from interp.metrics import rank_correlation
 from interp.runner import Run, register_experiment
 
 
@@ -23,11 +24,6 @@ class IOIPatchingConfig:
     n_prompts: int = 32
     template: int = 0  # one IOI template, so that all prompts share one length
     components: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out")
-
-
-def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = a.flatten().argsort().argsort().float(), b.flatten().argsort().argsort().float()
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
 def ioi_patching(cfg: IOIPatchingConfig, run: Run) -> dict[str, Any]:
@@ -57,7 +53,7 @@ def ioi_patching(cfg: IOIPatchingConfig, run: Run) -> dict[str, Any]:
     results["path_patch_top_heads"] = ", ".join(f"{a}.{b}" for a, b in pp.top(3))
     results["path_patch_top_score"] = float(torch.nan_to_num(pp.scores, nan=-1e9).max())
     atp = attribution_patch(model, clean=prompts, metric=metric, component="z", per_head=True, positions="all")
-    results["atp_spearman_heads"] = _spearman(atp.scores, heads.scores)
+    results["atp_spearman_heads"] = rank_correlation(atp.scores, heads.scores)
     return results
 
 
