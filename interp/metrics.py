@@ -9,6 +9,7 @@ only the gathered columns. Leading dimensions pass through: `[*lead, batch, pos,
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,6 +165,15 @@ def pair_accuracy(correct_a: Tensor, correct_b: Tensor) -> Tensor:
         raise ValueError(f"pair_accuracy needs equal shapes, got {tuple(correct_a.shape)} and "
                          f"{tuple(correct_b.shape)}")
     return torch.minimum(correct_a.float(), correct_b.float())
+
+
+def auroc(low: Tensor, high: Tensor) -> float:
+    """Area under the ROC curve of scores separating `high` from `low`: P(a `high` value exceeds a `low` value),
+    ties counting half (Mann-Whitney U / (n_low n_high)); NaN when either side is empty."""
+    h, lo = high.float().flatten()[:, None], low.float().flatten()[None, :]
+    if h.numel() == 0 or lo.numel() == 0:
+        return math.nan
+    return float(((h > lo).float() + 0.5 * (h == lo).float()).mean())
 
 
 def rank_correlation(a: Tensor, b: Tensor) -> float:

@@ -32,6 +32,7 @@ from interp.finetuning.cmap import (
     random_circuit,
 )
 from interp.finetuning.tuco import generate_scaled, tuco, tuco_scores
+from interp.metrics import auroc
 from interp.models.base import HookedModel
 from interp.runner import Run, register_experiment
 
@@ -42,14 +43,6 @@ def _load(name: str, backend: str, device: str) -> HookedModel:
     from interp.models.load import load_model
 
     return load_model(name, backend=backend, device=device)
-
-
-def auc(positive: Tensor, negative: Tensor) -> float:
-    """Area under the ROC curve of scores separating `positive` from `negative` (ties count one half)."""
-    p, n = positive.float().flatten()[:, None], negative.float().flatten()[None, :]
-    if p.numel() == 0 or n.numel() == 0:
-        return float("nan")
-    return float(((p > n).float() + 0.5 * (p == n).float()).mean())
 
 
 # ------------------------------------------------------------------------------------------------ tuco
@@ -164,8 +157,8 @@ def tuco_experiment(cfg: TuCoExperimentConfig, run: Run) -> dict[str, Any]:
                     x=list(range(ft.cfg.n_layers)), x_title="layer", y_title="TuCo of components up to layer",
                     title="Cumulative TuCo by layer (mean over prompts)"), "tuco_by_layer")
     results: dict[str, Any] = {
-        "auc_chat_vs_pretrain": auc(chat_s, pre_s),
-        "auc_forbidden_vs_allowed": auc(chat_s[forbidden], chat_s[~forbidden]),
+        "auc_chat_vs_pretrain": auroc(pre_s, chat_s),
+        "auc_forbidden_vs_allowed": auroc(chat_s[~forbidden], chat_s[forbidden]),
         "tuco_chat_mean": float(chat_s.mean()), "tuco_pretrain_mean": float(pre_s.mean()),
         "tuco_forbidden_mean": float(chat_s[forbidden].mean()), "tuco_allowed_mean": float(chat_s[~forbidden].mean()),
     }
@@ -400,4 +393,4 @@ def finetuning_demo(out: Path) -> None:
                           title="TuCo of organism/chat-ft against organism/base"), out / "tuco_histogram")
     print(f"TuCo (chat-ft vs base): forbidden {float(scores[forbidden].mean()):.3f}, allowed "
           f"{float(scores[~forbidden].mean()):.3f}, pre-training text {float(pre.mean()):.3f}; AUC chat vs "
-          f"pre-training {auc(scores, pre):.2f}")
+          f"pre-training {auroc(pre, scores):.2f}")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from interp.metrics import auroc
 from interp.models.base import HookedModel
 from interp.sites import Site
 from interp.subspace.ccs import CCSPairs, ccs_scores
@@ -22,14 +23,6 @@ from interp.subspace.das import Subspace
 from interp.subspace.forward import forward_last
 
 GROUPINGS: tuple[str, ...] = ("intent", "behaviour")
-
-
-def auroc(low: Tensor, high: Tensor) -> float:
-    """P(a `high` value exceeds a `low` value), ties counting half (Mann-Whitney U / (n_low n_high))."""
-    if len(low) == 0 or len(high) == 0:
-        return math.nan
-    diff = high.float()[:, None] - low.float()[None, :]  # (n_high, n_low)
-    return float((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean())
 
 
 def cohens_d(low: Tensor, high: Tensor) -> float:
