@@ -403,3 +403,17 @@ def test_prompt_set_subset_to_and_validation(tok):
         PromptSet(**{**ps.__dict__, "answer_ids": ps.answer_ids[:3]})
     with pytest.raises(ValueError, match="last real token"):
         PromptSet(**{**ps.__dict__, "end": ps.end + 1})
+
+
+def test_prompt_set_position_specs(tok):
+    ps = make("ioi", tok, n=6, seed=0)
+    assert torch.equal(ps.position("S1"), ps.positions["S1"])
+    assert torch.equal(ps.position("S1+1"), ps.positions["S1"] + 1)
+    assert torch.equal(ps.position("END-1"), ps.end - 1)
+    assert torch.equal(ps.position(2), torch.full((6,), 2))
+    with pytest.raises(ValueError, match=r"has positions \[.*'END'.*'S1'"):
+        ps.position("S9")
+    with pytest.raises(ValueError, match="falls outside"):
+        ps.position("END+1")
+    with pytest.raises(ValueError, match="falls outside"):
+        ps.position(-1)

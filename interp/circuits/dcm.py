@@ -149,8 +149,8 @@ def dcm(model: HookedModel, *, base: PromptSet, source: PromptSet, targets: Tens
         raise ValueError("patching every position needs base and source prompts of one length")
     if n < 4:
         raise ValueError(f"DCM needs at least 4 pairs to split into train/val/test, got {n}")
-    bpos = resolve_position(base, position, base.clean.shape[1]) if position else None
-    spos = resolve_position(source, source_position or position, source.clean.shape[1]) if position else None
+    bpos = resolve_position(base, position) if position else None
+    spos = resolve_position(source, source_position or position) if position else None
     train, val, test = _split(n, config.split, config.seed)
     dev = model.device
     layers = sorted({layer for layer, _ in heads})

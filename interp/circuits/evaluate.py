@@ -136,7 +136,7 @@ def _node_keep(circuit: Circuit, prompts: Any, L: int, H: int, use_positions: bo
         if spec is None:
             keep[layer, :, :, h] = True
         else:
-            keep[layer, b, resolve_position(prompts, spec, T).cpu(), h] = True
+            keep[layer, b, resolve_position(prompts, spec).cpu(), h] = True
     return keep
 
 

@@ -61,7 +61,6 @@ def attention_evidence(model: HookedModel, prompts: Any, heads: list[tuple[int, 
     if not heads:
         return {}
     layers = sorted({layer for layer, _ in heads})
-    T = prompts.clean.shape[1]
     with torch.no_grad():
         _, cache = model.run_with_cache(prompts.clean.to(model.device), [Site("pattern", layer) for layer in layers],
                                         attention_mask=prompts.attention_mask.to(model.device))
@@ -69,9 +68,9 @@ def attention_evidence(model: HookedModel, prompts: Any, heads: list[tuple[int, 
     out = {}
     for layer, h in heads:
         p = cache[f"blocks.{layer}.attn.hook_pattern"][:, h].float().cpu()  # (B, query, key)
-        ev = {name: float(p[b, resolve_position(prompts, q, T), resolve_position(prompts, k, T)].mean())
+        ev = {name: float(p[b, resolve_position(prompts, q), resolve_position(prompts, k)].mean())
               for name, (q, k) in IOI_BEHAVIOURS.items()}
-        ev |= {f"uniform_{name}": float((1.0 / (resolve_position(prompts, q, T).float() + 1)).mean())
+        ev |= {f"uniform_{name}": float((1.0 / (resolve_position(prompts, q).float() + 1)).mean())
                for name, (q, _) in IOI_BEHAVIOURS.items()}
         out[head_name(layer, h)] = ev
     return out

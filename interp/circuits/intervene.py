@@ -66,12 +66,12 @@ def intervention_hooks(model: HookedModel, prompts: Any, interventions: list[Int
         src = {layer: cache[f"blocks.{layer}.attn.hook_z"] for layer in need_src}
     hooks = []
     for iv in interventions:
-        at = resolve_position(prompts, iv.at, T)
+        at = resolve_position(prompts, iv.at)
         at = None if at is None else at.to(dev)
         if iv.kind == "pattern":
             target = torch.zeros(B, T, device=dev)
             for name in iv.attend_to:
-                target[b, resolve_position(prompts, name, T).to(dev)] += 1.0
+                target[b, resolve_position(prompts, name).to(dev)] += 1.0
             target = target / target.sum(-1, keepdim=True)  # (B, key)
 
             def pattern(p: Tensor, site: Site, iv=iv, at=at, target=target) -> Tensor:

@@ -8,7 +8,6 @@ normalised by their largest magnitude. Every stage is one batched `interp.patchi
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,11 +18,11 @@ from interp.circuits.graph import Circuit, head_name
 from interp.models.base import HookedModel
 from interp.patching.path import CONVENTIONS, PathPatchResult, path_patch
 from interp.sites import Site
+from interp.tasks.promptset import POSITION_SPEC
 
 RECEIVERS = ("logits", "q", "k", "v")
 SELECT = ("top_k", "threshold")
 SIGNS = ("positive", "negative", "abs")
-_POS = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)([+-]\d+)?$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +56,7 @@ class Stage:
         if self.sign not in SIGNS:
             raise ValueError(f"stage {self.name!r}: sign must be one of {SIGNS}, got {self.sign!r}")
         for p in (self.sender_pos, self.receiver_pos):
-            if p is not None and not _POS.match(p):
+            if p is not None and not POSITION_SPEC.match(p):
                 raise ValueError(f"stage {self.name!r}: position {p!r} must be a name with an optional offset "
                                  "like 'S1+1', or None")
         if self.k < 0:
@@ -128,18 +127,9 @@ def prakash_stages(*, k: tuple[int, int, int, int] = (20, 5, 10, 5)) -> tuple[St
 PRESETS = {"ioi": ioi_stages, "merullo": merullo_stages, "prakash": prakash_stages}
 
 
-def resolve_position(prompts: Any, spec: str | None, seq_len: int) -> Tensor | None:
-    """None, or one position per prompt from a PromptSet name with an optional offset ("S1+1")."""
-    if spec is None:
-        return None
-    m = _POS.match(spec)
-    positions = getattr(prompts, "positions", None) or {}
-    if not m or m.group(1) not in positions:
-        raise ValueError(f"position {spec!r}: the prompts have positions {sorted(positions)}")
-    pos = positions[m.group(1)].long() + int(m.group(2) or 0)
-    if int(pos.min()) < 0 or int(pos.max()) >= seq_len:
-        raise ValueError(f"position {spec!r} falls outside the prompts (0..{seq_len - 1})")
-    return pos
+def resolve_position(prompts: Any, spec: str | None) -> Tensor | None:
+    """None (every position), or one position per prompt from a PromptSet name with an optional offset."""
+    return None if spec is None else prompts.position(spec)
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -264,12 +254,11 @@ def path_patch_search(model: HookedModel, *, prompts: Any, metric: Any, config: 
         config = SearchConfig(stages=tuple(stages))
     if not hasattr(prompts, "clean") or not hasattr(prompts, "positions"):
         raise TypeError("prompts must be a PromptSet (named positions are needed for the stages)")
-    T = prompts.clean.shape[1]
     L, H = model.cfg.n_layers, model.cfg.n_heads
     # check every position spec before the first forward pass
     for s in config.stages:
-        resolve_position(prompts, s.sender_pos, T)
-        resolve_position(prompts, s.receiver_pos, T)
+        resolve_position(prompts, s.sender_pos)
+        resolve_position(prompts, s.receiver_pos)
     done: dict[str, StageResult] = {}
     taken: set[tuple[int, int]] = set()
     results: list[StageResult] = []
@@ -294,8 +283,8 @@ def path_patch_search(model: HookedModel, *, prompts: Any, metric: Any, config: 
         else:
             pp: PathPatchResult = path_patch(
                 model, clean=prompts, metric=metric, receivers=recv, senders=senders, freeze=config.freeze,
-                sender_pos=resolve_position(prompts, stage.sender_pos, T),
-                receiver_pos=resolve_position(prompts, stage.receiver_pos, T),
+                sender_pos=resolve_position(prompts, stage.sender_pos),
+                receiver_pos=resolve_position(prompts, stage.receiver_pos),
                 convention=config.convention, max_senders_per_pass=max_senders_per_pass)
             top = pp.scores.nan_to_num().abs().max()
             normalised = pp.scores / top if float(top) > 0 else pp.scores * 0.0

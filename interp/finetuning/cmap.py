@@ -89,20 +89,8 @@ class HeadGroup:
 
 
 def resolve_position(position: str | int, prompts: PromptSet) -> Tensor | None:
-    """Per-prompt token index [batch] of a group position (None for "all")."""
-    B, T = prompts.clean.shape
-    if position == "all":
-        return None
-    if isinstance(position, str):
-        if position == "END":
-            return prompts.end
-        if position not in prompts.positions:
-            raise ValueError(f"position {position!r} is not one of prompt set {prompts.name!r}'s positions: "
-                             f"END, all, {', '.join(prompts.positions)}")
-        return prompts.positions[position]
-    if not 0 <= int(position) < T:
-        raise ValueError(f"position {position} is outside the prompts' length {T}")
-    return torch.full((B,), int(position), dtype=torch.long)
+    """Per-prompt token index [batch] of a group position (None for "all"; see `PromptSet.position`)."""
+    return None if position == "all" else prompts.position(position)
 
 
 def random_circuit(groups: Sequence[HeadGroup], *, n_layers: int, n_heads: int, seed: int) -> list[HeadGroup]:

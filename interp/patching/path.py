@@ -61,10 +61,9 @@ def _positions(pos: Any, prompts: Any, batch: int, device: torch.device) -> Tens
     if pos is None:
         return None
     if isinstance(pos, str):
-        if prompts is None or pos not in getattr(prompts, "positions", {}):
-            valid = list(getattr(prompts, "positions", {}) or [])
-            raise ValueError(f"position name {pos!r} needs a PromptSet that has it; available: {valid}")
-        return prompts.positions[pos].to(device).long()
+        if not hasattr(prompts, "position"):
+            raise ValueError(f"position name {pos!r} needs a PromptSet; the prompts were given as tensors")
+        return prompts.position(pos).to(device)
     if isinstance(pos, int):
         return torch.full((batch,), pos, device=device, dtype=torch.long)
     pos = torch.as_tensor(pos, device=device).long()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -15,6 +16,9 @@ from torch import Tensor
 TokenIds = Int[Tensor, "batch pos"]
 BatchIds = Int[Tensor, " batch"]
 OptionIds = Int[Tensor, "batch k"]
+
+
+POSITION_SPEC = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)([+-]\d+)?$")  # a position name with an optional offset
 
 
 def _index_tensor(idx: Sequence[int] | Sequence[bool]) -> Tensor:
@@ -66,6 +70,23 @@ class PromptSet:
             raise ValueError(f"options has shape {tuple(self.options.shape)}, expected ({b}, k)")
         if b and not torch.equal(self.end, self.lengths - 1):
             raise ValueError("end must be the last real token (attention_mask.sum(1) - 1) of every prompt")
+
+    def position(self, spec: str | int) -> BatchIds:
+        """One token index per prompt: a name of `positions` (or "END" for `end`) with an optional offset
+        ("S1+1", "END-2"), or a fixed index. Raises naming the valid names, or when it falls outside the prompts."""
+        B, T = self.clean.shape
+        if isinstance(spec, str):
+            m = POSITION_SPEC.match(spec)
+            named = {"END": self.end, **self.positions}
+            if not m or m.group(1) not in named:
+                raise ValueError(f"position {spec!r}: prompt set {self.name!r} has positions {sorted(named)} "
+                                 "(optionally with an offset, e.g. 'S1+1')")
+            pos = named[m.group(1)].long() + int(m.group(2) or 0)
+        else:
+            pos = torch.full((B,), int(spec), dtype=torch.long, device=self.clean.device)
+        if B and (int(pos.min()) < 0 or int(pos.max()) >= T):
+            raise ValueError(f"position {spec!r} falls outside the prompts (0..{T - 1})")
+        return pos
 
     def __len__(self) -> int:
         return self.clean.shape[0]
