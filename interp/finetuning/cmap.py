@@ -391,8 +391,7 @@ def cmap_sweep(receiver: HookedModel, sender: HookedModel, prompts: PromptSet, *
     sender_logits, cache = sender.run_with_cache(tokens, sites, attention_mask=mask)
     sources = {i: cache[s.hook_name] for i, s in enumerate(sites)}
     if engine == "tl" or (engine == "auto" and receiver.backend == "tl"):
-        vals = run_cells_tl(receiver, tokens, cells, component, sources, readout,
-                            prefix_reuse=receiver.device.type != "cuda", budget=budget)
+        vals = run_cells_tl(receiver, tokens, cells, component, sources, readout, budget=budget)
     else:
         vals = run_cells_generic(receiver, tokens, cells, component, sources, readout, attention_mask=mask,
                                  budget=budget)

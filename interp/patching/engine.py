@@ -5,7 +5,8 @@ with a *source* activation and reads the metric. Two engines compute the same nu
 
 - `run_cells_generic`: any backend; stacks cells along the batch and runs full forward passes with hooks.
 - `run_cells_tl`: TransformerLens fast path; starts at the patched layer from the target's cached residual
-  stream, reuses the unchanged prefix (positions before the patch) through a frozen key/value cache, and
+  stream, reuses the unchanged prefix (positions before the patch) through a frozen key/value cache, stacks the
+  cells of all layers that recompute from the same position into one run (a cell joins at its own layer), and
   unembeds only the positions and token ids that the metric reads.
 
 Both chunk the cells to a memory budget and halve the chunk on out-of-memory instead of failing.
@@ -46,6 +47,11 @@ def default_budget(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
     return 2 * 1024**3
+
+
+# On CPU the stacked fast engine runs faster in cache-sized chunks than in one big batch (GPT-2-small head-z sweep,
+# 8 x 16 tokens, 2 threads: 88 s with 48 MiB chunks, 99 s with 160 MiB, 123 s with 2 GiB).
+CPU_CHUNK_BYTES = 48 * 1024**2
 
 
 def bytes_per_token(model: HookedModel, seq_len: int, elem: int = 4) -> int:
@@ -211,45 +217,58 @@ def _precision(fast: bool, device: torch.device):
 def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sources: dict[int, Tensor],
                  readout: Readout, *, target: TargetCache | None = None, prefix_reuse: bool = True,
                  fast: bool = False, budget: int | None = None) -> Tensor:
-    """Per-cell metric values [n_cells, batch] on the TL backend, starting each cell at its patched layer."""
+    """Per-cell metric values [n_cells, batch] on the TL backend, starting each cell at its patched layer.
+
+    Cells that recompute from the same position are stacked along the batch across layers: a cell patched at
+    layer l joins the stacked run at block l (from the target's cached residual there), so blocks run once per
+    start position over all cells that have reached them, not once per cell.
+    """
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as Entry
 
     tl = model.tl
     B, T = tokens.shape
     L = model.cfg.n_layers
     target = target or cache_target(model, tokens)
-    budget = budget or default_budget(model.device)
+    budget = budget or (CPU_CHUNK_BYTES if model.device.type == "cpu" else default_budget(model.device))
     hook_name = {c: Site(component, c).hook_name for c in range(L)}
     out = torch.empty(len(cells), B, device=tokens.device)
-    # group cells by (layer, first recomputed position)
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    # group cells by the first position they recompute (keys/values at pos only matter to queries >= pos too)
+    groups: dict[int, list[int]] = defaultdict(list)
     for idx, cell in enumerate(cells):
-        start = cell.pos if (prefix_reuse and cell.pos is not None) else 0
-        if component in ("k", "v") and cell.pos is not None and prefix_reuse:
-            start = cell.pos  # keys/values at pos only matter to queries >= pos
-        groups[cell.layer, start].append(idx)
+        groups[cell.pos if (prefix_reuse and cell.pos is not None) else 0].append(idx)
     pos = readout.positions
 
-    for (layer, p0), idxs in groups.items():
+    for p0, idxs in groups.items():
+        idxs = sorted(idxs, key=lambda i: cells[i].layer)
         n_new = T - p0
         per_cell = B * n_new * bytes_per_token(model, T)
 
-        def chunk(sl: slice, layer=layer, p0=p0, idxs=idxs, n_new=n_new) -> Tensor:
+        def chunk(sl: slice, p0=p0, idxs=idxs, n_new=n_new) -> Tensor:
             group = [cells[i] for i in idxs[sl]]
             C = len(group)
+            rows_at: dict[int, list[tuple[int, Cell]]] = defaultdict(list)  # layer -> (row block, cell)
+            for i, cell in enumerate(group):
+                rows_at[cell.layer].append((i, cell))
 
-            def hook(act: Tensor, hook) -> Tensor:
-                for i, cell in enumerate(group):
-                    write_cell(act, slice(i * B, (i + 1) * B), cell, sources[layer], component, offset=p0)
-                return act
+            def make_hook(layer: int):
+                def hook(act: Tensor, hook) -> Tensor:
+                    for i, cell in rows_at[layer]:
+                        write_cell(act, slice(i * B, (i + 1) * B), cell, sources[layer], component, offset=p0)
+                    return act
+                return hook
 
-            resid = target.resid_pre[layer][:, p0:].repeat(C, 1, 1)
-            with tl.hooks(fwd_hooks=[(hook_name[layer], hook)]), _precision(fast, tokens.device):
-                for j in range(layer, L):
+            resid = target.resid_pre[group[0].layer][:, p0:][:0]
+            fwd_hooks = [(hook_name[layer], make_hook(layer)) for layer in rows_at]
+            with tl.hooks(fwd_hooks=fwd_hooks), _precision(fast, tokens.device):
+                for j in range(group[0].layer, L):
+                    if j in rows_at:  # cells patched at this layer join from the target's residual here
+                        fresh = target.resid_pre[j][:, p0:].repeat(len(rows_at[j]), 1, 1)
+                        resid = torch.cat([resid, fresh.to(resid.dtype)]) if len(resid) else fresh
                     entry = None
                     if p0 > 0:
-                        entry = Entry(past_keys=target.keys[j][:, :p0].repeat(C, 1, 1, 1),
-                                      past_values=target.values[j][:, :p0].repeat(C, 1, 1, 1), frozen=True)
+                        n = len(resid) // B
+                        entry = Entry(past_keys=target.keys[j][:, :p0].repeat(n, 1, 1, 1),
+                                      past_values=target.values[j][:, :p0].repeat(n, 1, 1, 1), frozen=True)
                     resid = tl.blocks[j](resid, past_kv_cache_entry=entry)
             resid = resid.float().view(C, B, n_new, -1)
             if readout.needs_full_logits:

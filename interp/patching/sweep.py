@@ -163,7 +163,7 @@ def _sources(model: HookedModel, component: str, src_tokens: Tensor, tgt_tokens:
 def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric: Any,
                 component: str = "resid_pre", per_head: bool = False, positions: str | list[int] = "each",
                 direction: str = "denoise", source: str = "run", mode: str = "exact", seed: int = 0,
-                prefix_reuse: bool | None = None, memory_budget: int | None = None,
+                prefix_reuse: bool = True, memory_budget: int | None = None,
                 engine: str = "auto", skip_noops: bool = True) -> PatchResult:
     """Activation patching over every (layer, position[, head]) cell, many cells per forward pass.
 
@@ -173,6 +173,9 @@ def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None
     `engine`: "auto" (TL fast path on the TL backend), "tl" or "generic" (any backend; full forwards).
     `skip_noops`: cells whose source activation equals the target's bit for bit (e.g. positions before the
     first token where clean and corrupt differ) are not run; their score is the target run's metric.
+    `prefix_reuse` (TL engine): recompute only positions from the patched one on, over a frozen key/value cache
+    of the target's prefix. `memory_budget`: bytes per stacked chunk (default: cache-sized on CPU, half the free
+    memory on GPU); chunks halve on out-of-memory.
     """
     clean_t, corrupt_t, prompts = _tokens_pair(clean, corrupt)
     # ---- validation: everything before the first forward pass
@@ -223,8 +226,7 @@ def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None
         todo = [c for c, s in zip(cells, skip.tolist(), strict=True) if not s]
         vals = per_prompt["corrupt" if direction == "denoise" else "clean"].expand(len(cells), -1).clone()
         if todo and use_tl:
-            reuse = (dev.type != "cuda") if prefix_reuse is None else prefix_reuse
-            done = run_cells_tl(model, target, todo, component, sources, readout, prefix_reuse=reuse,
+            done = run_cells_tl(model, target, todo, component, sources, readout, prefix_reuse=prefix_reuse,
                                 fast=(mode == "fast"), budget=memory_budget)
         elif todo:
             done = run_cells_generic(model, target, todo, component, sources, readout, budget=memory_budget)
