@@ -5,7 +5,8 @@ edge patched exactly; (2) a random-init GPT-2-small config with 100 prompts x 16
 is 8 prompts), where exact edge patching (one forward per edge, batched) runs on a seeded random subset of edges
 and its full time is extrapolated per edge (stated in the JSON). Timings are medians of 3 runs after a warm-up.
 The goal for case 2 on a GPU is EAP-IG <= 0.5 s. Agreement with the exact effects: Spearman and Pearson over the
-measured edges, and the share of the 20 largest exact effects that EAP-IG (or EAP) also ranks in its top 20.
+measured edges, and the share of the 20 largest exact effects that EAP-IG (or EAP, or EAP* = EAP with
+qk_fix) also ranks in its top 20.
 Usage: python benchmarks/circuits.py [--gpt2-prompts 100] [--subset 1024] [--out benchmarks/results/circuits-<dev>.json]
 """
 
@@ -85,6 +86,7 @@ def bench(name: str, model, clean, corrupt, metric, subset: int | None, repeats:
     kw = dict(clean=clean, corrupt=corrupt, metric=metric)
     ig, t_ig, ig_runs = _median_time(lambda: eap(model, ig_steps=5, **kw), repeats)
     _, t_eap, _ = _median_time(lambda: eap(model, ig_steps=0, **kw), repeats)
+    star, t_star, _ = _median_time(lambda: eap(model, ig_steps=0, qk_fix=True, **kw), repeats)
     edges = ig.graph.edges()
     n = len(edges)
     if subset is None or subset >= n:
@@ -101,17 +103,20 @@ def bench(name: str, model, clean, corrupt, metric, subset: int | None, repeats:
     row = {"case": name, "prompts": B, "seq": T, "layers": model.cfg.n_layers, "heads": model.cfg.n_heads,
            "edges": n, "ig_steps": 5, "device": device_name(), "threads": torch.get_num_threads(),
            "eap_ig_seconds": round(t_ig, 4), "eap_ig_runs": [round(x, 4) for x in ig_runs],
-           "eap_seconds": round(t_eap, 4), "exact_edges_measured": len(chosen),
+           "eap_seconds": round(t_eap, 4), "eap_star_seconds": round(t_star, 4), "exact_edges_measured": len(chosen),
            "exact_seconds_measured": round(t_exact, 3), "exact_extrapolated": extrapolated,
            "exact_seconds_all_edges": round(t_exact_all, 3), "speedup_vs_exact": round(t_exact_all / t_ig, 1),
            "spearman_eap_ig_vs_exact": round(rank_correlation(est, exact), 4)}
     plain = torch.tensor([eap(model, ig_steps=0, **kw)[e] for e in chosen])
     row["spearman_eap_vs_exact"] = round(rank_correlation(plain, exact), 4)
+    fixed = torch.tensor([star[e] for e in chosen])  # EAP with AtP*'s exact attention patterns (qk_fix)
+    row["spearman_eap_star_vs_exact"] = round(rank_correlation(fixed, exact), 4)
     row["pearson_eap_ig_vs_exact"] = round(float(torch.corrcoef(torch.stack([est, exact]))[0, 1]), 4)
     k = min(20, len(chosen))  # do the largest exact effects come out on top?
     top = set(exact.abs().topk(k).indices.tolist())
     row[f"top{k}_overlap_eap_ig"] = round(len(top & set(est.abs().topk(k).indices.tolist())) / k, 3)
     row[f"top{k}_overlap_eap"] = round(len(top & set(plain.abs().topk(k).indices.tolist())) / k, 3)
+    row[f"top{k}_overlap_eap_star"] = round(len(top & set(fixed.abs().topk(k).indices.tolist())) / k, 3)
     print(row, flush=True)
     return row
 
@@ -143,7 +148,7 @@ def main() -> None:
         rows.append(row)
     out = a.out or os.path.join(os.path.dirname(__file__), "results", f"circuits-{'gpu' if gpu else 'cpu'}.json")
     write_json(out, {"benchmark": "circuits", "device": device_name(), "torch": torch.__version__,
-                     "notes": "EAP-IG m=5 vs exact single-edge patching (one forward per edge, batched 32 edges per "
+                     "notes": "EAP-IG m=5, EAP and EAP* (qk_fix) vs exact single-edge patching (one forward per edge, batched 32 edges per "
                               "pass); exact times on a random edge subset are extrapolated per edge where "
                               "exact_extrapolated is true", "rows": rows})
     print(f"wrote {out}")

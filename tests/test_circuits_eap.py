@@ -93,6 +93,99 @@ def test_eap_equals_per_edge_autograd(tiny_models, data, arch, ig_steps):
         assert not any(d.startswith("a1.3.k") for _, d in edges)  # 2 kv heads
 
 
+def qk_fix_oracle(model, clean, corrupt, metric, edges, ig_steps):
+    """AtP* per edge from TL's hooks only: the pattern of the edge's layer in a clean run whose split q/k input
+    of that head gets the sender's full Δa, minus the clean pattern, dotted with ∂M/∂pattern (averaged over
+    the EAP-IG inputs)."""
+    tl = model.tl
+    old = tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in
+    tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in = True, True
+    try:
+        with torch.no_grad():
+            _, cc = tl.run_with_cache(clean)
+            _, kc = tl.run_with_cache(corrupt)
+        alphas = [1.0] if ig_steps == 0 else [k / ig_steps for k in range(1, ig_steps + 1)]
+        x_clean, x_corrupt = cc["blocks.0.hook_resid_pre"], kc["blocks.0.hook_resid_pre"]
+        grads = {}
+        for a in alphas:
+            kept = {}
+
+            def keep(act, hook, kept=kept):
+                act.retain_grad()
+                kept[hook.layer()] = act
+            x = x_corrupt + a * (x_clean - x_corrupt)
+            hooks = [("blocks.0.hook_resid_pre", lambda act, hook, x=x: x)]
+            hooks += [(f"blocks.{i}.attn.hook_pattern", keep) for i in range(tl.cfg.n_layers)]
+            metric(tl.run_with_hooks(clean, fwd_hooks=hooks)).sum().backward()  # row b: ∂M_b/∂pattern_b
+            for i, act in kept.items():
+                grads[i] = grads.get(i, 0) + act.grad / len(alphas)
+        scores = []
+        for u, v in edges:
+            if u == "embed":
+                delta = kc["blocks.0.hook_resid_pre"] - cc["blocks.0.hook_resid_pre"]
+            elif u.startswith("m"):
+                delta = kc[f"blocks.{u[1:]}.hook_mlp_out"] - cc[f"blocks.{u[1:]}.hook_mlp_out"]
+            else:
+                ul, uh = map(int, u[1:].split("."))
+                W = tl.blocks[ul].attn.W_O[uh]
+                delta = (kc[f"blocks.{ul}.attn.hook_z"][:, :, uh] - cc[f"blocks.{ul}.attn.hook_z"][:, :, uh]) @ W
+            layer, head, kind = v[1:].split(".")
+            layer, head = int(layer), int(head)
+
+            def add(act, hook, delta=delta, head=head):
+                act = act.clone()
+                act[:, :, head] += delta
+                return act
+            with torch.no_grad(), tl.hooks(fwd_hooks=[(f"blocks.{layer}.hook_{kind}_input", add)]):
+                _, pc = tl.run_with_cache(clean, names_filter=f"blocks.{layer}.attn.hook_pattern")
+            diff = pc[f"blocks.{layer}.attn.hook_pattern"] - cc[f"blocks.{layer}.attn.hook_pattern"]
+            scores.append(float((diff * grads[layer]).sum() / clean.shape[0]))
+        return torch.tensor(scores)
+    finally:
+        tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in = old
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+@pytest.mark.parametrize("ig_steps", [0, 3])
+def test_eap_qk_fix_equals_exact_pattern_oracle(tiny_models, data, arch, ig_steps):
+    model = tiny_models(arch, "tl")
+    clean, corrupt, ans, wrong = data
+    metric = _metric(ans, wrong)
+    fixed = eap(model, clean=clean, corrupt=corrupt, metric=metric, ig_steps=ig_steps, qk_fix=True)
+    plain = eap(model, clean=clean, corrupt=corrupt, metric=metric, ig_steps=ig_steps)
+    edges = fixed.graph.edges()
+    qk = [e for e in edges if e[1].endswith((".q", ".k"))]
+    # random query/key edges plus the largest (random-init attention moves little: compare relatively)
+    pick = [qk[i] for i in torch.randperm(len(qk), generator=torch.Generator().manual_seed(2))[:10].tolist()]
+    pick += sorted(qk, key=lambda e: -abs(fixed[e]))[:6]
+    want = qk_fix_oracle(model, clean, corrupt, metric, pick, ig_steps)
+    got = torch.tensor([fixed[e] for e in pick])
+    assert torch.allclose(got, want, atol=1e-9, rtol=1e-3), (got - want).abs().max()
+    assert want.abs().max() > 1e-7
+    # every other edge keeps EAP's linear score
+    rest = [e for e in edges if not e[1].endswith((".q", ".k"))]
+    assert all(fixed[e] == plain[e] for e in rest)
+    assert fixed.method == ("eap-ig*" if ig_steps else "eap*")
+
+
+def test_eap_qk_fix_ranks_like_exact_edge_patching_on_the_organism():
+    """Issue 5's oracle on organism/base IOI: EAP (with AtP*'s exact attention patterns for query/key edges)
+    against exact single-edge patching, Spearman >= 0.9 (a seeded half of the 479 edges keeps the test short)."""
+    import interp
+    from interp.metrics import LogitDiff
+    from interp.tasks import make
+
+    model = interp.load_model("organism/base", backend="tl", device="cpu")
+    ioi = make("ioi", model.tokenizer, n=64, seed=0, same_length=True)
+    est = eap(model, clean=ioi, metric=LogitDiff, qk_fix=True)
+    edges = est.graph.edges()
+    pick = [edges[i] for i in torch.randperm(len(edges), generator=torch.Generator().manual_seed(0))[:240].tolist()]
+    exact = edge_patch(model, clean=ioi, metric=LogitDiff, edges=pick)
+    assert rank_correlation(torch.tensor([est[e] for e in pick]), exact) >= 0.9
+    with pytest.raises(ValueError, match="qk_fix"):
+        eap(model, clean=make("ioi", model.tokenizer, n=8, seed=0), metric=LogitDiff, qk_fix=True)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_eap_ig_ranks_like_exact_edge_patching(tiny_models, data, arch):
     model = tiny_models(arch, "tl")
