@@ -421,3 +421,25 @@ def test_interpolate_ends_are_the_two_models(ccs_dirs, model, ccs):
     for alpha, ref in ((0.0, base), (1.0, model)):
         mixed, _ = forward_last(interpolate(base, model, alpha), tokens, end)
         torch.testing.assert_close(mixed, forward_last(ref, tokens, end)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_transplant_at_the_last_layer_reproduces_the_instruction_answers():
+    """Writing the paired instruction prompt's whole final residual into the no-instruction prompt must give the
+    instruction prompt's own answers: shares equal its context and prior accuracy (organism/ccs-ft)."""
+    from interp import load_model
+    from interp.subspace import ccs_sets, evaluate_ccs, transplant_shares
+
+    ft = load_model("organism/ccs-ft", device="cpu")
+    sets = ccs_sets(ft.tokenizer, n_pairs=24, seed=5, formats=("instruction", "none"))
+    last = ft.cfg.n_layers - 1
+    got = transplant_shares(ft, last, sets["instruction"], sets["none"])
+    want = evaluate_ccs(ft, sets["instruction"])
+    assert got == {"context_share": pytest.approx(want.context_acc), "prior_share": pytest.approx(want.prior_acc)}
+    assert want.prior_acc > 0.5  # not a comparison of zeros
+    early = transplant_shares(ft, 0, sets["instruction"], sets["none"])
+    assert 0.0 <= early["prior_share"] <= 1.0
+    other = ccs_sets(ft.tokenizer, n_pairs=24, seed=6, formats=("none",))["none"]
+    with pytest.raises(ValueError, match="same \\(context, query\\) pairs"):
+        transplant_shares(ft, 0, sets["instruction"], other)
+    with pytest.raises(ValueError, match="state the intent"):
+        transplant_shares(ft, 0, sets["none"], sets["none"])

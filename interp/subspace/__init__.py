@@ -50,6 +50,7 @@ from interp.subspace.steer import (
     steer_sweep,
     steered_pair_accuracy,
     steering_figure,
+    transplant_shares,
 )
 
 __all__ = [
@@ -59,5 +60,5 @@ __all__ = [
     "default_c_values", "evaluate_ccs", "fit_knob", "identity_prompt", "intent_swap_data", "interchange_accuracy",
     "make_ccs", "mean_difference_subspace", "orient_prior_positive", "patchscope", "pick_c", "run_budget",
     "search_figure", "search_layers", "search_setting", "separation", "separation_figure", "setting_pairs",
-    "steer_sweep", "steered_pair_accuracy", "steering_figure", "tip_probs", "train_das",
+    "steer_sweep", "steered_pair_accuracy", "steering_figure", "tip_probs", "train_das", "transplant_shares",
 ]

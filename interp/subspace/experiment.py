@@ -49,6 +49,7 @@ from interp.subspace.steer import (
     pick_c,
     steer_sweep,
     steered_pair_accuracy,
+    transplant_shares,
     steering_figure,
 )
 
@@ -213,6 +214,7 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
                   "base": steer_sweep(base, knob, layer, test["none"], c_values, batch_size=cfg.batch_size)}
         out: dict[str, Any] = {"c_context": c_ctx, "c_prior": c_pri, "curves": {k: v.to_dict() for k, v in
                                                                                curves.items()}, "notes": {}}
+        out["transplant"] = transplant_shares(ft, layer, test["instruction"], test["none"], batch_size=cfg.batch_size)
         out["pair_acc"] = {k: steered_pair_accuracy(m, knob, layer, test["none"], c_context=c_ctx, c_prior=c_pri,
                                                     batch_size=cfg.batch_size) for k, m in (("ft", ft), ("base", base))}
         for name in cfg.transfer_to:
@@ -262,6 +264,9 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
         "steer_c_prior": c_pri,
         "steer_context_share": ft_curve.at(c_ctx)[0],
         "steer_prior_share": ft_curve.at(c_pri)[1],
+        # the ceiling at the knob's site: the whole last-token residual of the paired instruction prompt
+        "transplant_context_share": steer["transplant"]["context_share"],
+        "transplant_prior_share": steer["transplant"]["prior_share"],
         "unsteered_context_share_ft": ft_curve.unsteered_context_share,
         "unsteered_prior_share_ft": ft_curve.unsteered_prior_share,
         "transfer_context_share": base_curve.at(c_ctx)[0],

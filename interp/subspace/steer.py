@@ -116,6 +116,37 @@ def steered_pair_accuracy(model: HookedModel, subspace: Subspace, layer: int, cc
     return float((ctx_ok & pri_ok).float().mean())
 
 
+def transplant_shares(model: HookedModel, layer: int, ccs_intent: CCSPairs, ccs_none: CCSPairs, *,
+                      batch_size: int = 64) -> dict[str, float]:
+    """The ceiling of any last-token knob at `layer`: each no-intent prompt gets the *whole* last-token block
+    output of its pair's prompt that states the intent (instruction or weight format, same (context, query)).
+
+    Returns the context share with the context-intent residual written in and the prior share with the
+    prior-intent one. A rank-1 knob set to a constant moves less than the full residual, so shares above these
+    are out of its reach at this site (unless the steered direction does something the paired prompts never do).
+    """
+    tokens, end = _none_prompts(ccs_none)
+    if ccs_intent.format == "none":
+        raise ValueError("ccs_intent must state the intent (format 'instruction' or 'weight')")
+    if len(ccs_intent) != len(ccs_none) or not torch.equal(ccs_intent.context_answer, ccs_none.context_answer) \
+            or not torch.equal(ccs_intent.prior_answer, ccs_none.prior_answer):
+        raise ValueError("ccs_intent and ccs_none must hold the same (context, query) pairs in the same order: "
+                         "draw them with one seed (ccs_sets)")
+    site = Site("resid_post", layer)
+    out = {}
+    for intent, answer in (("context", ccs_none.context_answer), ("prior", ccs_none.prior_answer)):
+        rows = ccs_intent.rows(intent)
+        src = resid_at_last(model, ccs_intent.prompts.clean[rows], ccs_intent.prompts.end[rows], layer,
+                            batch_size=batch_size)
+
+        def hooks(r: Tensor, src: Tensor = src) -> list:
+            return [(site, last_token_hook(end[r], lambda at, r=r: src[r.to(src.device)]))]
+        with torch.no_grad():
+            logits, _ = forward_last(model, tokens, end, hooks=hooks, batch_size=batch_size)
+        out[f"{intent}_share"] = float((logits.argmax(-1).cpu() == answer).float().mean())
+    return out
+
+
 def default_c_values(model: HookedModel, subspace: Subspace, layer: int, ccs: CCSPairs, *, scale: float = 1.5,
                      n: int = 9, batch_size: int = 64) -> list[float]:
     """A symmetric sweep `linspace(-C, C, n)`, `C = scale * max |mean uᵀh|` over the two intents' prompts.
