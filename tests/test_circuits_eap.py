@@ -1,5 +1,7 @@
 """EAP / EAP-IG against two slow references: per-edge autograd (the formula, exactly) and exact edge patching."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 from helpers import last_logit_diff as _metric
@@ -16,26 +18,36 @@ def data():
     return swap_batch(B, T, seed=3, swap_at=(2,))
 
 
-def per_edge_autograd(model, clean, corrupt, metric, edges, ig_steps):
-    """d/dε M(clean run, input_v += ε (a_u^corrupt − a_u^clean)) at ε = 0, one edge at a time, averaged over the
-    EAP-IG inputs corrupt + k/m (clean − corrupt); written from TL's hooks only, not from interp's EAP."""
-    tl = model.tl
-    L = tl.cfg.n_layers
+@contextmanager
+def split_input_caches(tl, clean, corrupt):
+    """TL with split q/k/v and MLP inputs on (restored after), and the clean and corrupt caches."""
     old = tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in
     tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in = True, True
     try:
         with torch.no_grad():
             _, cc = tl.run_with_cache(clean)
             _, kc = tl.run_with_cache(corrupt)
+        yield cc, kc
+    finally:
+        tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in = old
 
-        def out(cache, src):
-            if src == "embed":
-                return cache["blocks.0.hook_resid_pre"]
-            if src.startswith("m"):
-                return cache[f"blocks.{src[1:]}.hook_mlp_out"]
-            layer, h = map(int, src[1:].split("."))
-            return cache[f"blocks.{layer}.attn.hook_z"][:, :, h] @ tl.blocks[layer].attn.W_O[h]
 
+def sender_output(tl, cache, src):
+    """A source node's output written into the residual stream, from a TL cache."""
+    if src == "embed":
+        return cache["blocks.0.hook_resid_pre"]
+    if src.startswith("m"):
+        return cache[f"blocks.{src[1:]}.hook_mlp_out"]
+    layer, h = map(int, src[1:].split("."))
+    return cache[f"blocks.{layer}.attn.hook_z"][:, :, h] @ tl.blocks[layer].attn.W_O[h]
+
+
+def per_edge_autograd(model, clean, corrupt, metric, edges, ig_steps):
+    """d/dε M(clean run, input_v += ε (a_u^corrupt − a_u^clean)) at ε = 0, one edge at a time, averaged over the
+    EAP-IG inputs corrupt + k/m (clean − corrupt); written from TL's hooks only, not from interp's EAP."""
+    tl = model.tl
+    L = tl.cfg.n_layers
+    with split_input_caches(tl, clean, corrupt) as (cc, kc):
         def dest(d):
             if d == "logits":
                 return f"blocks.{L - 1}.hook_resid_post", None
@@ -48,7 +60,7 @@ def per_edge_autograd(model, clean, corrupt, metric, edges, ig_steps):
         x_clean, x_corrupt = cc["blocks.0.hook_resid_pre"], kc["blocks.0.hook_resid_pre"]
         scores = []
         for u, v in edges:
-            delta = out(kc, u) - out(cc, u)
+            delta = sender_output(tl, kc, u) - sender_output(tl, cc, u)
             name, head = dest(v)
             eps = torch.zeros((), requires_grad=True)
 
@@ -68,8 +80,6 @@ def per_edge_autograd(model, clean, corrupt, metric, edges, ig_steps):
                 total = total + metric(logits).mean()
             scores.append(torch.autograd.grad(total, eps)[0].item() / len(alphas))
         return torch.tensor(scores)
-    finally:
-        tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in = old
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
@@ -98,12 +108,7 @@ def qk_fix_oracle(model, clean, corrupt, metric, edges, ig_steps):
     of that head gets the sender's full Δa, minus the clean pattern, dotted with ∂M/∂pattern (averaged over
     the EAP-IG inputs)."""
     tl = model.tl
-    old = tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in
-    tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in = True, True
-    try:
-        with torch.no_grad():
-            _, cc = tl.run_with_cache(clean)
-            _, kc = tl.run_with_cache(corrupt)
+    with split_input_caches(tl, clean, corrupt) as (cc, kc):
         alphas = [1.0] if ig_steps == 0 else [k / ig_steps for k in range(1, ig_steps + 1)]
         x_clean, x_corrupt = cc["blocks.0.hook_resid_pre"], kc["blocks.0.hook_resid_pre"]
         grads = {}
@@ -121,14 +126,7 @@ def qk_fix_oracle(model, clean, corrupt, metric, edges, ig_steps):
                 grads[i] = grads.get(i, 0) + act.grad / len(alphas)
         scores = []
         for u, v in edges:
-            if u == "embed":
-                delta = kc["blocks.0.hook_resid_pre"] - cc["blocks.0.hook_resid_pre"]
-            elif u.startswith("m"):
-                delta = kc[f"blocks.{u[1:]}.hook_mlp_out"] - cc[f"blocks.{u[1:]}.hook_mlp_out"]
-            else:
-                ul, uh = map(int, u[1:].split("."))
-                W = tl.blocks[ul].attn.W_O[uh]
-                delta = (kc[f"blocks.{ul}.attn.hook_z"][:, :, uh] - cc[f"blocks.{ul}.attn.hook_z"][:, :, uh]) @ W
+            delta = sender_output(tl, kc, u) - sender_output(tl, cc, u)
             layer, head, kind = v[1:].split(".")
             layer, head = int(layer), int(head)
 
@@ -141,8 +139,6 @@ def qk_fix_oracle(model, clean, corrupt, metric, edges, ig_steps):
             diff = pc[f"blocks.{layer}.attn.hook_pattern"] - cc[f"blocks.{layer}.attn.hook_pattern"]
             scores.append(float((diff * grads[layer]).sum() / clean.shape[0]))
         return torch.tensor(scores)
-    finally:
-        tl.cfg.use_split_qkv_input, tl.cfg.use_hook_mlp_in = old
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])

@@ -49,8 +49,8 @@ from interp.subspace.steer import (
     pick_c,
     steer_sweep,
     steered_pair_accuracy,
-    transplant_shares,
     steering_figure,
+    transplant_shares,
 )
 
 INTENT_SWAP = ("cp", "pc")
