@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The device checks, as one script: gpu-marked tests plus the GPU benchmarks. Run on a lent H100/H200 with the
-# wheels of .whl/ (packages missing from the device image) carried along; results land in $OUT.
+# wheels of .whl/ (packages missing from the device image; `python scripts/gpu_wheels.py` fetches them) carried along;
+# results land in $OUT.
 set -uo pipefail
 OUT="${OUT:-/tmp/gpu-out}"; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
