@@ -1,6 +1,7 @@
 """Patching speed: interp's batched sweeps vs TransformerLens' `patching` module, same model, inputs, metric.
 
-CPU: GPT-2-small config, batch 8 x 16 tokens. GPU: batch 64 x 16, exact and fast mode, small and medium.
+CPU: GPT-2-small config, batch 8 x 16 tokens. GPU: batch 64 x 16, exact and fast mode, small and medium, each
+with one start position per patched position and with 1 and 4 shared ones (`prefix_groups`).
 TransformerLens runs one forward per cell; on CPU its head-by-position sweep (2,304 cells) would take ~15 min,
 so it is timed on a seeded random subset of cells and its full time extrapolated per cell (stated in the JSON).
 Usage: python benchmarks/patching.py [--sizes gpt2-small] [--out benchmarks/results/patching-<device>.json]
@@ -21,7 +22,8 @@ from _common import GPT2_SIZES, device_name, random_gpt2, timed, write_json  # n
 from interp.metrics import rank_correlation  # noqa: E402
 
 
-def bench(size: str, batch: int, seq: int, device: str, tl_subset: int | None, modes: list[str]) -> list[dict]:
+def bench(size: str, batch: int, seq: int, device: str, tl_subset: int | None, modes: list[str],
+          prefix_groups: list[int | None]) -> list[dict]:
     import pandas as pd
     from transformer_lens import patching as P
 
@@ -70,16 +72,18 @@ def bench(size: str, batch: int, seq: int, device: str, tl_subset: int | None, m
                 ref, t_tl = timed(lambda s=setter, c=comp, d=df: P.generic_activation_patch(
                     model.tl, corrupt, clean_cache, lambda lg: metric(lg).mean(), s, c, index_df=d))
                 ref_cells, tl_time, measured = pick, t_tl / tl_subset * n_cells, tl_subset
-        for mode in modes:
+        for mode, pg in [(m, g) for m in modes for g in prefix_groups]:
             patch_sweep(model, clean=clean[:2], corrupt=corrupt[:2], metric=lambda lg: lg[:, -1, 0],
                         component=comp, per_head=per_head, mode=mode, positions=[0])  # warm-up
-            res, t_ours = timed(lambda c=comp, h=per_head, m=mode: patch_sweep(
-                model, clean=clean, corrupt=corrupt, metric=metric, component=c, per_head=h, mode=m))
+            res, t_ours = timed(lambda c=comp, h=per_head, m=mode, g=pg: patch_sweep(
+                model, clean=clean, corrupt=corrupt, metric=metric, component=c, per_head=h, mode=m,
+                prefix_groups=g))
             ours = res.scores.to(ref.device)
             ours_at = ours[tuple(ref_cells.T)] if ref_cells is not None else ours
             moved = (ref.cpu() - res.baseline["corrupt"]).abs() > 1e-4
             rows.append({
                 "model": size, "sweep": name, "cells": n_cells, "batch": batch, "seq": seq, "mode": mode,
+                "prefix_groups": pg,
                 "device": device_name(), "tl_seconds": round(tl_time, 3),
                 "tl_cells_measured": measured, "tl_extrapolated": ref_cells is not None,
                 "interp_seconds": round(t_ours, 3), "speedup": round(tl_time / t_ours, 1),
@@ -101,13 +105,16 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=16)
     ap.add_argument("--tl-subset", type=int, default=None if gpu else 96,
                     help="time TransformerLens on this many random cells of per-head sweeps and extrapolate")
+    ap.add_argument("--prefix-groups", nargs="+", default=["none", "1", "4"] if gpu else ["none"],
+                    help="interp variants: 'none' (one start position per patched position) or k shared ones")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     device = "cuda" if gpu else "cpu"
     modes = ["exact", "fast"] if gpu else ["exact"]
+    groups = [None if g == "none" else int(g) for g in a.prefix_groups]
     rows = []
     for size in a.sizes:
-        rows += bench(size, a.batch, a.seq, device, a.tl_subset, modes)
+        rows += bench(size, a.batch, a.seq, device, a.tl_subset, modes, groups)
     out = a.out or os.path.join(os.path.dirname(__file__), "results", f"patching-{'gpu' if gpu else 'cpu'}.json")
     write_json(out, {"benchmark": "patching", "device": device_name(), "torch": torch.__version__, "rows": rows})
     print(f"wrote {out}")

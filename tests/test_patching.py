@@ -95,6 +95,22 @@ def test_tiny_memory_budget_still_exact(tiny_models, pair):
         assert (tiny.scores - full.scores).abs().max().item() <= 1e-6
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("component,per_head", [("resid_pre", False), ("z", True), ("k", True)])
+def test_prefix_groups_and_no_prefix_reuse_give_the_same_scores(tiny_models, pair, arch, component, per_head):
+    """Recomputing from shared start positions (or from 0) changes only how much is recomputed, not the scores."""
+    clean, corrupt, ans, wrong = pair
+    model = tiny_models(arch, "tl")
+    kw = dict(clean=clean, corrupt=corrupt, metric=LogitDiff(ans, wrong), component=component, per_head=per_head)
+    ref = patch_sweep(model, **kw).scores
+    assert ref.abs().max() > 0
+    for variant in (dict(prefix_groups=1), dict(prefix_groups=3), dict(prefix_groups=99), dict(prefix_reuse=False)):
+        got = patch_sweep(model, **variant, **kw).scores
+        assert (got - ref).abs().max().item() <= 1e-5, variant
+    with pytest.raises(ValueError, match="prefix_groups"):
+        patch_sweep(model, prefix_groups=0, **kw)
+
+
 def test_oom_backoff(tiny_models, pair, monkeypatch):
     """An out-of-memory error halves the chunk instead of failing."""
     from interp.patching import engine

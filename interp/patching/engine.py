@@ -216,12 +216,14 @@ def _precision(fast: bool, device: torch.device):
 
 def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sources: dict[int, Tensor],
                  readout: Readout, *, target: TargetCache | None = None, prefix_reuse: bool = True,
-                 fast: bool = False, budget: int | None = None) -> Tensor:
+                 prefix_groups: int | None = None, fast: bool = False, budget: int | None = None) -> Tensor:
     """Per-cell metric values [n_cells, batch] on the TL backend, starting each cell at its patched layer.
 
     Cells that recompute from the same position are stacked along the batch across layers: a cell patched at
     layer l joins the stacked run at block l (from the target's cached residual there), so blocks run once per
-    start position over all cells that have reached them, not once per cell.
+    start position over all cells that have reached them, not once per cell. `prefix_groups=k` merges the start
+    positions into k contiguous groups, each recomputed from its first position: fewer, larger passes for a
+    little recomputation (for GPUs, where kernel launches rather than FLOPs can dominate).
     """
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as Entry
 
@@ -233,9 +235,17 @@ def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sourc
     hook_name = {c: Site(component, c).hook_name for c in range(L)}
     out = torch.empty(len(cells), B, device=tokens.device)
     # group cells by the first position they recompute (keys/values at pos only matter to queries >= pos too)
+    starts = [cell.pos if (prefix_reuse and cell.pos is not None) else 0 for cell in cells]
+    first = {p: p for p in starts}
+    if prefix_groups is not None:
+        distinct = sorted(first)
+        k = min(prefix_groups, len(distinct))
+        for g in range(k):
+            bucket = distinct[g * len(distinct) // k:(g + 1) * len(distinct) // k]
+            first.update({p: bucket[0] for p in bucket})
     groups: dict[int, list[int]] = defaultdict(list)
-    for idx, cell in enumerate(cells):
-        groups[cell.pos if (prefix_reuse and cell.pos is not None) else 0].append(idx)
+    for idx, p in enumerate(starts):
+        groups[first[p]].append(idx)
     pos = readout.positions
 
     for p0, idxs in groups.items():

@@ -163,7 +163,7 @@ def _sources(model: HookedModel, component: str, src_tokens: Tensor, tgt_tokens:
 def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric: Any,
                 component: str = "resid_pre", per_head: bool = False, positions: str | list[int] = "each",
                 direction: str = "denoise", source: str = "run", mode: str = "exact", seed: int = 0,
-                prefix_reuse: bool = True, memory_budget: int | None = None,
+                prefix_reuse: bool = True, prefix_groups: int | None = None, memory_budget: int | None = None,
                 engine: str = "auto", skip_noops: bool = True) -> PatchResult:
     """Activation patching over every (layer, position[, head]) cell, many cells per forward pass.
 
@@ -174,7 +174,8 @@ def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None
     `skip_noops`: cells whose source activation equals the target's bit for bit (e.g. positions before the
     first token where clean and corrupt differ) are not run; their score is the target run's metric.
     `prefix_reuse` (TL engine): recompute only positions from the patched one on, over a frozen key/value cache
-    of the target's prefix. `memory_budget`: bytes per stacked chunk (default: cache-sized on CPU, half the free
+    of the target's prefix; `prefix_groups=k` recomputes from k shared start positions instead of one per
+    position (fewer, larger passes: try it on GPUs). `memory_budget`: bytes per stacked chunk (default: cache-sized on CPU, half the free
     memory on GPU); chunks halve on out-of-memory.
     """
     clean_t, corrupt_t, prompts = _tokens_pair(clean, corrupt)
@@ -187,6 +188,9 @@ def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None
         raise ValueError(f"source must be one of {SOURCES}; got {source!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+    if prefix_groups is not None and (not isinstance(prefix_groups, int) or isinstance(prefix_groups, bool)
+                                      or prefix_groups < 1):
+        raise ValueError(f"prefix_groups must be None or an int >= 1; got {prefix_groups!r}")
     if engine not in ("auto", "tl", "generic"):
         raise ValueError(f"engine must be 'auto', 'tl' or 'generic'; got {engine!r}")
     if component in HEAD_COMPONENTS and not per_head:
@@ -227,7 +231,7 @@ def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None
         vals = per_prompt["corrupt" if direction == "denoise" else "clean"].expand(len(cells), -1).clone()
         if todo and use_tl:
             done = run_cells_tl(model, target, todo, component, sources, readout, prefix_reuse=prefix_reuse,
-                                fast=(mode == "fast"), budget=memory_budget)
+                                prefix_groups=prefix_groups, fast=(mode == "fast"), budget=memory_budget)
         elif todo:
             done = run_cells_generic(model, target, todo, component, sources, readout, budget=memory_budget)
         if todo:
