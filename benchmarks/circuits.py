@@ -85,7 +85,7 @@ def bench(name: str, model, clean, corrupt, metric, subset: int | None, repeats:
 
     kw = dict(clean=clean, corrupt=corrupt, metric=metric)
     ig, t_ig, ig_runs = _median_time(lambda: eap(model, ig_steps=5, **kw), repeats)
-    _, t_eap, _ = _median_time(lambda: eap(model, ig_steps=0, **kw), repeats)
+    plain_scores, t_eap, _ = _median_time(lambda: eap(model, ig_steps=0, **kw), repeats)
     star, t_star, _ = _median_time(lambda: eap(model, ig_steps=0, qk_fix=True, **kw), repeats)
     edges = ig.graph.edges()
     n = len(edges)
@@ -107,7 +107,7 @@ def bench(name: str, model, clean, corrupt, metric, subset: int | None, repeats:
            "exact_seconds_measured": round(t_exact, 3), "exact_extrapolated": extrapolated,
            "exact_seconds_all_edges": round(t_exact_all, 3), "speedup_vs_exact": round(t_exact_all / t_ig, 1),
            "spearman_eap_ig_vs_exact": round(rank_correlation(est, exact), 4)}
-    plain = torch.tensor([eap(model, ig_steps=0, **kw)[e] for e in chosen])
+    plain = torch.tensor([plain_scores[e] for e in chosen])
     row["spearman_eap_vs_exact"] = round(rank_correlation(plain, exact), 4)
     fixed = torch.tensor([star[e] for e in chosen])  # EAP with AtP*'s exact attention patterns (qk_fix)
     row["spearman_eap_star_vs_exact"] = round(rank_correlation(fixed, exact), 4)
@@ -148,8 +148,8 @@ def main() -> None:
         rows.append(row)
     out = a.out or os.path.join(os.path.dirname(__file__), "results", f"circuits-{'gpu' if gpu else 'cpu'}.json")
     write_json(out, {"benchmark": "circuits", "device": device_name(), "torch": torch.__version__,
-                     "notes": "EAP-IG m=5, EAP and EAP* (qk_fix) vs exact single-edge patching (one forward per edge, batched 32 edges per "
-                              "pass); exact times on a random edge subset are extrapolated per edge where "
+                     "notes": "EAP-IG m=5, EAP and EAP* (qk_fix) vs exact single-edge patching (one forward per "
+                              "edge, batched 32 edges per pass); exact times on a random edge subset are extrapolated per edge where "
                               "exact_extrapolated is true", "rows": rows})
     print(f"wrote {out}")
 

@@ -138,8 +138,10 @@ def metric_values(model: HookedModel, readout: Readout, resid: Tensor, n: int) -
 
 
 def source_outputs(model: HookedModel, graph: Graph, tokens: Tensor, attention_mask: Tensor | None = None,
+                   *, resid_pre: dict[int, Tensor] | None = None,
                    ) -> tuple[SourceActs, Float[Tensor, "batch pos d_model"]]:
-    """Every source's output [source, batch, pos, d_model] on `tokens`, and the final residual."""
+    """Every source's output [source, batch, pos, d_model] on `tokens`, and the final residual; with `resid_pre`
+    (a dict), also each layer's `hook_resid_pre` of the same pass, keyed by layer."""
     B, T = tokens.shape
     out = torch.empty(len(graph.sources), B, T, model.cfg.d_model, device=tokens.device,
                       dtype=model.tl.cfg.dtype)
@@ -147,7 +149,11 @@ def source_outputs(model: HookedModel, graph: Graph, tokens: Tensor, attention_m
     def write(sl: slice, x: Tensor) -> None:
         out[sl] = x
 
-    resid = run_to_resid(model, tokens, source_hooks(model, graph, write), attention_mask)
+    hooks = source_hooks(model, graph, write)
+    if resid_pre is not None:
+        hooks += [(f"blocks.{layer}.hook_resid_pre", lambda act, hook: resid_pre.__setitem__(hook.layer(), act))
+                  for layer in range(graph.n_layers)]
+    resid = run_to_resid(model, tokens, hooks, attention_mask)
     return out, resid
 
 
@@ -298,7 +304,8 @@ def eap(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric
     with graph_mode(model, split_qkv=False) as graph:
         with torch.no_grad():
             src_c, resid_c = source_outputs(model, graph, corrupt_t, mask)
-            src_k, resid_k = source_outputs(model, graph, clean_t, mask)
+            clean_resid: dict[int, Tensor] | None = {} if qk_fix else None
+            src_k, resid_k = source_outputs(model, graph, clean_t, mask, resid_pre=clean_resid)
             m_corrupt = metric_values(model, readout, resid_c, 1)[0].mean().item()
             m_clean = metric_values(model, readout, resid_k, 1)[0].mean().item()
             x_clean, x_corrupt = src_k[0].clone(), src_c[0].clone()
@@ -321,7 +328,7 @@ def eap(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric
             i += per_pass
         if pattern_grads is not None:
             with torch.no_grad():
-                _qk_fix_scores(model, graph, clean_t, deltas, pattern_grads, scores, per_pass * B)
+                _qk_fix_scores(model, graph, clean_resid, deltas, pattern_grads, scores, per_pass * B)
     scores = (scores / (B * len(alphas))).masked_fill(~graph.valid.to(scores.device), 0.0).cpu()
     method = ("eap-ig" if ig_steps else "eap") + ("*" if qk_fix else "")
     return EdgeScores(graph=graph, scores=scores, method=method, ig_steps=ig_steps,
@@ -428,25 +435,20 @@ def _gradient_pass(model: HookedModel, graph: Graph, tokens: Tensor, mask: Tenso
     return scores
 
 
-def _qk_fix_scores(model: HookedModel, graph: Graph, tokens: Tensor, deltas: SourceActs,
+def _qk_fix_scores(model: HookedModel, graph: Graph, resid: dict[int, Tensor], deltas: SourceActs,
                    pattern_grads: dict[int, Tensor], scores: Tensor, rows_per_pass: int) -> None:
     """Add the AtP* scores of every query/key edge into `scores` (in place, summed over prompts like the rest):
-    for each upstream source u and layer l, the exact patterns with Δa_u added to the attention input of every
-    head's query (clean keys) or key (clean queries), dotted with ∂M/∂pattern."""
+    for each upstream source u and layer l, the exact patterns with Δa_u added to the attention input (the clean
+    `resid[l]`) of every head's query (clean keys) or key (clean queries), dotted with ∂M/∂pattern."""
     from interp.patching.attribution import _rot, _scores
 
     tl = model.tl
-    B = tokens.shape[0]
+    B = resid[0].shape[0]
     H, K = graph.n_heads, graph.n_kv_heads
-    resid: dict[int, Tensor] = {}
-    names = {f"blocks.{layer}.hook_resid_pre" for layer in range(graph.n_layers)}
-    tl.run_with_hooks(tokens, fwd_hooks=[(n, lambda act, hook: resid.__setitem__(hook.layer(), act))
-                                         for n in names], stop_at_layer=graph.n_layers)
 
     def rotated_qk(layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
-        attn = tl.blocks[layer].attn
-        ln = tl.blocks[layer].ln1
-        q, k, _ = attn.calculate_qkv_matrices(ln(x), ln(x), ln(x))
+        normed = tl.blocks[layer].ln1(x)
+        q, k, _ = tl.blocks[layer].attn.calculate_qkv_matrices(normed, normed, normed)
         return _rot(model, layer, q, "q"), _rot(model, layer, k, "k")
 
     for layer in range(graph.n_layers):

@@ -267,13 +267,13 @@ def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sourc
                     return act
                 return hook
 
-            resid = target.resid_pre[group[0].layer][:, p0:][:0]
+            resid: Tensor | None = None  # group is sorted by layer, so its first layer starts the run
             fwd_hooks = [(hook_name[layer], make_hook(layer)) for layer in rows_at]
             with tl.hooks(fwd_hooks=fwd_hooks), _precision(fast, tokens.device):
                 for j in range(group[0].layer, L):
                     if j in rows_at:  # cells patched at this layer join from the target's residual here
                         fresh = target.resid_pre[j][:, p0:].repeat(len(rows_at[j]), 1, 1)
-                        resid = torch.cat([resid, fresh.to(resid.dtype)]) if len(resid) else fresh
+                        resid = fresh if resid is None else torch.cat([resid, fresh.to(resid.dtype)])
                     entry = None
                     if p0 > 0:
                         n = len(resid) // B

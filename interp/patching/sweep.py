@@ -175,8 +175,8 @@ def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None
     first token where clean and corrupt differ) are not run; their score is the target run's metric.
     `prefix_reuse` (TL engine): recompute only positions from the patched one on, over a frozen key/value cache
     of the target's prefix; `prefix_groups=k` recomputes from k shared start positions instead of one per
-    position (fewer, larger passes: try it on GPUs). `memory_budget`: bytes per stacked chunk (default: cache-sized on CPU, half the free
-    memory on GPU); chunks halve on out-of-memory.
+    position (fewer, larger passes: try it on GPUs). `memory_budget`: bytes per stacked chunk (default:
+    cache-sized on CPU, half the free memory on GPU); chunks halve on out-of-memory.
     """
     clean_t, corrupt_t, prompts = _tokens_pair(clean, corrupt)
     # ---- validation: everything before the first forward pass
