@@ -28,8 +28,20 @@ def test_ioi_circuit_runs(tiny_task_model, tmp_path, monkeypatch):
     circuit = json.loads((tmp_path / "run" / "tables" / "circuit.json").read_text())
     assert len(circuit["nodes"]) == res["circuit_heads"] >= res["search_heads"]
     assert res["circuit_accuracy"] is not None and "eap_ig_edges_for_accuracy" in res
+    assert circuit.get("positions", {}) == {}  # complete_positions="all": every head kept at every position
     again = run_experiment(cfg, tmp_path / "run")  # resumes from the stored steps
     assert again == res
+
+
+def test_ioi_circuit_config_rejects_bad_values():
+    from interp.circuits.experiments import IOICircuitConfig
+    from interp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="complete_positions must be 'all' or 'stage'"):
+        IOICircuitConfig(complete_positions="end")
+    with pytest.raises(ConfigError, match="completion must be"):
+        IOICircuitConfig(completion="sideways")
+    assert IOICircuitConfig(complete_positions="stage").complete_positions == "stage"
 
 
 def test_circuit_reuse_runs(tiny_task_model, tmp_path, monkeypatch):

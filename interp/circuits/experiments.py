@@ -27,6 +27,7 @@ from interp.circuits.evaluate import (
 from interp.circuits.graph import Circuit, Graph, head_name
 from interp.circuits.intervene import Intervention, accuracy_with
 from interp.circuits.search import ioi_stages, merullo_stages, path_patch_search, stages_figure
+from interp.config import ConfigError
 from interp.demo import register_demo_step
 from interp.models.base import HookedModel
 from interp.runner import Run, register_experiment
@@ -103,16 +104,45 @@ class IOICircuitConfig:
     ig_steps: int = 5
     fractions: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
     target_recovery: float = 0.8  # the EAP-IG circuit: the smallest top-n reaching this recovery
-    complete_accuracy: float = 0.9  # complete the path-patching circuit until it keeps this share of the model's
+    complete_accuracy: float = 0.8  # complete the path-patching circuit until it keeps this share of the model's
     # top-1 accuracy (0 turns it off): one-at-a-time patching misses heads that are needed only jointly
     completion: str = "backward"  # backward elimination from all heads | forward selection
+    complete_positions: str = "all"  # the completed circuit keeps its heads at every position ("all") or the
+    # path-patching heads only at their stage's position ("stage", Wang et al.'s protocol)
     random_draws: int = 10
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.completion not in ("backward", "forward"):
+            problems.append(f"completion must be 'backward' or 'forward', got {self.completion!r}")
+        if self.complete_positions not in ("all", "stage"):
+            problems.append(f"complete_positions must be 'all' or 'stage', got {self.complete_positions!r}")
+        if not 0 <= self.complete_accuracy <= 1:
+            problems.append(f"complete_accuracy must lie in [0, 1], got {self.complete_accuracy}")
+        if problems:
+            raise ConfigError("ioi_circuit: " + "; ".join(problems))
 
 
 def _ioi_prompts(tok: Any, n: int, seed: int):
     from interp.tasks import make
 
     return make("ioi", tok, n=n, seed=seed, same_length=True)
+
+
+def _complete(model: HookedModel, found: Circuit, prompts: Any, cfg: IOICircuitConfig, config: EvalConfig
+              ) -> Circuit:
+    """The path-patching circuit completed by `complete_circuit` until it keeps `cfg.complete_accuracy` of the
+    model's top-1 accuracy on `prompts` (with `complete_positions="all"`, its heads kept at every position)."""
+    from interp.metrics import Accuracy
+
+    start = replace(found, positions={}) if cfg.complete_positions == "all" else found
+    if cfg.complete_accuracy <= 0:
+        return start
+    with torch.no_grad():
+        acc = float(Accuracy.from_prompts(prompts.to(model.device))(model(prompts.clean.to(model.device))).mean())
+    grown, _ = complete_circuit(model, start, prompts=prompts, metric=Accuracy, method=cfg.completion,
+                                target=cfg.complete_accuracy * acc, config=config)
+    return grown
 
 
 def _head_rows(circuit: Circuit, evidence: dict[str, dict[str, float]], mins: dict[str, float]) -> list[dict]:
@@ -157,13 +187,8 @@ def ioi_circuit(cfg: IOICircuitConfig, run: Run) -> dict[str, Any]:
     run.table(found["table"], "path_patching_scores")
 
     def complete() -> dict:  # on the search prompts; evaluated on the held-out ones below
-        if cfg.complete_accuracy <= 0:
-            return {"circuit": circuit.to_dict(), "trace": []}
-        with torch.no_grad():
-            acc_search = float(Accuracy.from_prompts(ps.to(model.device))(model(ps.clean.to(model.device))).mean())
-        grown, trace = complete_circuit(model, circuit, prompts=ps, metric=Accuracy, method=cfg.completion,
-                                        target=cfg.complete_accuracy * acc_search, config=eval_cfg)
-        return {"circuit": grown.to_dict(), "trace": trace}
+        grown = _complete(model, circuit, ps, cfg, eval_cfg)
+        return {"circuit": grown.to_dict(), "trace": grown.provenance.get("completion", {}).get("trace", [])}
 
     grown = run.step("completion", complete)
     final = Circuit.from_dict(grown["circuit"])
@@ -416,10 +441,7 @@ def circuits_demo(out: Path) -> None:
         k_mover=cfg.k_mover, k_inhibition=cfg.k_inhibition, k_induction=cfg.k_induction, k_previous=cfg.k_previous))
     found = path_patch_search(model, prompts=ps, metric=LogitDiff, stages=stages).circuit()
     node = EvalConfig(level="node", ablation=cfg.ablation)
-    with torch.no_grad():
-        acc = float(Accuracy.from_prompts(ps)(model(ps.clean)).mean())
-    circuit, _ = complete_circuit(model, found, prompts=ps, metric=Accuracy, target=cfg.complete_accuracy * acc,
-                                  config=node)
+    circuit = _complete(model, found, ps, cfg, node)
     ev = evaluate_circuit(model, circuit, prompts=held_out, metric=LogitDiff, config=node)
     c_acc = circuit_values(model, [circuit], prompts=held_out, metric=Accuracy, config=node).mean().item()
     title = (f"IOI circuit of organism/base: {len(circuit.heads)} of {model.cfg.n_layers * model.cfg.n_heads} "
