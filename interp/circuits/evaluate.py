@@ -346,6 +346,9 @@ def random_baseline(model: HookedModel, circuit: Circuit, *, prompts: Any, metri
             "faithfulness_std": faith.std().item() if n > 1 else 0.0, "recovery": rec.mean().item(), "n": n}
 
 
+COMPLETION_METHODS: tuple[str, ...] = ("backward", "forward")
+
+
 def complete_circuit(model: HookedModel, circuit: Circuit, *, prompts: Any, metric: Any, target: float,
                      config: EvalConfig = EvalConfig(), method: str = "backward") -> tuple[Circuit, list[float]]:
     """Add heads (kept at every position) to `circuit` until its metric (batch mean) reaches `target`.
@@ -358,8 +361,8 @@ def complete_circuit(model: HookedModel, circuit: Circuit, *, prompts: Any, metr
     """
     if config.level != "node":
         raise ValueError("completion adds heads: use an EvalConfig with level='node'")
-    if method not in ("backward", "forward"):
-        raise ValueError(f"method must be 'backward' or 'forward', got {method!r}")
+    if method not in COMPLETION_METHODS:
+        raise ValueError(f"method must be one of {COMPLETION_METHODS}, got {method!r}")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     base, positions = list(circuit.nodes), dict(circuit.positions)
     others = [head_name(layer, h) for layer in range(L) for h in range(H) if head_name(layer, h) not in base]
@@ -463,6 +466,6 @@ def with_positions(circuit: Circuit, positions: dict[str, str]) -> Circuit:
     return replace(circuit, positions={**circuit.positions, **positions})
 
 
-__all__ = ["ABLATIONS", "LEVELS", "MIB_FRACTIONS", "CircuitEval", "EvalConfig", "FaithfulnessCurve",
+__all__ = ["ABLATIONS", "COMPLETION_METHODS", "LEVELS", "MIB_FRACTIONS", "CircuitEval", "EvalConfig", "FaithfulnessCurve",
            "circuit_edge_mask", "circuit_values", "complete_circuit", "evaluate_circuit", "faithfulness_curve", "minimality",
            "random_baseline", "random_circuits", "with_positions"]

@@ -15,6 +15,7 @@ import torch
 from interp.circuits.compare import overlap, stage_sets
 from interp.circuits.eap import EdgeScores, eap
 from interp.circuits.evaluate import (
+    COMPLETION_METHODS,
     EvalConfig,
     FaithfulnessCurve,
     circuit_values,
@@ -113,8 +114,8 @@ class IOICircuitConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.completion not in ("backward", "forward"):
-            problems.append(f"completion must be 'backward' or 'forward', got {self.completion!r}")
+        if self.completion not in COMPLETION_METHODS:
+            problems.append(f"completion must be one of {COMPLETION_METHODS}, got {self.completion!r}")
         if self.complete_positions not in ("all", "stage"):
             problems.append(f"complete_positions must be 'all' or 'stage', got {self.complete_positions!r}")
         if not 0 <= self.complete_accuracy <= 1:
