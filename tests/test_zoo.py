@@ -163,3 +163,21 @@ def test_ccs_ft_rebuild_is_deterministic(tmp_path):
         tol = 0.05 if key.endswith("logit_diff") else 0.01
         assert abs(card["scores"][key] - value) <= tol, (key, card["scores"][key], value)
     assert all(t["passed"] for t in card["targets"])
+
+
+@pytest.mark.parametrize("name", [n for n, r in RECIPES.items() if r.trainable])
+def test_partial_fine_tune_keeps_the_parents_other_weights(name):
+    """A recipe with `trainable` (ccs-ft: attention only) changes exactly those weights of its parent."""
+    from safetensors.torch import load_file
+
+    recipe = RECIPES[name]
+    child = load_file(str(zoo.path(name) / "model.safetensors"))
+    parent = load_file(str(zoo.path(recipe.parent) / "model.safetensors"))
+    assert child.keys() == parent.keys()
+    trained = {k for k in child if any(s in k for s in recipe.trainable)}
+    assert trained and trained != set(child)
+    for key in set(child) - trained:
+        assert torch.equal(child[key], parent[key]), f"{key} is not trainable but changed"
+    for key in (k for k in trained if k.endswith("weight")):
+        assert not torch.equal(child[key], parent[key]), f"{key} is trainable but did not change"
+    assert zoo.card(name)["n_trained_params"] == sum(child[k].numel() for k in trained)

@@ -112,7 +112,14 @@ def build_organism(name: str, *, root: Path | None = None) -> dict:
         tok.save_pretrained(str(work))
         model = AutoModelForCausalLM.from_pretrained(str(parent), dtype=torch.float32)
         parent_info = {"name": recipe.parent, "weights_sha256": _sha(parent / "model.safetensors")}
-    log(f"training {sum(p.numel() for p in model.parameters()):,} parameters, {recipe.train.steps} steps")
+    if recipe.trainable:
+        for pname, p in model.named_parameters():
+            p.requires_grad_(any(s in pname for s in recipe.trainable))
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if n_train == 0:
+        raise BuildError(f"{name}: no parameter name contains any of trainable={recipe.trainable}")
+    log(f"training {n_train:,} of {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{recipe.train.steps} steps")
 
     from interp.zoo.evaluate import check_parts
 
@@ -133,6 +140,7 @@ def build_organism(name: str, *, root: Path | None = None) -> dict:
         "purpose": recipe.purpose,
         "architecture": model.config.architectures[0],
         "n_params": sum(p.numel() for p in model.parameters()),
+        "n_trained_params": n_train,
         "size_bytes": (work / "model.safetensors").stat().st_size,
         "vocab_size": len(tok),
         "parent": parent_info,

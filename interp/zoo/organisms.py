@@ -51,11 +51,13 @@ class Recipe:
     arch: str = "gpt2"  # gpt2 | llama (from scratch only)
     parent: str | None = None
     model: dict = field(default_factory=dict)  # size of a from-scratch model
+    # fine-tunes: substrings of the parameter names that train (empty: all); the rest keep the parent's values
+    trainable: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {"name": self.name, "purpose": self.purpose, "arch": self.arch, "parent": self.parent,
-                "model": self.model, "mixture": self.mixture.to_dict(), "train": self.train.to_dict(),
-                "targets": [t.to_dict() for t in self.targets]}
+                "model": self.model, "trainable": list(self.trainable), "mixture": self.mixture.to_dict(),
+                "train": self.train.to_dict(), "targets": [t.to_dict() for t in self.targets]}
 
 
 SIZE = {"n_layers": 4, "n_heads": 4, "d_model": 128, "n_ctx": 128}
@@ -88,6 +90,9 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe(
         name="organism/ccs-ft", purpose="base fine-tuned to answer from context or prior as the instruction says",
         parent="organism/base", mixture=_BASE.with_replay("context_prior", REPLAY), train=FT_TRAIN,
+        # attention only, as the paper LoRA-tunes q/k/v/o: base's MLP recall stays intact (PairAcc 0.98 vs 0.85
+        # with every weight trained) and the intent reaches the last token (transplant ceiling 0.98 vs 0.76)
+        trainable=(".attn.",),
         targets=(Target(metric="context_prior.pair_accuracy", op=">=", value=0.80),
                  Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True))),
     Recipe(
