@@ -25,11 +25,14 @@ from interp.subspace import (
     check_ccs,
     check_transfer,
     correlation,
+    fit_knob,
     identity_prompt,
     intent_swap_data,
     interchange_accuracy,
+    knob_pairs,
     make_ccs,
     mean_difference_subspace,
+    no_intent_data,
     patchscope,
     run_budget,
     search_layers,
@@ -321,6 +324,55 @@ def test_train_das_runs_and_keeps_an_orthonormal_basis(model, ccs):
     assert dm.rank == 1 and 0.0 <= interchange_accuracy(model, dm, 1, data) <= 1.0
 
 
+def test_no_intent_pairs_send_each_intent_into_the_no_intent_twin(ccs, ccs_none):
+    data = no_intent_data(ccs, ccs_none)
+    n = len(ccs)
+    assert len(data) == 2 * n
+    for half, intent in enumerate(("context", "prior")):
+        rows = slice(half * n, (half + 1) * n)
+        torch.testing.assert_close(data.target_tokens[rows], ccs_none.prompts.clean[ccs_none.rows("context")])
+        torch.testing.assert_close(data.source_tokens[rows], ccs.prompts.clean[ccs.rows(intent)])
+        want = ccs.context_answer if intent == "context" else ccs.prior_answer
+        torch.testing.assert_close(data.label[rows], want)
+    assert knob_pairs("no_intent", ccs, ccs_none).label.tolist() == data.label.tolist()
+    assert knob_pairs("intent_swap", ccs).label.tolist() == intent_swap_data(ccs).label.tolist()
+
+
+def test_no_intent_full_rank_interchange_is_the_transplant(model, ccs, ccs_none):
+    """Full-rank interchange on no-intent targets writes the whole residual: its accuracy is the mean of the
+    two transplant shares (an independent implementation of the same patch)."""
+    from interp.subspace import transplant_shares
+
+    full = Subspace(model.cfg.d_model, model.cfg.d_model, basis=torch.eye(model.cfg.d_model))
+    acc = interchange_accuracy(model, full, 1, no_intent_data(ccs, ccs_none))
+    shares = transplant_shares(model, 1, ccs, ccs_none)
+    assert acc == pytest.approx((shares["context_share"] + shares["prior_share"]) / 2)
+
+
+def test_knob_pairs_reject_bad_input_before_compute(ccs, ccs_none, ccs_tokenizer):
+    with pytest.raises(ValueError, match="unknown DAS pairs 'swap'; valid: intent_swap, no_intent"):
+        knob_pairs("swap", ccs)
+    with pytest.raises(ValueError, match="needs the no-intent twins"):
+        knob_pairs("no_intent", ccs)
+    other = make_ccs(ccs_tokenizer, n_pairs=6, seed=9, format="none")
+    with pytest.raises(CCSDataError, match="not the same \\(context, query\\) pairs"):
+        no_intent_data(ccs, other)
+    with pytest.raises(CCSDataError, match="must state no intent"):
+        no_intent_data(ccs, ccs)
+    with pytest.raises(ValueError, match="unknown DAS pairs"):  # before the model is touched
+        fit_knob(None, ccs, ccs, 0, pairs="swap")
+    with pytest.raises(ValueError, match="needs the no-intent twins"):
+        fit_knob(None, ccs, ccs, 0, pairs="no_intent", train_none=ccs_none)
+
+
+def test_fit_knob_on_no_intent_pairs(model, ccs, ccs_none):
+    sub, losses, acc = fit_knob(model, ccs, ccs, 1, pairs="no_intent", train_none=ccs_none, test_none=ccs_none,
+                                epochs=2, batch_size=4, lr=1e-2, confident_only=False)
+    assert sub.rank == 1 and float(sub.basis.norm()) == pytest.approx(1.0, abs=1e-5)
+    assert len(losses) == 2 * math.ceil(2 * len(ccs) / 4)
+    assert acc == pytest.approx(interchange_accuracy(model, sub, 1, no_intent_data(ccs, ccs_none)))
+
+
 # ------------------------------------------------------------------------------------------------ steering
 def test_steer_sweep_and_transfer(model, ccs_dirs, ccs, ccs_none):
     from interp import load_model
@@ -371,7 +423,8 @@ CONTRACT = ("layer_range", "layer_search_runs", "das_layer", "interchange_acc", 
             "steer_prior_share", "transfer_context_share", "transfer_prior_share", "pair_acc_ft", "pair_acc_base")
 
 
-def test_context_knob_end_to_end_on_tiny_models(ccs_dirs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("das_pairs", ["intent_swap", "no_intent"])
+def test_context_knob_end_to_end_on_tiny_models(ccs_dirs, tmp_path, monkeypatch, das_pairs):
     import interp.subspace.experiment  # noqa: F401  (registers the kind)
     from interp.runner import run_experiment
 
@@ -379,9 +432,10 @@ def test_context_knob_end_to_end_on_tiny_models(ccs_dirs, tmp_path, monkeypatch)
     config = {"experiment": "context_knob", "model": str(ccs_dirs["ft"]), "base": str(ccs_dirs["base"]),
               "transfer_to": [str(ccs_dirs["wide"])], "interpolations": [0.5], "n_train_pairs": 8,
               "n_test_pairs": 6, "n_search_pairs": 4, "compare_ranks": [2], "epochs": 1, "confident_only": False,
-              "n_c": 4}
+              "n_c": 4, "das_pairs": das_pairs}
     res = run_experiment(config, tmp_path / "run")
     assert set(CONTRACT) <= set(res)
+    assert res["das_pairs"] == das_pairs and ("interchange_acc_intent_swap" in res) == (das_pairs == "no_intent")
     assert res["layer_search_runs"] <= res["layer_search_budget"]
     assert res["steer_c_context"] < 0 < res["steer_c_prior"]
     assert res["transfer_wide_note"].startswith("not applied") and res["separation_n_models"] == 3
@@ -410,6 +464,8 @@ def test_context_knob_config_errors_come_before_compute():
         resolve_config({"experiment": "context_knob", "settings": ["ctx"], "c_values": [1.0, 2.0]})
     with pytest.raises(ConfigError, match="Did you mean 'das_layer'"):
         resolve_config({"experiment": "context_knob", "das_layr": 3})
+    with pytest.raises(ConfigError, match="das_pairs must be one of .*'intent_swap', 'no_intent'.*got 'both'"):
+        resolve_config({"experiment": "context_knob", "das_pairs": "both"})
 
 
 def test_interpolate_ends_are_the_two_models(ccs_dirs, model, ccs):

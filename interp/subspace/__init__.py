@@ -12,10 +12,12 @@ from interp.subspace.ccs import (
     ccs_scores,
     ccs_sets,
     check_ccs,
+    check_twins,
     evaluate_ccs,
     make_ccs,
 )
 from interp.subspace.das import (
+    DAS_PAIRS,
     DASConfig,
     DASResult,
     InterchangeData,
@@ -25,7 +27,9 @@ from interp.subspace.das import (
     fit_knob,
     intent_swap_data,
     interchange_accuracy,
+    knob_pairs,
     mean_difference_subspace,
+    no_intent_data,
     orient_prior_positive,
     train_das,
 )
@@ -54,7 +58,7 @@ from interp.subspace.steer import (
 )
 
 __all__ = [
-    "SETTINGS", "CCSDataError", "CCSPairs", "CCSScores", "DASConfig", "DASResult", "IdentityPrompt",
+    "DAS_PAIRS", "SETTINGS", "check_twins", "knob_pairs", "no_intent_data", "CCSDataError", "CCSPairs", "CCSScores", "DASConfig", "DASResult", "IdentityPrompt",
     "InterchangeData", "LayerSearchResult", "Probe", "SearchConfig", "Separation", "SteerCurve", "Subspace", "auroc",
     "ccs_scores", "ccs_sets", "check_ccs", "check_transfer", "confident_pairs", "confident_subset", "correlation",
     "default_c_values", "evaluate_ccs", "fit_knob", "identity_prompt", "intent_swap_data", "interchange_accuracy",

@@ -118,6 +118,18 @@ def check_ccs(ps: PromptSet, *, format: str | None = None, needs: Sequence[str] 
     return CCSPairs(prompts=ps, pairs=pairs, format=fmt)
 
 
+def check_twins(ccs_intent: CCSPairs, ccs_none: CCSPairs) -> None:
+    """Raise unless `ccs_none` holds the no-intent twins of `ccs_intent`'s pairs, in the same order."""
+    if ccs_intent.format == "none":
+        raise CCSDataError("the first set must state the intent (format 'instruction' or 'weight')")
+    if ccs_none.format != "none":
+        raise CCSDataError(f"the second set must state no intent (format 'none'); got {ccs_none.format!r}")
+    if len(ccs_intent) != len(ccs_none) or not torch.equal(ccs_intent.context_answer, ccs_none.context_answer) \
+            or not torch.equal(ccs_intent.prior_answer, ccs_none.prior_answer):
+        raise CCSDataError(f"the {len(ccs_intent)} intent pairs and {len(ccs_none)} no-intent pairs are not the same "
+                           "(context, query) pairs in the same order: draw them with one seed (ccs_sets)")
+
+
 def make_ccs(tokenizer, *, n_pairs: int, seed: int, format: str = "instruction", split: str = "test") -> CCSPairs:
     """`n_pairs` (context, query) pairs under both intents in `format` ("instruction" | "weight" | "none").
 

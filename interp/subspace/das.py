@@ -8,6 +8,10 @@ at one layer's block output (`resid_post`), last token. The interchange interven
 is trained with cross-entropy on intent-swapped pairs: the target is (context, query, intent), the source the
 same (context, query) with the opposite intent, and the label the answer under the source's intent. Only
 confident pairs (both intents answered right) are used. A difference-of-means direction is the baseline.
+
+`pairs="no_intent"` (not the paper's) trains for the knob's use instead: each target is the prompt that states
+no intent, the source its twin that states one (either intent), the label the source's answer, so the subspace
+must carry the intent into prompts without one.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from interp.models.base import HookedModel
 from interp.sites import Site
-from interp.subspace.ccs import CCSPairs, predict
+from interp.subspace.ccs import CCSPairs, check_twins, predict
 from interp.subspace.forward import HooksFor, forward_last, frozen, last_token_hook
 
 Hidden = Float[Tensor, "... d_model"]
@@ -138,19 +142,49 @@ def intent_swap_data(ccs: CCSPairs) -> InterchangeData:
                            source_end=ps.end[src], label=ps.answer_ids[src], target_answer=ps.answer_ids[tgt])
 
 
+def no_intent_data(ccs_intent: CCSPairs, ccs_none: CCSPairs) -> InterchangeData:
+    """Every pair twice: its no-intent prompt as the target, each intent's prompt as the source (label: the
+    source's answer). `ccs_none` must hold the same pairs as `ccs_intent` without the intent (`ccs_sets`)."""
+    check_twins(ccs_intent, ccs_none)
+    si, sn = ccs_intent.prompts, ccs_none.prompts
+    tgt = ccs_none.rows("context").repeat(2)  # both rows of a no-intent pair are the same prompt
+    src = torch.cat([ccs_intent.rows("context"), ccs_intent.rows("prior")])
+    return InterchangeData(target_tokens=sn.clean[tgt], target_end=sn.end[tgt], source_tokens=si.clean[src],
+                           source_end=si.end[src], label=si.answer_ids[src], target_answer=sn.answer_ids[tgt])
+
+
+DAS_PAIRS: tuple[str, ...] = ("intent_swap", "no_intent")
+
+
+def knob_pairs(pairs: str, ccs: CCSPairs, ccs_none: CCSPairs | None = None) -> InterchangeData:
+    """The interchange data of kind `pairs` ("intent_swap": the paper's; "no_intent": needs `ccs_none`)."""
+    if pairs not in DAS_PAIRS:
+        raise ValueError(f"unknown DAS pairs {pairs!r}; valid: {', '.join(DAS_PAIRS)}")
+    if pairs == "intent_swap":
+        return intent_swap_data(ccs)
+    if ccs_none is None:
+        raise ValueError("pairs='no_intent' needs the no-intent twins of the pairs (ccs_none)")
+    return no_intent_data(ccs, ccs_none)
+
+
 def confident_pairs(model: HookedModel, ccs: CCSPairs, *, batch_size: int = 64) -> Bool[Tensor, " n_pairs"]:
     """Pairs whose two intents `model` answers right (their answers differ by construction of `CCSPairs`)."""
     preds = predict(model, ccs.prompts, batch_size=batch_size)
     return (preds[ccs.rows("context")] == ccs.context_answer) & (preds[ccs.rows("prior")] == ccs.prior_answer)
 
 
-def confident_subset(model: HookedModel, ccs: CCSPairs, *, batch_size: int = 64) -> CCSPairs:
-    """The pairs `model` answers right under both intents (the paper's confident-pair filter)."""
+def confident_subset_index(model: HookedModel, ccs: CCSPairs, *, batch_size: int = 64) -> Tensor:
+    """Indices of the pairs `model` answers right under both intents (the paper's confident-pair filter)."""
     keep = confident_pairs(model, ccs, batch_size=batch_size)
     if not bool(keep.any()):
         raise ValueError(f"{model.name} answers none of {len(ccs)} CCS pairs right under both intents: DAS has no "
                          "confident pairs to learn from (train on all pairs instead: confident_only=False)")
-    return ccs.subset(keep.nonzero().flatten())
+    return keep.nonzero().flatten()
+
+
+def confident_subset(model: HookedModel, ccs: CCSPairs, *, batch_size: int = 64) -> CCSPairs:
+    """The pairs `model` answers right under both intents (the paper's confident-pair filter)."""
+    return ccs.subset(confident_subset_index(model, ccs, batch_size=batch_size))
 
 
 # ------------------------------------------------------------------------------------------------- DAS
@@ -251,13 +285,26 @@ def orient_prior_positive(model: HookedModel, subspace: Subspace, ccs: CCSPairs,
 
 
 def fit_knob(model: HookedModel, train: CCSPairs, test: CCSPairs, layer: int, *, rank: int = 1, epochs: int = 3,
-             batch_size: int = 8, lr: float = 1e-3, seed: int = 0, confident_only: bool = True
+             batch_size: int = 8, lr: float = 1e-3, seed: int = 0, confident_only: bool = True,
+             pairs: str = "intent_swap", train_none: CCSPairs | None = None, test_none: CCSPairs | None = None
              ) -> tuple[Subspace, list[float], float]:
     """DAS at `layer` on the (confident) training pairs: (subspace, losses, held-out interchange accuracy on the
-    (confident) test pairs); a rank-1 subspace comes back oriented prior-positive."""
-    train_c, test_c = ((confident_subset(model, train), confident_subset(model, test)) if confident_only
-                       else (train, test))
-    res = train_das(model, intent_swap_data(train_c), DASConfig(layer=layer, rank=rank, epochs=epochs,
-                                                                 batch_size=batch_size, lr=lr, seed=seed))
+    (confident) test pairs, same kind of pairs); a rank-1 subspace comes back oriented prior-positive.
+
+    `pairs`: "intent_swap" (the paper) or "no_intent" (targets state no intent; needs `train_none`/`test_none`,
+    the no-intent twins of `train`/`test`). Confidence is judged on the prompts that state the intent.
+    """
+    knob_pairs(pairs, train, train_none)  # bad `pairs` / missing twins fail before any forward pass
+    knob_pairs(pairs, test, test_none)
+
+    def keep(ccs: CCSPairs, none: CCSPairs | None) -> tuple[CCSPairs, CCSPairs | None]:
+        if not confident_only:
+            return ccs, none
+        idx = confident_subset_index(model, ccs)
+        return ccs.subset(idx), (None if none is None else none.subset(idx))
+
+    (train_c, train_n), (test_c, test_n) = keep(train, train_none), keep(test, test_none)
+    res = train_das(model, knob_pairs(pairs, train_c, train_n),
+                    DASConfig(layer=layer, rank=rank, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
     sub = orient_prior_positive(model, res.subspace, train_c, layer) if rank == 1 else res.subspace
-    return sub, res.losses, interchange_accuracy(model, sub, layer, intent_swap_data(test_c))
+    return sub, res.losses, interchange_accuracy(model, sub, layer, knob_pairs(pairs, test_c, test_n))

@@ -27,11 +27,14 @@ from interp.models.load import BACKENDS
 from interp.runner import Run, register_experiment
 from interp.subspace.ccs import CCSPairs, ccs_sets, evaluate_ccs, make_ccs
 from interp.subspace.das import (
+    DAS_PAIRS,
     Subspace,
     confident_subset,
+    confident_subset_index,
     fit_knob,
     intent_swap_data,
     interchange_accuracy,
+    knob_pairs,
     mean_difference_subspace,
 )
 from interp.subspace.layer_search import (
@@ -79,6 +82,9 @@ class ContextKnobConfig:
     epochs: int = 3
     das_batch_size: int = 8
     lr: float = 1e-3
+    # DAS pairs: "intent_swap" (the paper: same context and query, opposite intent) or "no_intent" (target: the
+    # prompt without an intent, source: its twin with one; trains for the knob's use on such prompts)
+    das_pairs: str = "intent_swap"
     confident_only: bool = True  # train and test DAS on pairs the model answers right under both intents
     c_values: tuple[float, ...] = ()  # empty: a symmetric sweep scaled to the coordinates (`default_c_values`)
     c_scale: float = 1.5
@@ -93,6 +99,8 @@ class ContextKnobConfig:
             problems.append(f"interpolations must lie in (0, 1), got {list(self.interpolations)}")
         if self.c_values and not min(self.c_values) < 0 < max(self.c_values):
             problems.append(f"c_values need a negative and a positive value, got {list(self.c_values)}")
+        if self.das_pairs not in DAS_PAIRS:
+            problems.append(f"das_pairs must be one of {DAS_PAIRS}, got {self.das_pairs!r}")
         if self.n_c < 2:
             problems.append(f"n_c must be >= 2, got {self.n_c}")
         if any(r < 2 for r in self.compare_ranks):
@@ -173,7 +181,8 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
     # ---- DAS: layer choice, the knob, baselines
     candidates = [cfg.das_layer] if cfg.das_layer is not None else (swap or list(range(ft.cfg.n_layers)))
     das_kw = dict(epochs=cfg.epochs, batch_size=cfg.das_batch_size, lr=cfg.lr, seed=run.seed,
-                  confident_only=cfg.confident_only)
+                  confident_only=cfg.confident_only, pairs=cfg.das_pairs, train_none=train["none"],
+                  test_none=test["none"])
 
     def das_scan() -> dict[str, Any]:
         out: dict[str, Any] = {"layers": {}}
@@ -191,16 +200,20 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
         return confident_subset(ft, ccs) if cfg.confident_only else ccs
 
     def baselines() -> dict[str, float]:
-        held_out = intent_swap_data(confident(test["instruction"]))
+        ti, tn = test["instruction"], test["none"]
+        idx = confident_subset_index(ft, ti) if cfg.confident_only else torch.arange(len(ti))
+        held_out = knob_pairs(cfg.das_pairs, ti.subset(idx), tn.subset(idx))
         dm = mean_difference_subspace(ft, confident(train["instruction"]), layer)
         out = {"mean_diff": interchange_accuracy(ft, dm, layer, held_out)}
+        if cfg.das_pairs != "intent_swap":  # the knob on the paper's held-out pairs
+            out["intent_swap"] = interchange_accuracy(ft, knob, layer, intent_swap_data(ti.subset(idx)))
         for r in cfg.compare_ranks:
             out[f"rank{r}"] = fit_knob(ft, train["instruction"], test["instruction"], layer, rank=r, **das_kw)[2]
         return out
 
     base_acc = run.step("das_baselines", baselines)
     run.figure(line({f"layer {k}": v["losses"] for k, v in scan["layers"].items()},
-                    title="DAS training (rank 1, intent-swapped pairs)", x_title="training step",
+                    title=f"DAS training (rank 1, {cfg.das_pairs.replace('_', '-')} pairs)", x_title="training step",
                     y_title="cross-entropy (nats)"), "das_training")
 
     # ---- steering on no-instruction prompts, c chosen on training prompts
@@ -257,6 +270,7 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
         "layer_search_budget": sum(s.budget for s in searches.values()),
         **{f"layer_range_{s}": (_range_text(r.layers) if r.found else "none found") for s, r in searches.items()},
         "das_layer": layer,
+        "das_pairs": cfg.das_pairs,
         "interchange_acc": scan["layers"][str(layer)]["acc"],
         "interchange_acc_mean_diff": base_acc["mean_diff"],
         **{f"interchange_acc_{k}": v for k, v in base_acc.items() if k != "mean_diff"},
@@ -316,13 +330,14 @@ def knob_demo(out: Path) -> None:
     if missing:
         print(f"The context-knob demo needs the organisms {', '.join(missing)}: build them with `interp zoo build`.")
         return
-    cfg = ContextKnobConfig()
+    cfg = ContextKnobConfig(das_pairs="no_intent")  # as the committed experiment config
     ft, base = (_load(n, cfg, "cpu") for n in names)
     train = ccs_sets(ft.tokenizer, n_pairs=64, seed=0, formats=("instruction", "none"), split="train")
     test = ccs_sets(ft.tokenizer, n_pairs=32, seed=1, formats=("instruction", "none"), split="test")
     search = search_setting(ft, test["instruction"].subset(range(16)), "cp")
     layers = search.layers if search.found else range(ft.cfg.n_layers)
-    fits = {layer: fit_knob(ft, train["instruction"], test["instruction"], layer, epochs=2, lr=1e-2)
+    fits = {layer: fit_knob(ft, train["instruction"], test["instruction"], layer, epochs=2, lr=1e-2,
+                            pairs=cfg.das_pairs, train_none=train["none"], test_none=test["none"])
             for layer in layers}
     layer = max(fits, key=lambda k: fits[k][2])
     knob = fits[layer][0]

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from interp.models.base import HookedModel
 from interp.sites import Site
-from interp.subspace.ccs import CCSPairs
+from interp.subspace.ccs import CCSPairs, check_twins
 from interp.subspace.das import Subspace, resid_at_last
 from interp.subspace.forward import HooksFor, forward_last, last_token_hook
 
@@ -125,13 +125,8 @@ def transplant_shares(model: HookedModel, layer: int, ccs_intent: CCSPairs, ccs_
     prior-intent one. A rank-1 knob set to a constant moves less than the full residual, so shares above these
     are out of its reach at this site (unless the steered direction does something the paired prompts never do).
     """
+    check_twins(ccs_intent, ccs_none)
     tokens, end = _none_prompts(ccs_none)
-    if ccs_intent.format == "none":
-        raise ValueError("ccs_intent must state the intent (format 'instruction' or 'weight')")
-    if len(ccs_intent) != len(ccs_none) or not torch.equal(ccs_intent.context_answer, ccs_none.context_answer) \
-            or not torch.equal(ccs_intent.prior_answer, ccs_none.prior_answer):
-        raise ValueError("ccs_intent and ccs_none must hold the same (context, query) pairs in the same order: "
-                         "draw them with one seed (ccs_sets)")
     site = Site("resid_post", layer)
     out = {}
     for intent, answer in (("context", ccs_none.context_answer), ("prior", ccs_none.prior_answer)):
