@@ -24,6 +24,7 @@ from interp.subspace.das import (
     Subspace,
     confident_pairs,
     confident_subset,
+    confident_twins,
     fit_knob,
     intent_swap_data,
     interchange_accuracy,
@@ -58,11 +59,12 @@ from interp.subspace.steer import (
 )
 
 __all__ = [
-    "DAS_PAIRS", "SETTINGS", "check_twins", "knob_pairs", "no_intent_data", "CCSDataError", "CCSPairs", "CCSScores", "DASConfig", "DASResult", "IdentityPrompt",
+    "DAS_PAIRS", "SETTINGS", "CCSDataError", "CCSPairs", "CCSScores", "DASConfig", "DASResult", "IdentityPrompt",
     "InterchangeData", "LayerSearchResult", "Probe", "SearchConfig", "Separation", "SteerCurve", "Subspace", "auroc",
-    "ccs_scores", "ccs_sets", "check_ccs", "check_transfer", "confident_pairs", "confident_subset", "correlation",
-    "default_c_values", "evaluate_ccs", "fit_knob", "identity_prompt", "intent_swap_data", "interchange_accuracy",
-    "make_ccs", "mean_difference_subspace", "orient_prior_positive", "patchscope", "pick_c", "run_budget",
-    "search_figure", "search_layers", "search_setting", "separation", "separation_figure", "setting_pairs",
-    "steer_sweep", "steered_pair_accuracy", "steering_figure", "tip_probs", "train_das", "transplant_shares",
+    "ccs_scores", "ccs_sets", "check_ccs", "check_transfer", "check_twins", "confident_pairs", "confident_subset",
+    "confident_twins", "correlation", "default_c_values", "evaluate_ccs", "fit_knob", "identity_prompt",
+    "intent_swap_data", "interchange_accuracy", "knob_pairs", "make_ccs", "mean_difference_subspace",
+    "no_intent_data", "orient_prior_positive", "patchscope", "pick_c", "run_budget", "search_figure",
+    "search_layers", "search_setting", "separation", "separation_figure", "setting_pairs", "steer_sweep",
+    "steered_pair_accuracy", "steering_figure", "tip_probs", "train_das", "transplant_shares",
 ]

@@ -173,18 +173,23 @@ def confident_pairs(model: HookedModel, ccs: CCSPairs, *, batch_size: int = 64) 
     return (preds[ccs.rows("context")] == ccs.context_answer) & (preds[ccs.rows("prior")] == ccs.prior_answer)
 
 
-def confident_subset_index(model: HookedModel, ccs: CCSPairs, *, batch_size: int = 64) -> Tensor:
-    """Indices of the pairs `model` answers right under both intents (the paper's confident-pair filter)."""
+def confident_twins(model: HookedModel, ccs: CCSPairs, ccs_none: CCSPairs | None = None, *,
+                    confident_only: bool = True, batch_size: int = 64) -> tuple[CCSPairs, CCSPairs | None]:
+    """The pairs `model` answers right under both intents (the paper's confident-pair filter), and the same pairs
+    of their no-intent twins `ccs_none` when given; both unchanged when not `confident_only`."""
+    if not confident_only:
+        return ccs, ccs_none
     keep = confident_pairs(model, ccs, batch_size=batch_size)
     if not bool(keep.any()):
         raise ValueError(f"{model.name} answers none of {len(ccs)} CCS pairs right under both intents: DAS has no "
                          "confident pairs to learn from (train on all pairs instead: confident_only=False)")
-    return keep.nonzero().flatten()
+    idx = keep.nonzero().flatten()
+    return ccs.subset(idx), (None if ccs_none is None else ccs_none.subset(idx))
 
 
 def confident_subset(model: HookedModel, ccs: CCSPairs, *, batch_size: int = 64) -> CCSPairs:
     """The pairs `model` answers right under both intents (the paper's confident-pair filter)."""
-    return ccs.subset(confident_subset_index(model, ccs, batch_size=batch_size))
+    return confident_twins(model, ccs, batch_size=batch_size)[0]
 
 
 # ------------------------------------------------------------------------------------------------- DAS
@@ -297,13 +302,8 @@ def fit_knob(model: HookedModel, train: CCSPairs, test: CCSPairs, layer: int, *,
     knob_pairs(pairs, train, train_none)  # bad `pairs` / missing twins fail before any forward pass
     knob_pairs(pairs, test, test_none)
 
-    def keep(ccs: CCSPairs, none: CCSPairs | None) -> tuple[CCSPairs, CCSPairs | None]:
-        if not confident_only:
-            return ccs, none
-        idx = confident_subset_index(model, ccs)
-        return ccs.subset(idx), (None if none is None else none.subset(idx))
-
-    (train_c, train_n), (test_c, test_n) = keep(train, train_none), keep(test, test_none)
+    train_c, train_n = confident_twins(model, train, train_none, confident_only=confident_only)
+    test_c, test_n = confident_twins(model, test, test_none, confident_only=confident_only)
     res = train_das(model, knob_pairs(pairs, train_c, train_n),
                     DASConfig(layer=layer, rank=rank, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
     sub = orient_prior_positive(model, res.subspace, train_c, layer) if rank == 1 else res.subspace

@@ -29,8 +29,7 @@ from interp.subspace.ccs import CCSPairs, ccs_sets, evaluate_ccs, make_ccs
 from interp.subspace.das import (
     DAS_PAIRS,
     Subspace,
-    confident_subset,
-    confident_subset_index,
+    confident_twins,
     fit_knob,
     intent_swap_data,
     interchange_accuracy,
@@ -196,17 +195,14 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
     knob = Subspace(ft.cfg.d_model, 1, basis=torch.tensor(scan["layers"][str(layer)]["basis"]))
     run.save_tensors("knob", {"u": knob.basis.detach(), "layer": torch.tensor(layer)})
 
-    def confident(ccs: CCSPairs) -> CCSPairs:
-        return confident_subset(ft, ccs) if cfg.confident_only else ccs
-
     def baselines() -> dict[str, float]:
-        ti, tn = test["instruction"], test["none"]
-        idx = confident_subset_index(ft, ti) if cfg.confident_only else torch.arange(len(ti))
-        held_out = knob_pairs(cfg.das_pairs, ti.subset(idx), tn.subset(idx))
-        dm = mean_difference_subspace(ft, confident(train["instruction"]), layer)
+        ti, tn = confident_twins(ft, test["instruction"], test["none"], confident_only=cfg.confident_only)
+        held_out = knob_pairs(cfg.das_pairs, ti, tn)
+        train_c, _ = confident_twins(ft, train["instruction"], confident_only=cfg.confident_only)
+        dm = mean_difference_subspace(ft, train_c, layer)
         out = {"mean_diff": interchange_accuracy(ft, dm, layer, held_out)}
         if cfg.das_pairs != "intent_swap":  # the knob on the paper's held-out pairs
-            out["intent_swap"] = interchange_accuracy(ft, knob, layer, intent_swap_data(ti.subset(idx)))
+            out["intent_swap"] = interchange_accuracy(ft, knob, layer, intent_swap_data(ti))
         for r in cfg.compare_ranks:
             out[f"rank{r}"] = fit_knob(ft, train["instruction"], test["instruction"], layer, rank=r, **das_kw)[2]
         return out
