@@ -11,7 +11,10 @@ from pathlib import Path
 
 import torch
 
-GPT2_SIZES = {"gpt2-small": dict(n_layer=12, n_head=12, n_embd=768), "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024)}
+GPT2_SIZES = {
+    "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+}
 
 
 def random_gpt2(size: str, root: str | None = None) -> Path:
@@ -24,8 +27,15 @@ def random_gpt2(size: str, root: str | None = None) -> Path:
     if (folder / "config.json").exists():
         return folder
     tok = build_word_tokenizer([f"w{i}" for i in range(50257 - 4)])
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=1024, n_ctx=1024, **GPT2_SIZES[size],
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=1024,
+        n_ctx=1024,
+        **GPT2_SIZES[size],
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     GPT2LMHeadModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)

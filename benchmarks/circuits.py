@@ -73,7 +73,10 @@ def gpt2_case(device: str, n_prompts: int, seq: int):
     clean = torch.randint(10, V, (n_prompts, seq), generator=g)
     corrupt = clean.clone()
     corrupt[:, seq // 3] = torch.randint(10, V, (n_prompts,), generator=g)
-    ans, wrong = torch.randint(10, V, (n_prompts,), generator=g), torch.randint(10, V, (n_prompts,), generator=g)
+    ans, wrong = (
+        torch.randint(10, V, (n_prompts,), generator=g),
+        torch.randint(10, V, (n_prompts,), generator=g),
+    )
     from interp.metrics import LogitDiff
 
     metric = LogitDiff(positions=torch.full((n_prompts,), seq - 1), token_ids=torch.stack([ans, wrong], 1))
@@ -99,14 +102,28 @@ def bench(name: str, model, clean, corrupt, metric, subset: int | None, repeats:
     exact, t_exact = timed(lambda: edge_patch(model, edges=chosen, **kw))
     t_exact_all = t_exact / len(chosen) * n
     est = torch.tensor([ig[e] for e in chosen])
-    B, T = (clean.clean.shape if hasattr(clean, "clean") else clean.shape)
-    row = {"case": name, "prompts": B, "seq": T, "layers": model.cfg.n_layers, "heads": model.cfg.n_heads,
-           "edges": n, "ig_steps": 5, "device": device_name(), "threads": torch.get_num_threads(),
-           "eap_ig_seconds": round(t_ig, 4), "eap_ig_runs": [round(x, 4) for x in ig_runs],
-           "eap_seconds": round(t_eap, 4), "eap_star_seconds": round(t_star, 4), "exact_edges_measured": len(chosen),
-           "exact_seconds_measured": round(t_exact, 3), "exact_extrapolated": extrapolated,
-           "exact_seconds_all_edges": round(t_exact_all, 3), "speedup_vs_exact": round(t_exact_all / t_ig, 1),
-           "spearman_eap_ig_vs_exact": round(rank_correlation(est, exact), 4)}
+    B, T = clean.clean.shape if hasattr(clean, "clean") else clean.shape
+    row = {
+        "case": name,
+        "prompts": B,
+        "seq": T,
+        "layers": model.cfg.n_layers,
+        "heads": model.cfg.n_heads,
+        "edges": n,
+        "ig_steps": 5,
+        "device": device_name(),
+        "threads": torch.get_num_threads(),
+        "eap_ig_seconds": round(t_ig, 4),
+        "eap_ig_runs": [round(x, 4) for x in ig_runs],
+        "eap_seconds": round(t_eap, 4),
+        "eap_star_seconds": round(t_star, 4),
+        "exact_edges_measured": len(chosen),
+        "exact_seconds_measured": round(t_exact, 3),
+        "exact_extrapolated": extrapolated,
+        "exact_seconds_all_edges": round(t_exact_all, 3),
+        "speedup_vs_exact": round(t_exact_all / t_ig, 1),
+        "spearman_eap_ig_vs_exact": round(rank_correlation(est, exact), 4),
+    }
     plain = torch.tensor([plain_scores[e] for e in chosen])
     row["spearman_eap_vs_exact"] = round(rank_correlation(plain, exact), 4)
     fixed = torch.tensor([star[e] for e in chosen])  # EAP with AtP*'s exact attention patterns (qk_fix)
@@ -126,8 +143,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpt2-prompts", type=int, default=100 if gpu else 8)
     ap.add_argument("--seq", type=int, default=16)
-    ap.add_argument("--subset", type=int, default=1024 if gpu else 48,
-                    help="exact-patch this many random edges of GPT-2-small and extrapolate per edge")
+    ap.add_argument(
+        "--subset",
+        type=int,
+        default=1024 if gpu else 48,
+        help="exact-patch this many random edges of GPT-2-small and extrapolate per edge",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-gpt2", action="store_true")
     ap.add_argument("--skip-ioi", action="store_true")
@@ -146,11 +167,21 @@ def main() -> None:
         row["goal_seconds"] = GOAL_GPU_SECONDS if gpu else None
         row["meets_goal"] = row["eap_ig_seconds"] <= GOAL_GPU_SECONDS if gpu else None
         rows.append(row)
-    out = a.out or os.path.join(os.path.dirname(__file__), "results", f"circuits-{'gpu' if gpu else 'cpu'}.json")
-    write_json(out, {"benchmark": "circuits", "device": device_name(), "torch": torch.__version__,
-                     "notes": "EAP-IG m=5, EAP and EAP* (qk_fix) vs exact single-edge patching (one forward per "
-                              "edge, batched 32 edges per pass); exact times on a random edge subset are extrapolated per edge where "
-                              "exact_extrapolated is true", "rows": rows})
+    out = a.out or os.path.join(
+        os.path.dirname(__file__), "results", f"circuits-{'gpu' if gpu else 'cpu'}.json"
+    )
+    write_json(
+        out,
+        {
+            "benchmark": "circuits",
+            "device": device_name(),
+            "torch": torch.__version__,
+            "notes": "EAP-IG m=5, EAP and EAP* (qk_fix) vs exact single-edge patching (one forward per "
+            "edge, batched 32 edges per pass); exact times on a random edge subset are extrapolated per edge where "
+            "exact_extrapolated is true",
+            "rows": rows,
+        },
+    )
     print(f"wrote {out}")
 
 

@@ -57,21 +57,25 @@ def bench_similarity(n: int, device: str, d_sae: int = 32768, nnz: int = 64, rep
     return out
 
 
-def bench_encoding(device: str, n_texts: int, n_tokens: int, d_sae: int, k: int, layer: int, batch: int) -> dict:
+def bench_encoding(
+    device: str, n_texts: int, n_tokens: int, d_sae: int, k: int, layer: int, batch: int
+) -> dict:
     import interp
     from interp.selection import encode_texts, random_topk_sae
 
     model = interp.load_model(random_gpt2("gpt2-small"), backend="tl", device=device)
     g = torch.Generator().manual_seed(0)
     words = [f"w{i}" for i in torch.randint(0, 50000, (n_texts * (n_tokens - 1),), generator=g).tolist()]
-    texts = [" ".join(words[i * (n_tokens - 1):(i + 1) * (n_tokens - 1)]) for i in range(n_texts)]
+    texts = [" ".join(words[i * (n_tokens - 1) : (i + 1) * (n_tokens - 1)]) for i in range(n_texts)]
     sae = random_topk_sae(model.cfg.d_model, d_sae, k, f"blocks.{layer}.hook_resid_post").to(device)
     tokens = model.to_tokens(texts)  # all the same length: BOS + n_tokens - 1 words
 
     def plain(stop: int | None):
         with torch.no_grad():
             for i in range(0, n_texts, batch):
-                model.tl(tokens[i: i + batch], stop_at_layer=stop, return_type=None if stop is None else "logits")
+                model.tl(
+                    tokens[i : i + batch], stop_at_layer=stop, return_type=None if stop is None else "logits"
+                )
 
     encode_texts(model, sae, texts[:batch], batch_size=batch)  # warm-up
     plain(layer + 1)
@@ -79,18 +83,32 @@ def bench_encoding(device: str, n_texts: int, n_tokens: int, d_sae: int, k: int,
     _, t_plain = timed(lambda: plain(layer + 1))
     _, t_full = timed(lambda: plain(None))
     n_tok = n_texts * n_tokens
-    return {"model": "gpt2-small (random init)", "device": device, "n_texts": n_texts, "tokens_per_text": n_tokens,
-            "layer": layer, "d_sae": d_sae, "k": k, "batch": batch,
-            "encode_s": round(t_enc, 3), "forward_to_layer_s": round(t_plain, 3), "full_forward_s": round(t_full, 3),
-            "encode_tok_per_s": round(n_tok / t_enc), "forward_to_layer_tok_per_s": round(n_tok / t_plain),
-            "full_forward_tok_per_s": round(n_tok / t_full), "encode_overhead_x": round(t_enc / t_plain, 2),
-            "mean_nnz_per_sample": round(emb.nnz / len(emb), 1)}
+    return {
+        "model": "gpt2-small (random init)",
+        "device": device,
+        "n_texts": n_texts,
+        "tokens_per_text": n_tokens,
+        "layer": layer,
+        "d_sae": d_sae,
+        "k": k,
+        "batch": batch,
+        "encode_s": round(t_enc, 3),
+        "forward_to_layer_s": round(t_plain, 3),
+        "full_forward_s": round(t_full, 3),
+        "encode_tok_per_s": round(n_tok / t_enc),
+        "forward_to_layer_tok_per_s": round(n_tok / t_plain),
+        "full_forward_tok_per_s": round(n_tok / t_full),
+        "encode_overhead_x": round(t_enc / t_plain, 2),
+        "mean_nnz_per_sample": round(emb.nnz / len(emb), 1),
+    }
 
 
 def main() -> None:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=1_000_000 if gpu else 100_000, help="pool size for the similarity")
+    p.add_argument(
+        "--n", type=int, default=1_000_000 if gpu else 100_000, help="pool size for the similarity"
+    )
     p.add_argument("--out", default=f"benchmarks/results/selection-{'gpu' if gpu else 'cpu'}.json")
     args = p.parse_args()
     device = "cuda" if gpu else "cpu"
@@ -98,14 +116,25 @@ def main() -> None:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     sim = bench_similarity(args.n, device)
     print("similarity", sim, flush=True)
-    enc_cfg = (dict(n_texts=1024, n_tokens=128, d_sae=32768, k=64, layer=6, batch=64) if gpu
-               else dict(n_texts=32, n_tokens=32, d_sae=16384, k=64, layer=6, batch=16))
+    enc_cfg = (
+        dict(n_texts=1024, n_tokens=128, d_sae=32768, k=64, layer=6, batch=64)
+        if gpu
+        else dict(n_texts=32, n_tokens=32, d_sae=16384, k=64, layer=6, batch=16)
+    )
     enc = bench_encoding(device, **enc_cfg)
     print("encoding", enc, flush=True)
-    write_json(args.out, {"device": device_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                          "similarity": sim, "encoding": enc,
-                          "note": "dense reference time is measured on dense_reference_rows_timed rows and scaled "
-                                  "to n_samples; it would need dense_reference_memory_gb_for_all GB at once"})
+    write_json(
+        args.out,
+        {
+            "device": device_name(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "similarity": sim,
+            "encoding": enc,
+            "note": "dense reference time is measured on dense_reference_rows_timed rows and scaled "
+            "to n_samples; it would need dense_reference_memory_gb_for_all GB at once",
+        },
+    )
     print("wrote", args.out)
 
 

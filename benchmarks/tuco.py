@@ -45,11 +45,22 @@ def bench(size: str, batch: int, seq: int, backend: str, device: str, repeats: i
             res, t = timed(lambda: tuco(ft, base, ids))
             tc.append(t)
     t_fwd, t_tuco = statistics.median(fwd), statistics.median(tc)
-    return {"model": size, "backend": backend, "batch": batch, "seq": seq, "device": device_name(),
-            "threads": torch.get_num_threads(), "ft_forward_seconds": round(t_fwd, 4),
-            "tuco_seconds": round(t_tuco, 4), "ratio": round(t_tuco / t_fwd, 3), "target_ratio": TARGET,
-            "meets_target": t_tuco / t_fwd <= TARGET, "forward_runs": [round(x, 4) for x in fwd],
-            "tuco_runs": [round(x, 4) for x in tc], "mean_tuco": round(float(res.score.mean()), 4)}
+    return {
+        "model": size,
+        "backend": backend,
+        "batch": batch,
+        "seq": seq,
+        "device": device_name(),
+        "threads": torch.get_num_threads(),
+        "ft_forward_seconds": round(t_fwd, 4),
+        "tuco_seconds": round(t_tuco, 4),
+        "ratio": round(t_tuco / t_fwd, 3),
+        "target_ratio": TARGET,
+        "meets_target": t_tuco / t_fwd <= TARGET,
+        "forward_runs": [round(x, 4) for x in fwd],
+        "tuco_runs": [round(x, 4) for x in tc],
+        "mean_tuco": round(float(res.score.mean()), 4),
+    }
 
 
 def main() -> None:
@@ -67,9 +78,12 @@ def main() -> None:
     device = "cuda" if gpu else "cpu"
     rows = [bench(a.size, a.batch, a.seq, b, device) for b in a.backend]
     for r in rows:
-        print(f"{r['model']} {r['backend']} batch {r['batch']}x{r['seq']} on {r['device']}: FT forward "
-              f"{r['ft_forward_seconds']:.3f} s, TuCo {r['tuco_seconds']:.3f} s, ratio {r['ratio']:.2f} "
-              f"(target <= {TARGET})", flush=True)
+        print(
+            f"{r['model']} {r['backend']} batch {r['batch']}x{r['seq']} on {r['device']}: FT forward "
+            f"{r['ft_forward_seconds']:.3f} s, TuCo {r['tuco_seconds']:.3f} s, ratio {r['ratio']:.2f} "
+            f"(target <= {TARGET})",
+            flush=True,
+        )
     out = a.out or os.path.join(os.path.dirname(__file__), "results", f"tuco-{'gpu' if gpu else 'cpu'}.json")
     write_json(out, {"benchmark": "tuco", "device": device_name(), "torch": torch.__version__, "rows": rows})
     print(f"wrote {out}")

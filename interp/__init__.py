@@ -20,8 +20,20 @@ def __getattr__(name: str) -> Any:  # lazy public names (PEP 562)
         from interp.sites import Site
 
         return Site
-    if name in ("tasks", "metrics", "models", "sites", "zoo", "patching", "circuits", "finetuning", "subspace",
-                "selection", "plotting", "runner"):
+    if name in (
+        "tasks",
+        "metrics",
+        "models",
+        "sites",
+        "zoo",
+        "patching",
+        "circuits",
+        "finetuning",
+        "subspace",
+        "selection",
+        "plotting",
+        "runner",
+    ):
         import importlib
 
         return importlib.import_module(f"interp.{name}")

@@ -44,12 +44,16 @@ class Metric:
             return logits
         b = self.positions.shape[0]
         if logits.ndim < 3 or logits.shape[-3] != b:
-            raise ValueError(f"{type(self).__name__} is bound to {b} prompts but got logits of shape "
-                             f"{tuple(logits.shape)} (expected [*lead, {b}, pos, vocab])")
+            raise ValueError(
+                f"{type(self).__name__} is bound to {b} prompts but got logits of shape "
+                f"{tuple(logits.shape)} (expected [*lead, {b}, pos, vocab])"
+            )
         pos = self.positions.to(logits.device)
         if int(pos.max()) >= logits.shape[-2]:
-            raise ValueError(f"{type(self).__name__} reads position {int(pos.max())} but logits have only "
-                             f"{logits.shape[-2]} positions")
+            raise ValueError(
+                f"{type(self).__name__} reads position {int(pos.max())} but logits have only "
+                f"{logits.shape[-2]} positions"
+            )
         x = logits[..., torch.arange(b, device=logits.device), pos, :]  # (*lead, b, vocab)
         if self.token_ids is None:
             return x
@@ -67,8 +71,10 @@ class Metric:
         b = self.batch_size
         k = None if self.token_ids is None else self.token_ids.shape[-1]
         if x.ndim < 2 or (b is not None and x.shape[-2] != b) or (k is not None and x.shape[-1] != k):
-            raise ValueError(f"{type(self).__name__} expects gathered values of shape [*lead, {b}, "
-                             f"{k if k is not None else 'vocab'}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects gathered values of shape [*lead, {b}, "
+                f"{k if k is not None else 'vocab'}], got {tuple(x.shape)}"
+            )
         return x.float()
 
 
@@ -152,8 +158,10 @@ def group_pairs(ps: PromptSet) -> PairRows:
     bad = {k: v for k, v in rows.items() if len(v) != 2}
     if bad:
         example = next(iter(bad.items()))
-        raise ValueError(f"{len(bad)} pair ids do not have exactly two prompts (e.g. {example}); "
-                         "subsets must keep both prompts of a pair")
+        raise ValueError(
+            f"{len(bad)} pair ids do not have exactly two prompts (e.g. {example}); "
+            "subsets must keep both prompts of a pair"
+        )
     order = {"context": 0, "prior": 1}
     pairs = [sorted(v, key=lambda i: order.get(ps.metadata[i].get("intent"), 2)) for v in rows.values()]
     return torch.tensor(pairs, dtype=torch.long)
@@ -162,8 +170,9 @@ def group_pairs(ps: PromptSet) -> PairRows:
 def pair_accuracy(correct_a: Tensor, correct_b: Tensor) -> Tensor:
     """Both intents right: min(correct_a, correct_b) elementwise (Minder et al.'s PairAcc before the mean)."""
     if correct_a.shape != correct_b.shape:
-        raise ValueError(f"pair_accuracy needs equal shapes, got {tuple(correct_a.shape)} and "
-                         f"{tuple(correct_b.shape)}")
+        raise ValueError(
+            f"pair_accuracy needs equal shapes, got {tuple(correct_a.shape)} and {tuple(correct_b.shape)}"
+        )
     return torch.minimum(correct_a.float(), correct_b.float())
 
 
@@ -237,8 +246,15 @@ class NormalisedRecovery(Metric):
         return self.metric.token_ids
 
     @classmethod
-    def from_prompts(cls, ps: PromptSet, *, clean_logits: Logits, corrupt_logits: Logits,
-                     metric: Any = None, per_prompt: bool = False) -> NormalisedRecovery:
+    def from_prompts(
+        cls,
+        ps: PromptSet,
+        *,
+        clean_logits: Logits,
+        corrupt_logits: Logits,
+        metric: Any = None,
+        per_prompt: bool = False,
+    ) -> NormalisedRecovery:
         """Bind `metric` (default LogitDiff); take its clean/corrupt values (means unless `per_prompt`)."""
         inner = as_metric(LogitDiff if metric is None else metric, ps)
         clean, corrupt = inner(clean_logits), inner(corrupt_logits)
@@ -268,8 +284,9 @@ class FunctionMetric(Metric):
         flat = x.reshape(-1, *x.shape[-3:])  # (lead, batch, pos, vocab)
         out = torch.stack([torch.as_tensor(self.fn(row)) for row in flat]).float()
         if out.shape != (flat.shape[0], self.batch):
-            raise ValueError(f"metric function returned shape {tuple(out.shape[1:])}, "
-                             f"expected ({self.batch},)")
+            raise ValueError(
+                f"metric function returned shape {tuple(out.shape[1:])}, expected ({self.batch},)"
+            )
         return out.reshape(*x.shape[:-3], self.batch)
 
 
@@ -277,8 +294,9 @@ def as_metric(obj: Any, prompts: PromptSet) -> Metric:
     """A metric bound to `prompts`, from a Metric (checked), a Metric class or a plain callable."""
     if isinstance(obj, Metric):
         if obj.batch_size is not None and obj.batch_size != len(prompts):
-            raise ValueError(f"metric is bound to {obj.batch_size} prompts, "
-                             f"the prompt set has {len(prompts)}")
+            raise ValueError(
+                f"metric is bound to {obj.batch_size} prompts, the prompt set has {len(prompts)}"
+            )
         return obj
     if isinstance(obj, type) and issubclass(obj, Metric) and hasattr(obj, "from_prompts"):
         return obj.from_prompts(prompts)

@@ -57,8 +57,10 @@ EXPERIMENT_MODULES: dict[str, str] = {
     "ioi_patching": "interp.patching.experiment",
     "sae_data_selection": "interp.selection.experiment",
     "context_knob": "interp.subspace.experiment",
-    "tuco": "interp.finetuning.experiments", "finetune_cmap": "interp.finetuning.experiments",
-    "ioi_circuit": "interp.circuits.experiments", "circuit_reuse": "interp.circuits.experiments",
+    "tuco": "interp.finetuning.experiments",
+    "finetune_cmap": "interp.finetuning.experiments",
+    "ioi_circuit": "interp.circuits.experiments",
+    "circuit_reuse": "interp.circuits.experiments",
 }
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -27,7 +27,11 @@ _COMPONENTS: dict[str, tuple[str, str, bool]] = {
     "result": ("blocks.{layer}.attn.hook_result", "[batch, pos, head, d_model]", True),
 }
 # sites outside the blocks
-_GLOBAL: dict[str, str] = {"embed": "hook_embed", "pos_embed": "hook_pos_embed", "resid_final": "ln_final.hook_normalized"}
+_GLOBAL: dict[str, str] = {
+    "embed": "hook_embed",
+    "pos_embed": "hook_pos_embed",
+    "resid_final": "ln_final.hook_normalized",
+}
 
 COMPONENTS: tuple[str, ...] = tuple(_COMPONENTS) + tuple(_GLOBAL)
 HEAD_COMPONENTS: tuple[str, ...] = tuple(c for c, (_, _, per_head) in _COMPONENTS.items() if per_head)
@@ -67,7 +71,9 @@ class Site:
         check_component(self.component)
         if self.component in _GLOBAL:
             if self.layer is not None:
-                raise SiteError(f"site {self.component!r} is outside the blocks and takes no layer (got {self.layer})")
+                raise SiteError(
+                    f"site {self.component!r} is outside the blocks and takes no layer (got {self.layer})"
+                )
         elif self.layer is None or not isinstance(self.layer, int) or self.layer < 0:
             raise SiteError(f"site {self.component!r} needs a layer >= 0 (got {self.layer!r})")
         if self.head is not None and self.component not in HEAD_COMPONENTS:
@@ -93,13 +99,19 @@ class Site:
 
     def at(self, *, head: int | None = None, pos: int | None = None) -> Site:
         """The same site narrowed to `head` and/or `pos`."""
-        return Site(self.component, self.layer, head if head is not None else self.head,
-                    pos if pos is not None else self.pos)
+        return Site(
+            self.component,
+            self.layer,
+            head if head is not None else self.head,
+            pos if pos is not None else self.pos,
+        )
 
     def validate(self, *, n_layers: int, n_heads: int, n_kv_heads: int | None = None) -> Site:
         """Check layer and head against a model's dimensions; raise naming the valid range."""
         if self.layer is not None and self.layer >= n_layers:
-            raise SiteError(f"{self}: layer {self.layer} out of range; the model has layers 0..{n_layers - 1}")
+            raise SiteError(
+                f"{self}: layer {self.layer} out of range; the model has layers 0..{n_layers - 1}"
+            )
         if self.head is not None:
             limit = n_kv_heads if (self.component in ("k", "v") and n_kv_heads) else n_heads
             if not 0 <= self.head < limit:
@@ -117,8 +129,10 @@ class Site:
         return ".".join(parts)
 
 
-_HOOK_RES = [(re.compile("^" + re.escape(t).replace(r"\{layer\}", r"(\d+)") + "$"), c)
-             for c, (t, _, _) in _COMPONENTS.items()]
+_HOOK_RES = [
+    (re.compile("^" + re.escape(t).replace(r"\{layer\}", r"(\d+)") + "$"), c)
+    for c, (t, _, _) in _COMPONENTS.items()
+]
 
 
 def from_hook_name(name: str) -> Site:

@@ -19,8 +19,13 @@ from packaging.requirements import Requirement
 
 KINDS = Path("/work/.library/device/KINDS.md")
 SKIP = {"plotly", "kaleido", "choreographer", "logistro", "plotly-express", "interp", "torch"}
-PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64"]
+PLATFORMS = [
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+]
 
 
 def norm(name: str) -> str:
@@ -58,15 +63,31 @@ def missing(have: set[str]) -> dict[str, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--have", type=Path, default=KINDS, help="a file listing the device's packages (KINDS.md)")
+    ap.add_argument(
+        "--have", type=Path, default=KINDS, help="a file listing the device's packages (KINDS.md)"
+    )
     ap.add_argument("--out", type=Path, default=Path(".whl"))
     a = ap.parse_args()
     a.out.mkdir(exist_ok=True)
     failed = []
     for name, version in sorted(missing(device_packages(a.have)).items()):
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-               "3.12", "--implementation", "cp", *[f"--platform={p}" for p in PLATFORMS], "-d", str(a.out),
-               f"{name}=={version}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *[f"--platform={p}" for p in PLATFORMS],
+            "-d",
+            str(a.out),
+            f"{name}=={version}",
+        ]
         if subprocess.run(cmd, capture_output=True).returncode:
             failed.append(f"{name}=={version}")
     size = sum(f.stat().st_size for f in a.out.glob("*.whl")) / 2**20

@@ -25,7 +25,33 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-TINY_WORDS = ["When", "Mary", "and", "John", "went", "to", "the", "store", ",", "gave", "a", "drink", ".", "Tom", "Anna", "bought", "ball", "book", "at", "park", "then", "school", "had", "fun", "later"]
+TINY_WORDS = [
+    "When",
+    "Mary",
+    "and",
+    "John",
+    "went",
+    "to",
+    "the",
+    "store",
+    ",",
+    "gave",
+    "a",
+    "drink",
+    ".",
+    "Tom",
+    "Anna",
+    "bought",
+    "ball",
+    "book",
+    "at",
+    "park",
+    "then",
+    "school",
+    "had",
+    "fun",
+    "later",
+]
 
 
 @pytest.fixture(scope="session")

@@ -16,15 +16,29 @@ def data():
     return swap_batch(B, T, seed=3, swap_at=(2,))
 
 
-@pytest.mark.parametrize(("component", "per_head", "cell"), [("resid_pre", False, (1, 4)), ("z", True, (1, 6, 2)),
-                                                             ("mlp_out", False, (0, 2)), ("v", True, (0, 3, 1))])
+@pytest.mark.parametrize(
+    ("component", "per_head", "cell"),
+    [
+        ("resid_pre", False, (1, 4)),
+        ("z", True, (1, 6, 2)),
+        ("mlp_out", False, (0, 2)),
+        ("v", True, (0, 3, 1)),
+    ],
+)
 def test_attribution_is_gradient_times_delta(tiny_models, data, component, per_head, cell):
     """Oracle: AtP's estimate of one cell equals the finite-difference derivative along (source − target)."""
     model = tiny_models("gpt2", "tl")
     clean, corrupt, ans, wrong = data
     metric = _metric(ans, wrong)
-    res = attribution_patch(model, clean=clean, corrupt=corrupt, metric=metric, component=component,
-                            per_head=per_head, qk_fix=False)
+    res = attribution_patch(
+        model,
+        clean=clean,
+        corrupt=corrupt,
+        metric=metric,
+        component=component,
+        per_head=per_head,
+        qk_fix=False,
+    )
     layer, pos, *head = cell
     site = Site(component, layer)
     with torch.no_grad():
@@ -40,6 +54,7 @@ def test_attribution_is_gradient_times_delta(tiny_models, data, component, per_h
                 else:
                     act[:, pos] += eps * delta[:, pos]
                 return act
+
             return metric(model.run_with_hooks(corrupt, [(site, hook)])).double().mean()
 
         eps = 1e-3
@@ -48,12 +63,16 @@ def test_attribution_is_gradient_times_delta(tiny_models, data, component, per_h
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-@pytest.mark.parametrize(("component", "per_head"), [("resid_pre", False), ("attn_out", False), ("z", True),
-                                                     ("q", True), ("k", True), ("pattern", True)])
+@pytest.mark.parametrize(
+    ("component", "per_head"),
+    [("resid_pre", False), ("attn_out", False), ("z", True), ("q", True), ("k", True), ("pattern", True)],
+)
 def test_rank_correlation_with_exact(tiny_models, data, arch, component, per_head):
     model = tiny_models(arch, "tl")
     clean, corrupt, ans, wrong = data
-    kw = dict(clean=clean, corrupt=corrupt, metric=_metric(ans, wrong), component=component, per_head=per_head)
+    kw = dict(
+        clean=clean, corrupt=corrupt, metric=_metric(ans, wrong), component=component, per_head=per_head
+    )
     atp, exact = attribution_patch(model, **kw), patch_sweep(model, **kw)
     assert atp.scores.shape == exact.scores.shape and atp.axes == exact.axes
     a, e = atp.scores.flatten() - atp.baseline["corrupt"], exact.scores.flatten() - exact.baseline["corrupt"]
@@ -65,7 +84,10 @@ def test_rank_correlation_with_exact(tiny_models, data, arch, component, per_hea
 def test_bad_inputs(tiny_models, data):
     clean, corrupt, ans, wrong = data
     with pytest.raises(ValueError, match="backend='tl'"):
-        attribution_patch(tiny_models("gpt2", "nnsight"), clean=clean, corrupt=corrupt, metric=_metric(ans, wrong))
+        attribution_patch(
+            tiny_models("gpt2", "nnsight"), clean=clean, corrupt=corrupt, metric=_metric(ans, wrong)
+        )
     with pytest.raises(ValueError, match="per-head"):
-        attribution_patch(tiny_models("gpt2", "tl"), clean=clean, corrupt=corrupt, metric=_metric(ans, wrong),
-                          component="z")
+        attribution_patch(
+            tiny_models("gpt2", "tl"), clean=clean, corrupt=corrupt, metric=_metric(ans, wrong), component="z"
+        )

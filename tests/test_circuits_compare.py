@@ -39,19 +39,29 @@ def ps():
     B, T = 3, 7
     clean = torch.randint(4, 20, (B, T), generator=g)
     end = torch.full((B,), T - 1)
-    return PromptSet(name="x", clean=clean, corrupt=torch.randint(4, 20, (B, T), generator=g),
-                     attention_mask=torch.ones_like(clean), answer_ids=clean[:, 2], wrong_ids=clean[:, 3],
-                     end=end, positions={"END": end, "X": torch.tensor([1, 2, 3]), "Y": torch.full((B,), 4)},
-                     prompts=[""] * B, corrupt_prompts=[""] * B, metadata=[{} for _ in range(B)],
-                     options=torch.stack([clean[:, 2], clean[:, 3]], 1))
+    return PromptSet(
+        name="x",
+        clean=clean,
+        corrupt=torch.randint(4, 20, (B, T), generator=g),
+        attention_mask=torch.ones_like(clean),
+        answer_ids=clean[:, 2],
+        wrong_ids=clean[:, 3],
+        end=end,
+        positions={"END": end, "X": torch.tensor([1, 2, 3]), "Y": torch.full((B,), 4)},
+        prompts=[""] * B,
+        corrupt_prompts=[""] * B,
+        metadata=[{} for _ in range(B)],
+        options=torch.stack([clean[:, 2], clean[:, 3]], 1),
+    )
 
 
 def test_pattern_and_output_interventions(tiny_models, ps):
     model = tiny_models("gpt2", "tl")
     iv = Intervention(layer=1, head=2, kind="pattern", at="END", attend_to=("X", "Y"))
     cache = {}
-    model.run_with_hooks(ps.clean, intervention_hooks(model, ps, [iv]), cache=[Site("z", 1), Site("v", 1)],
-                         _cache_out=cache)
+    model.run_with_hooks(
+        ps.clean, intervention_hooks(model, ps, [iv]), cache=[Site("z", 1), Site("v", 1)], _cache_out=cache
+    )
     b = torch.arange(3)
     v = cache["blocks.1.attn.hook_v"][:, :, 2]
     want = (v[b, ps.positions["X"]] + v[b, ps.positions["Y"]]) / 2  # attention split evenly over X and Y
@@ -59,8 +69,12 @@ def test_pattern_and_output_interventions(tiny_models, ps):
     kill = Intervention(layer=0, head=1, kind="output", at="END", scale=0.0)
     swap = Intervention(layer=1, head=0, kind="output", at=None, source="corrupt")
     cache = {}
-    model.run_with_hooks(ps.clean, intervention_hooks(model, ps, [kill, swap]), cache=[Site("z", 0), Site("z", 1)],
-                         _cache_out=cache)
+    model.run_with_hooks(
+        ps.clean,
+        intervention_hooks(model, ps, [kill, swap]),
+        cache=[Site("z", 0), Site("z", 1)],
+        _cache_out=cache,
+    )
     _, corrupt = model.run_with_cache(ps.corrupt, [Site("z", 1)])
     assert cache["blocks.0.attn.hook_z"][:, -1, 1].abs().max() == 0
     assert cache["blocks.0.attn.hook_z"][:, -2, 1].abs().max() > 0

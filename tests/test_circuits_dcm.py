@@ -22,10 +22,12 @@ def test_mask_one_is_clean_and_zero_is_group_patching(tiny_models, pair):
     base, source, bpos, spos = pair
     with torch.no_grad():
         clean = model(base)
-        ones = masked_logits(model, base=base, source=source, heads=HEADS, mask=torch.ones(3), base_pos=bpos,
-                             source_pos=spos)
-        zeros = masked_logits(model, base=base, source=source, heads=HEADS, mask=torch.zeros(3), base_pos=bpos,
-                              source_pos=spos)
+        ones = masked_logits(
+            model, base=base, source=source, heads=HEADS, mask=torch.ones(3), base_pos=bpos, source_pos=spos
+        )
+        zeros = masked_logits(
+            model, base=base, source=source, heads=HEADS, mask=torch.zeros(3), base_pos=bpos, source_pos=spos
+        )
         _, cache = model.run_with_cache(source, [Site("z", 0), Site("z", 1)])
 
         def patch(z, site):  # full group patching, written independently
@@ -61,14 +63,29 @@ def test_dcm_training_keeps_mask_in_range_and_checks_inputs(tiny_models, word_to
     def ps(seed):
         clean = torch.randint(4, 20, (n, T), generator=torch.Generator().manual_seed(seed))
         end = torch.full((n,), T - 1)
-        return PromptSet(name="x", clean=clean, corrupt=clean, attention_mask=torch.ones_like(clean),
-                         answer_ids=torch.randint(4, 20, (n,), generator=g), wrong_ids=torch.randint(4, 20, (n,), generator=g),
-                         end=end, positions={"END": end}, prompts=[""] * n, corrupt_prompts=[""] * n,
-                         metadata=[{} for _ in range(n)])
+        return PromptSet(
+            name="x",
+            clean=clean,
+            corrupt=clean,
+            attention_mask=torch.ones_like(clean),
+            answer_ids=torch.randint(4, 20, (n,), generator=g),
+            wrong_ids=torch.randint(4, 20, (n,), generator=g),
+            end=end,
+            positions={"END": end},
+            prompts=[""] * n,
+            corrupt_prompts=[""] * n,
+            metadata=[{} for _ in range(n)],
+        )
 
     base, source = ps(1), ps(2)
-    res = dcm(model, base=base, source=source, targets=source.answer_ids, heads=HEADS,
-              config=DCMConfig(epochs=2, batch_size=3, eval_every=1, lr=0.5))
+    res = dcm(
+        model,
+        base=base,
+        source=source,
+        targets=source.answer_ids,
+        heads=HEADS,
+        config=DCMConfig(epochs=2, batch_size=3, eval_every=1, lr=0.5),
+    )
     assert bool(((res.raw_mask >= 0) & (res.raw_mask <= 1)).all()) and len(res.history) == 4
     assert set(res.mask.tolist()) <= {0.0, 1.0} and len(res.to_frame()) == 3
     with pytest.raises(ValueError, match="do not exist"):

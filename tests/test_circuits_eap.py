@@ -48,6 +48,7 @@ def per_edge_autograd(model, clean, corrupt, metric, edges, ig_steps):
     tl = model.tl
     L = tl.cfg.n_layers
     with split_input_caches(tl, clean, corrupt) as (cc, kc):
+
         def dest(d):
             if d == "logits":
                 return f"blocks.{L - 1}.hook_resid_post", None
@@ -75,8 +76,9 @@ def per_edge_autograd(model, clean, corrupt, metric, edges, ig_steps):
             total = 0.0
             for a in alphas:
                 x = x_corrupt + a * (x_clean - x_corrupt)
-                logits = tl.run_with_hooks(clean, fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook, x=x: x),
-                                                             (name, add)])
+                logits = tl.run_with_hooks(
+                    clean, fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook, x=x: x), (name, add)]
+                )
                 total = total + metric(logits).mean()
             scores.append(torch.autograd.grad(total, eps)[0].item() / len(alphas))
         return torch.tensor(scores)
@@ -118,6 +120,7 @@ def qk_fix_oracle(model, clean, corrupt, metric, edges, ig_steps):
             def keep(act, hook, kept=kept):
                 act.retain_grad()
                 kept[hook.layer()] = act
+
             x = x_corrupt + a * (x_clean - x_corrupt)
             hooks = [("blocks.0.hook_resid_pre", lambda act, hook, x=x: x)]
             hooks += [(f"blocks.{i}.attn.hook_pattern", keep) for i in range(tl.cfg.n_layers)]
@@ -134,6 +137,7 @@ def qk_fix_oracle(model, clean, corrupt, metric, edges, ig_steps):
                 act = act.clone()
                 act[:, :, head] += delta
                 return act
+
             with torch.no_grad(), tl.hooks(fwd_hooks=[(f"blocks.{layer}.hook_{kind}_input", add)]):
                 _, pc = tl.run_with_cache(clean, names_filter=f"blocks.{layer}.attn.hook_pattern")
             diff = pc[f"blocks.{layer}.attn.hook_pattern"] - cc[f"blocks.{layer}.attn.hook_pattern"]
@@ -175,7 +179,10 @@ def test_eap_qk_fix_ranks_like_exact_edge_patching_on_the_organism():
     ioi = make("ioi", model.tokenizer, n=64, seed=0, same_length=True)
     est = eap(model, clean=ioi, metric=LogitDiff, qk_fix=True)
     edges = est.graph.edges()
-    pick = [edges[i] for i in torch.randperm(len(edges), generator=torch.Generator().manual_seed(0))[:240].tolist()]
+    pick = [
+        edges[i]
+        for i in torch.randperm(len(edges), generator=torch.Generator().manual_seed(0))[:240].tolist()
+    ]
     exact = edge_patch(model, clean=ioi, metric=LogitDiff, edges=pick)
     assert rank_correlation(torch.tensor([est[e] for e in pick]), exact) >= 0.9
     with pytest.raises(ValueError, match="qk_fix"):
@@ -193,7 +200,9 @@ def test_eap_ig_ranks_like_exact_edge_patching(tiny_models, data, arch):
     est = torch.tensor([res[e] for e in edges])
     assert rank_correlation(est, exact) >= 0.9
     # the batched exact reference equals one edge at a time
-    one = edge_patch(model, clean=clean, corrupt=corrupt, metric=metric, edges=edges[:5], max_edges_per_pass=1)
+    one = edge_patch(
+        model, clean=clean, corrupt=corrupt, metric=metric, edges=edges[:5], max_edges_per_pass=1
+    )
     assert torch.allclose(one, exact[:5], atol=1e-6)
 
 

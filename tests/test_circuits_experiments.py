@@ -11,16 +11,29 @@ def tiny_task_model(tmp_path_factory):
     from interp.models.tokenizer import build_word_tokenizer
     from interp.tasks import vocabulary
 
-    return build_tiny_checkpoint("gpt2", tmp_path_factory.mktemp("task") / "gpt2",
-                                 build_word_tokenizer(vocabulary()), n_layers=3, n_heads=2, d_model=32)
+    return build_tiny_checkpoint(
+        "gpt2",
+        tmp_path_factory.mktemp("task") / "gpt2",
+        build_word_tokenizer(vocabulary()),
+        n_layers=3,
+        n_heads=2,
+        d_model=32,
+    )
 
 
 def test_ioi_circuit_runs(tiny_task_model, tmp_path, monkeypatch):
     from interp.runner import run_experiment
 
     monkeypatch.setenv("INTERP_FIGURE_FORMATS", "html")  # no browser start-up for static images
-    cfg = {"experiment": "ioi_circuit", "model": str(tiny_task_model), "n_prompts": 12, "n_eval": 12,
-           "ig_steps": 2, "random_draws": 2, "fractions": [0.0, 0.1, 1.0]}
+    cfg = {
+        "experiment": "ioi_circuit",
+        "model": str(tiny_task_model),
+        "n_prompts": 12,
+        "n_eval": 12,
+        "ig_steps": 2,
+        "random_draws": 2,
+        "fractions": [0.0, 0.1, 1.0],
+    }
     res = run_experiment(cfg, tmp_path / "run")
     assert {"faithfulness", "circuit_heads", "total_heads", "eap_ig_cpr", "eap_ig_cmd"} <= set(res)
     assert res["total_heads"] == 6 and 0 <= res["circuit_heads"] <= 6
@@ -48,17 +61,35 @@ def test_circuit_reuse_runs(tiny_task_model, tmp_path, monkeypatch):
     from interp.runner import run_experiment
 
     monkeypatch.setenv("INTERP_FIGURE_FORMATS", "html")
-    cfg = {"experiment": "circuit_reuse", "model": str(tiny_task_model), "n_prompts": 8, "n_eval": 8, "k": 1,
-           "fraction": 0.1, "min_per_stage": 1}
+    cfg = {
+        "experiment": "circuit_reuse",
+        "model": str(tiny_task_model),
+        "n_prompts": 8,
+        "n_eval": 8,
+        "k": 1,
+        "fraction": 0.1,
+        "min_per_stage": 1,
+    }
     res = run_experiment(cfg, tmp_path / "run")
     assert {"overlap", "cobj_acc_before", "cobj_acc_after", "jaccard"} <= set(res)
     assert 0 <= res["cobj_acc_before"] <= 1 and 0 <= res["cobj_acc_after"] <= 1
     with pytest.raises(ValueError, match="distractor positions"):
         run_experiment({**cfg, "distractor_positions": ["nowhere"]}, tmp_path / "run2")
-    copy = run_experiment({**cfg, "second_task": "copy", "second_task_options": {"length": 6, "query": 4},
-                           "distractor_positions": ["prev"], "accuracy_over": "vocab",
-                           "role_positions": {"s_inhibition": ["prev"], "s1_next_reader": ["prev+1"],
-                                              "diffuse": ["answer_pos"]}}, tmp_path / "run3")
+    copy = run_experiment(
+        {
+            **cfg,
+            "second_task": "copy",
+            "second_task_options": {"length": 6, "query": 4},
+            "distractor_positions": ["prev"],
+            "accuracy_over": "vocab",
+            "role_positions": {
+                "s_inhibition": ["prev"],
+                "s1_next_reader": ["prev+1"],
+                "diffuse": ["answer_pos"],
+            },
+        },
+        tmp_path / "run3",
+    )
     assert copy["second_task"] == "copy" and copy["intervention"] == "by IOI role"
     assert {"cobj_acc_before", "cobj_acc_after", "acc_after_distractor_attention"} <= set(copy)
 

@@ -16,7 +16,13 @@ from interp.metrics import LogitDiff
 from interp.tasks.promptset import PromptSet
 
 V_WORDS, N_CTX, D_HEAD, SHARP = 8, 12, 16, 4.0
-PLANTED = {("embed", "a0.0.v"), ("a0.0", "a1.0.k"), ("embed", "a1.0.q"), ("embed", "a1.0.v"), ("a1.0", "logits")}
+PLANTED = {
+    ("embed", "a0.0.v"),
+    ("a0.0", "a1.0.k"),
+    ("embed", "a1.0.q"),
+    ("embed", "a1.0.v"),
+    ("a1.0", "logits"),
+}
 
 
 def build_planted(n_heads: int = 3):
@@ -30,35 +36,55 @@ def build_planted(n_heads: int = 3):
     V = len(tok)
     TOK, PREV, OUT, POS, JUNK = 0, V, 2 * V, 3 * V, 3 * V + N_CTX
     d_model = JUNK + 4
-    cfg = HookedTransformerConfig(n_layers=2, d_model=d_model, n_ctx=N_CTX, d_head=D_HEAD, n_heads=n_heads,
-                                  d_vocab=V, attn_only=True, normalization_type=None, act_fn="relu",
-                                  positional_embedding_type="standard", device="cpu", seed=0)
+    cfg = HookedTransformerConfig(
+        n_layers=2,
+        d_model=d_model,
+        n_ctx=N_CTX,
+        d_head=D_HEAD,
+        n_heads=n_heads,
+        d_vocab=V,
+        attn_only=True,
+        normalization_type=None,
+        act_fn="relu",
+        positional_embedding_type="standard",
+        device="cpu",
+        seed=0,
+    )
     tl = HookedTransformer(cfg)
     g = torch.Generator().manual_seed(0)
     eye = torch.eye(V)
     with torch.no_grad():
         for p in tl.parameters():
             p.zero_()
-        tl.embed.W_E[:, TOK:TOK + V] = eye
-        tl.pos_embed.W_pos[:, POS:POS + N_CTX] = torch.eye(N_CTX)
+        tl.embed.W_E[:, TOK : TOK + V] = eye
+        tl.pos_embed.W_pos[:, POS : POS + N_CTX] = torch.eye(N_CTX)
         a0, a1 = tl.blocks[0].attn, tl.blocks[1].attn
         for p in range(N_CTX - 1):  # previous-token head: query at p matches the key at p - 1
             a0.W_Q[0, POS + p + 1, p] = SHARP
             a0.W_K[0, POS + p, p] = SHARP
-        a0.W_V[0, TOK:TOK + V, :V] = eye
-        a0.W_O[0, :V, PREV:PREV + V] = eye
-        a1.W_Q[0, TOK:TOK + V, :V] = SHARP * eye  # induction head
-        a1.W_K[0, PREV:PREV + V, :V] = SHARP * eye
-        a1.W_V[0, TOK:TOK + V, :V] = eye
-        a1.W_O[0, :V, OUT:OUT + V] = eye
+        a0.W_V[0, TOK : TOK + V, :V] = eye
+        a0.W_O[0, :V, PREV : PREV + V] = eye
+        a1.W_Q[0, TOK : TOK + V, :V] = SHARP * eye  # induction head
+        a1.W_K[0, PREV : PREV + V, :V] = SHARP * eye
+        a1.W_V[0, TOK : TOK + V, :V] = eye
+        a1.W_O[0, :V, OUT : OUT + V] = eye
         for a in (a0, a1):  # irrelevant heads: random reads, writes into JUNK only
             for h in range(1, n_heads):
                 for w in (a.W_Q, a.W_K, a.W_V):
                     w[h] = torch.randn(d_model, D_HEAD, generator=g)
                 a.W_O[h, :, JUNK:] = torch.randn(D_HEAD, 4, generator=g)
-        tl.unembed.W_U[OUT:OUT + V] = 10 * eye
-    mc = ModelConfig(architecture="Planted", n_layers=2, n_heads=n_heads, n_kv_heads=n_heads, d_model=d_model,
-                     d_head=D_HEAD, d_mlp=0, d_vocab=V, n_ctx=N_CTX)
+        tl.unembed.W_U[OUT : OUT + V] = 10 * eye
+    mc = ModelConfig(
+        architecture="Planted",
+        n_layers=2,
+        n_heads=n_heads,
+        n_kv_heads=n_heads,
+        d_model=d_model,
+        d_head=D_HEAD,
+        d_mlp=0,
+        d_vocab=V,
+        n_ctx=N_CTX,
+    )
     return TLModel(tl.eval(), tok, mc, name="planted")
 
 
@@ -73,10 +99,19 @@ def induction_prompts(n: int = 6, seed: int = 0) -> PromptSet:
     clean, corrupt = torch.tensor(rows[:n]), torch.tensor(rows[n:])
     T = clean.shape[1]
     end = torch.full((n,), T - 1)
-    return PromptSet(name="induction", clean=clean, corrupt=corrupt, attention_mask=torch.ones_like(clean),
-                     answer_ids=torch.tensor(answers[:n]), wrong_ids=torch.tensor(answers[n:]), end=end,
-                     positions={"END": end, "S1": torch.full((n,), 3)}, prompts=[""] * n,
-                     corrupt_prompts=[""] * n, metadata=[{} for _ in range(n)])
+    return PromptSet(
+        name="induction",
+        clean=clean,
+        corrupt=corrupt,
+        attention_mask=torch.ones_like(clean),
+        answer_ids=torch.tensor(answers[:n]),
+        wrong_ids=torch.tensor(answers[n:]),
+        end=end,
+        positions={"END": end, "S1": torch.full((n,), 3)},
+        prompts=[""] * n,
+        corrupt_prompts=[""] * n,
+        metadata=[{} for _ in range(n)],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +145,11 @@ def test_eap_ig_recovers_planted_edges(planted):
 
 def test_staged_path_patching_recovers_planted_heads(planted):
     model, ps = planted
-    stages = (Stage(name="induction", receivers="logits", sender_pos="END", k=1),
-              Stage(name="previous_token", receivers="k", sender_pos=None, receiver_pos=None, k=1),
-              Stage(name="value_source", receivers="v", sender_pos=None, receiver_pos=None, k=1))
+    stages = (
+        Stage(name="induction", receivers="logits", sender_pos="END", k=1),
+        Stage(name="previous_token", receivers="k", sender_pos=None, receiver_pos=None, k=1),
+        Stage(name="value_source", receivers="v", sender_pos=None, receiver_pos=None, k=1),
+    )
     res = path_patch_search(model, prompts=ps, metric=LogitDiff, stages=stages)
     assert res["induction"].chosen == [(1, 0)]
     assert res["previous_token"].chosen == [(0, 0)]
@@ -148,8 +185,15 @@ def test_dcm_selects_the_induction_head(planted):
     base, source = induction_prompts(40, seed=1), induction_prompts(40, seed=2)
     keep = (base.answer_ids != source.answer_ids).nonzero().flatten()
     base, source = base.subset(keep), source.subset(keep)
-    res = dcm(model, base=base, source=source, targets=source.answer_ids, heads=[(1, 0), (1, 1), (1, 2)],
-              position="END", config=DCMConfig(epochs=4, batch_size=4, eval_every=2))
+    res = dcm(
+        model,
+        base=base,
+        source=source,
+        targets=source.answer_ids,
+        heads=[(1, 0), (1, 1), (1, 2)],
+        position="END",
+        config=DCMConfig(epochs=4, batch_size=4, eval_every=2),
+    )
     assert res.selected == [(1, 0)]
     assert res.test_accuracy == 1.0 and res.val_accuracy == 1.0
     assert bool(((res.raw_mask >= 0) & (res.raw_mask <= 1)).all())

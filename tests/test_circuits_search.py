@@ -19,35 +19,70 @@ def ps():
     corrupt[:, [2, 4, 6]] = torch.randint(4, 20, (B, 3), generator=g)
     end = torch.full((B,), T - 1)
     pos = {"IO": torch.full((B,), 2), "S1": torch.full((B,), 4), "S2": torch.full((B,), 6), "END": end}
-    return PromptSet(name="toy", clean=clean, corrupt=corrupt, attention_mask=torch.ones_like(clean),
-                     answer_ids=clean[:, 2], wrong_ids=clean[:, 4], end=end, positions=pos, prompts=[""] * B,
-                     corrupt_prompts=[""] * B, metadata=[{} for _ in range(B)])
+    return PromptSet(
+        name="toy",
+        clean=clean,
+        corrupt=corrupt,
+        attention_mask=torch.ones_like(clean),
+        answer_ids=clean[:, 2],
+        wrong_ids=clean[:, 4],
+        end=end,
+        positions=pos,
+        prompts=[""] * B,
+        corrupt_prompts=[""] * B,
+        metadata=[{} for _ in range(B)],
+    )
 
 
 def test_stages_are_path_patch_calls(tiny_models, ps):
     model = tiny_models("gpt2", "tl")
-    stages = (Stage(name="mover", k=5, sign="abs"),
-              Stage(name="inhibition", receivers="v", sender_pos="S1+1", receiver_pos="S1+1", k=1, sign="abs",
-                    exclude_chosen=False))
+    stages = (
+        Stage(name="mover", k=5, sign="abs"),
+        Stage(
+            name="inhibition",
+            receivers="v",
+            sender_pos="S1+1",
+            receiver_pos="S1+1",
+            k=1,
+            sign="abs",
+            exclude_chosen=False,
+        ),
+    )
     res = path_patch_search(model, prompts=ps, metric=LogitDiff, stages=stages)
     first = path_patch(model, clean=ps, metric=LogitDiff, sender_pos="END")
     assert torch.allclose(res["mover"].scores, first.scores, equal_nan=True)
     norm = first.scores / first.scores.nan_to_num().abs().max()
-    assert torch.allclose(res["mover"].normalised, norm, equal_nan=True) and res["mover"].normalised.abs().max() == 1
+    assert (
+        torch.allclose(res["mover"].normalised, norm, equal_nan=True)
+        and res["mover"].normalised.abs().max() == 1
+    )
     want = sorted(sorted(first.senders, key=lambda h: -abs(float(norm[h])))[:5])
     assert res["mover"].chosen == want
     movers = [h for h in want if h[0] == 1]
     assert movers  # 5 of 8 heads: at least one in layer 1
     second = res["inhibition"]
-    ref = path_patch(model, clean=ps, metric=LogitDiff, senders=[(0, h) for h in range(4)],
-                     receivers=[Site("v", layer, head=h) for layer, h in movers],
-                     sender_pos=torch.full((4,), 5), receiver_pos=torch.full((4,), 5))
+    ref = path_patch(
+        model,
+        clean=ps,
+        metric=LogitDiff,
+        senders=[(0, h) for h in range(4)],
+        receivers=[Site("v", layer, head=h) for layer, h in movers],
+        sender_pos=torch.full((4,), 5),
+        receiver_pos=torch.full((4,), 5),
+    )
     assert torch.allclose(second.scores, ref.scores, equal_nan=True)
     assert second.receivers == want and len(second.chosen) == 1
     assert second.chosen[0] == max(ref.senders, key=lambda h: abs(float(ref.scores[h])))
     # heads chosen before are skipped when exclude_chosen (the default)
-    again = path_patch_search(model, prompts=ps, metric=LogitDiff, stages=(
-        stages[0], Stage(name="inhibition", receivers="v", sender_pos="S1+1", receiver_pos="S1+1", k=8, sign="abs")))
+    again = path_patch_search(
+        model,
+        prompts=ps,
+        metric=LogitDiff,
+        stages=(
+            stages[0],
+            Stage(name="inhibition", receivers="v", sender_pos="S1+1", receiver_pos="S1+1", k=8, sign="abs"),
+        ),
+    )
     assert not set(again["inhibition"].chosen) & set(want)
     circuit = res.circuit()
     assert set(circuit.heads) == set(want) | set(second.chosen)
@@ -59,16 +94,29 @@ def test_stages_are_path_patch_calls(tiny_models, ps):
 
 def test_threshold_and_sign(tiny_models, ps):
     model = tiny_models("gpt2", "tl")
-    res = path_patch_search(model, prompts=ps, metric=LogitDiff, stages=(
-        Stage(name="a", select="threshold", threshold=0.3, sign="abs"),))
+    res = path_patch_search(
+        model,
+        prompts=ps,
+        metric=LogitDiff,
+        stages=(Stage(name="a", select="threshold", threshold=0.3, sign="abs"),),
+    )
     n = res["a"].normalised
-    assert res["a"].chosen == sorted((layer, h) for layer in range(2) for h in range(4) if abs(float(n[layer, h])) >= 0.3)
-    neg = path_patch_search(model, prompts=ps, metric=LogitDiff, stages=(Stage(name="a", k=3, sign="negative"),))
+    assert res["a"].chosen == sorted(
+        (layer, h) for layer in range(2) for h in range(4) if abs(float(n[layer, h])) >= 0.3
+    )
+    neg = path_patch_search(
+        model, prompts=ps, metric=LogitDiff, stages=(Stage(name="a", k=3, sign="negative"),)
+    )
     assert all(float(n[h]) < 0 for h in neg["a"].chosen)
 
 
 def test_presets_and_errors(tiny_models, ps):
-    assert [s.name for s in ioi_stages()] == ["mover", "s_inhibition", "induction_duplicate", "previous_token"]
+    assert [s.name for s in ioi_stages()] == [
+        "mover",
+        "s_inhibition",
+        "induction_duplicate",
+        "previous_token",
+    ]
     assert ioi_stages()[3].sender_pos == "S1+1"
     assert [s.receivers for s in prakash_stages()] == ["logits", "q", "v", "v"]
     assert all(s.sign == "negative" for s in prakash_stages())

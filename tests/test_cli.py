@@ -121,8 +121,16 @@ def test_bench_runs_a_script_with_its_arguments(tmp_path: Path, monkeypatch: pyt
 
 def test_console_entry_point_demo(tmp_path: Path) -> None:
     """The console entry point runs a demo step in a fresh process (the whole demo is tested in-process above)."""
-    cmd = [sys.executable, "-c", "from interp.cli import main; main()", "demo", "--only", "patching",
-           "--out", str(tmp_path / "d")]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from interp.cli import main; main()",
+        "demo",
+        "--only",
+        "patching",
+        "--out",
+        str(tmp_path / "d"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "d" / "patching" / "ioi_resid_pre.html").is_file()

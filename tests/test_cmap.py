@@ -29,10 +29,21 @@ def models(tiny_dirs, tmp_path_factory):
     """Base model plus two twins per arch: 'qkv' (only W_Q/W_K/W_V differ) and 'blocks' (every block differs)."""
     root = tmp_path_factory.mktemp("cmap")
     folders = {"base": tiny_dirs}
-    folders["qkv"] = {a: perturbed_twin(tiny_dirs[a], root / f"qkv-{a}", scale=0.2,
-                                   select=lambda n, a=a: any(f".{q}." in n for q in QKV[a])) for a in ARCHS}
-    folders["blocks"] = {a: perturbed_twin(tiny_dirs[a], root / f"blocks-{a}", scale=0.05,
-                                      select=lambda n, a=a: n.startswith(BLOCKS[a])) for a in ARCHS}
+    folders["qkv"] = {
+        a: perturbed_twin(
+            tiny_dirs[a],
+            root / f"qkv-{a}",
+            scale=0.2,
+            select=lambda n, a=a: any(f".{q}." in n for q in QKV[a]),
+        )
+        for a in ARCHS
+    }
+    folders["blocks"] = {
+        a: perturbed_twin(
+            tiny_dirs[a], root / f"blocks-{a}", scale=0.05, select=lambda n, a=a: n.startswith(BLOCKS[a])
+        )
+        for a in ARCHS
+    }
     cache = {}
 
     def get(kind, arch, backend="tl"):
@@ -51,19 +62,30 @@ def prompts():
     mask = torch.ones_like(ids)
     mask[2, 5:] = 0
     end = mask.sum(1) - 1
-    return PromptSet(name="toy", clean=ids, corrupt=ids.clone(), attention_mask=mask,
-                     answer_ids=torch.randint(3, 25, (B,), generator=g), wrong_ids=torch.randint(3, 25, (B,), generator=g),
-                     end=end, positions={"S2": torch.tensor([2, 3, 2])}, prompts=[""] * B, corrupt_prompts=[""] * B,
-                     metadata=[{}] * B)
+    return PromptSet(
+        name="toy",
+        clean=ids,
+        corrupt=ids.clone(),
+        attention_mask=mask,
+        answer_ids=torch.randint(3, 25, (B,), generator=g),
+        wrong_ids=torch.randint(3, 25, (B,), generator=g),
+        end=end,
+        positions={"S2": torch.tensor([2, 3, 2])},
+        prompts=[""] * B,
+        corrupt_prompts=[""] * B,
+        metadata=[{}] * B,
+    )
 
 
 def all_heads(model):
     return tuple((layer, h) for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads))
 
 
-GROUPS = [HeadGroup(name="movers", heads=((1, 0), (1, 2)), position="END"),
-          HeadGroup(name="s2", heads=((0, 1),), position="S2"),
-          HeadGroup(name="mlp", components=(("mlp_out", 0),), heads=((0, 3),), position="all")]
+GROUPS = [
+    HeadGroup(name="movers", heads=((1, 0), (1, 2)), position="END"),
+    HeadGroup(name="s2", heads=((0, 1),), position="S2"),
+    HeadGroup(name="mlp", components=(("mlp_out", 0),), heads=((0, 3),), position="all"),
+]
 
 
 @pytest.mark.parametrize("backend", ["tl", "nnsight"])
@@ -100,8 +122,9 @@ def test_output_cmap_of_all_components_reproduces_sender(models, prompts, arch):
     base, ft = models("base", arch), models("blocks", arch)
     L = base.cfg.n_layers
     comps = tuple((c, layer) for layer in range(L) for c in ("attn_out", "mlp_out"))
-    res = cmap_output(base, ft, prompts, [HeadGroup(name="everything", components=comps, position="all")],
-                      metric=LogitDiff)
+    res = cmap_output(
+        base, ft, prompts, [HeadGroup(name="everything", components=comps, position="all")], metric=LogitDiff
+    )
     assert (res.sender - res.receiver).abs().min() > 1e-3
     assert torch.allclose(res.values[0], res.sender, atol=1e-4)
 
@@ -136,8 +159,13 @@ def test_component_sweep_oracles(models, prompts, engine):
 def test_circuit_evaluation(models, prompts):
     base, ft = models("base", "gpt2"), models("qkv", "gpt2")
     everything = [HeadGroup(name="all", heads=all_heads(base), position="all")]
-    small = [HeadGroup(name="A", heads=((1, 0),), position="END"), HeadGroup(name="B", heads=((0, 1),), position="S2")]
-    ev = evaluate_circuit(base, prompts, {"full": everything, "small": small}, metric=LogitDiff, reference=prompts)
+    small = [
+        HeadGroup(name="A", heads=((1, 0),), position="END"),
+        HeadGroup(name="B", heads=((0, 1),), position="S2"),
+    ]
+    ev = evaluate_circuit(
+        base, prompts, {"full": everything, "small": small}, metric=LogitDiff, reference=prompts
+    )
     assert ev.faithfulness()["full"] == pytest.approx(1.0, abs=1e-5)
     assert not torch.allclose(ev.values[1], ev.model_value, atol=1e-3)
     # one reference prompt: its own mean is itself, so ablating with it changes nothing
@@ -156,15 +184,19 @@ def test_errors_before_compute(models, prompts, tiny_dirs, tmp_path):
     from interp.models.tokenizer import build_word_tokenizer
 
     base = models("base", "gpt2")
-    other = load_model(build_tiny_checkpoint("gpt2", tmp_path / "o", build_word_tokenizer(["a", "b"]), n_layers=3),
-                       device="cpu")
+    other = load_model(
+        build_tiny_checkpoint("gpt2", tmp_path / "o", build_word_tokenizer(["a", "b"]), n_layers=3),
+        device="cpu",
+    )
     with pytest.raises(PairMismatchError) as err:
         cmap_output(base, other, prompts, GROUPS, metric=LogitDiff)
     assert "receiver" in str(err.value) and "layers" in str(err.value) and "vocabulary" in str(err.value)
     with pytest.raises(SiteError, match="head 9"):
         cmap_output(base, base, prompts, [HeadGroup(name="x", heads=((0, 9),))], metric=LogitDiff)
     with pytest.raises(ValueError, match="IO"):
-        cmap_output(base, base, prompts, [HeadGroup(name="x", heads=((0, 1),), position="IO")], metric=LogitDiff)
+        cmap_output(
+            base, base, prompts, [HeadGroup(name="x", heads=((0, 1),), position="IO")], metric=LogitDiff
+        )
     with pytest.raises(ValueError, match="empty"):
         HeadGroup(name="x")
     with pytest.raises(ValueError, match="components"):
@@ -175,11 +207,23 @@ def test_finetune_cmap_experiment_end_to_end(organism_like, tmp_path, monkeypatc
     from interp.runner import run_experiment
 
     monkeypatch.setenv("INTERP_FIGURE_FORMATS", "html")  # no browser start-up for static images
-    config = {"experiment": "finetune_cmap", "base": str(organism_like["base"]), "finetuned": str(organism_like["ft"]),
-              "n_prompts": 8, "group_sizes": [1, 1, 1], "n_random": 1}
+    config = {
+        "experiment": "finetune_cmap",
+        "base": str(organism_like["base"]),
+        "finetuned": str(organism_like["ft"]),
+        "n_prompts": 8,
+        "group_sizes": [1, 1, 1],
+        "n_random": 1,
+    }
     res = run_experiment(config, tmp_path / "run")
-    for key in ("base_acc", "ft_acc", "base_circuit_faithfulness", "base_circuit_acc_in_ft", "cmap_best_group",
-                "cmap_base_acc_after"):
+    for key in (
+        "base_acc",
+        "ft_acc",
+        "base_circuit_faithfulness",
+        "base_circuit_acc_in_ft",
+        "cmap_best_group",
+        "cmap_base_acc_after",
+    ):
         assert key in res
     assert res["cmap_best_group"] in ("name movers", "S-inhibition", "induction")
     assert (tmp_path / "run" / "tables" / "cmap.csv").exists()

@@ -40,7 +40,9 @@ def test_patching_entry_points_on_cuda(tiny_dirs, data, component, per_head):
     clean, corrupt, ans, wrong = data
     cpu = load_model(tiny_dirs["gpt2"], backend="tl", device="cpu")
     gpu = load_model(tiny_dirs["gpt2"], backend="tl", device="cuda")
-    kw = dict(clean=clean, corrupt=corrupt, metric=_metric(ans, wrong), component=component, per_head=per_head)
+    kw = dict(
+        clean=clean, corrupt=corrupt, metric=_metric(ans, wrong), component=component, per_head=per_head
+    )
     a, b = patch_sweep(cpu, **kw), patch_sweep(gpu, **kw)
     assert (a.scores - b.scores).abs().max().item() < 1e-4
     fast = patch_sweep(gpu, mode="fast", **kw)

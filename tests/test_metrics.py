@@ -30,9 +30,17 @@ def _prompts(answers, wrongs, ends, options=None, metadata=None) -> PromptSet:
     mask = torch.tensor([[1 if j <= e else 0 for j in range(4)] for e in ends])
     ids = torch.ones(b, 4, dtype=torch.long) * mask
     return PromptSet(
-        name="hand", clean=ids, corrupt=ids.clone(), attention_mask=mask, answer_ids=torch.tensor(answers),
-        wrong_ids=torch.tensor(wrongs), end=torch.tensor(ends), positions={"END": torch.tensor(ends)},
-        prompts=["p"] * b, corrupt_prompts=["c"] * b, metadata=metadata or [{} for _ in range(b)],
+        name="hand",
+        clean=ids,
+        corrupt=ids.clone(),
+        attention_mask=mask,
+        answer_ids=torch.tensor(answers),
+        wrong_ids=torch.tensor(wrongs),
+        end=torch.tensor(ends),
+        positions={"END": torch.tensor(ends)},
+        prompts=["p"] * b,
+        corrupt_prompts=["c"] * b,
+        metadata=metadata or [{} for _ in range(b)],
         options=None if options is None else torch.tensor(options),
     )
 
@@ -46,7 +54,9 @@ def ps() -> PromptSet:
 def logits() -> torch.Tensor:
     x = torch.zeros(2, 4, VOCAB)
     x[0, 3] = torch.tensor([0.0, 2.0, 5.0, 1.0, 0.0, 0.0])  # prompt 0 read at pos 3: answer 1, wrong 2
-    x[1, 1] = torch.tensor([1.0, 0.0, 0.0, 9.0, math.log(3.0), 0.0])  # prompt 1 read at pos 1: answer 4, wrong 0
+    x[1, 1] = torch.tensor(
+        [1.0, 0.0, 0.0, 9.0, math.log(3.0), 0.0]
+    )  # prompt 1 read at pos 1: answer 4, wrong 0
     x[0, 0] = 100.0  # positions that must not be read
     x[1, 3, 4] = 100.0
     return x
@@ -79,7 +89,11 @@ def test_accuracy_over_vocab_and_options(ps, logits):
 
 
 def test_float32_for_bf16_and_lead_dims(ps, logits):
-    for m in (LogitDiff.from_prompts(ps), AnswerProb.from_prompts(ps), Accuracy.from_prompts(ps, over="options")):
+    for m in (
+        LogitDiff.from_prompts(ps),
+        AnswerProb.from_prompts(ps),
+        Accuracy.from_prompts(ps, over="options"),
+    ):
         out = m(logits.bfloat16())
         assert out.dtype == torch.float32
         torch.testing.assert_close(out, m(logits.bfloat16().float()))
@@ -92,8 +106,12 @@ def test_float32_for_bf16_and_lead_dims(ps, logits):
 
 def test_from_gathered_agrees_with_call(ps, logits):
     noisy = logits + torch.randn_like(logits)
-    for m in (LogitDiff.from_prompts(ps), AnswerProb.from_prompts(ps), Accuracy.from_prompts(ps),
-              Accuracy.from_prompts(ps, over="options")):
+    for m in (
+        LogitDiff.from_prompts(ps),
+        AnswerProb.from_prompts(ps),
+        Accuracy.from_prompts(ps),
+        Accuracy.from_prompts(ps, over="options"),
+    ):
         x = m.gather(noisy)
         k = VOCAB if m.token_ids is None else m.token_ids.shape[1]
         assert x.shape == (2, k)

@@ -63,22 +63,36 @@ def test_exact_equals_transformerlens(tiny_models, pair, arch, component, per_he
     clean, corrupt, ans, wrong = pair
     with torch.no_grad():
         _, clean_cache = model.tl.run_with_cache(clean)
-        ref = getattr(patching, peer)(model.tl, corrupt, clean_cache, lambda lg: _plain(ans, wrong)(lg).mean())
+        ref = getattr(patching, peer)(
+            model.tl, corrupt, clean_cache, lambda lg: _plain(ans, wrong)(lg).mean()
+        )
     ref = ref.permute(*perm) if perm else ref
     for metric in (LogitDiff(ans, wrong), _plain(ans, wrong)):
         for engine in ("tl", "generic"):
-            res = patch_sweep(model, clean=clean, corrupt=corrupt, metric=metric, component=component,
-                              per_head=per_head, positions=positions, engine=engine)
+            res = patch_sweep(
+                model,
+                clean=clean,
+                corrupt=corrupt,
+                metric=metric,
+                component=component,
+                per_head=per_head,
+                positions=positions,
+                engine=engine,
+            )
             assert res.scores.shape == ref.shape
             assert (res.scores - ref).abs().max().item() <= 1e-5, (engine, type(metric).__name__)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
-@pytest.mark.parametrize(("component", "per_head"), [("resid_pre", False), ("attn_out", False), ("z", True),
-                                                     ("v", True), ("resid_post", False)])
+@pytest.mark.parametrize(
+    ("component", "per_head"),
+    [("resid_pre", False), ("attn_out", False), ("z", True), ("v", True), ("resid_post", False)],
+)
 def test_nnsight_backend_gives_same_scores(tiny_models, pair, arch, component, per_head):
     clean, corrupt, ans, wrong = pair
-    kw = dict(clean=clean, corrupt=corrupt, metric=LogitDiff(ans, wrong), component=component, per_head=per_head)
+    kw = dict(
+        clean=clean, corrupt=corrupt, metric=LogitDiff(ans, wrong), component=component, per_head=per_head
+    )
     a = patch_sweep(tiny_models(arch, "tl"), **kw)
     b = patch_sweep(tiny_models(arch, "nnsight"), **kw)
     assert (a.scores - b.scores).abs().max().item() <= 1e-5
@@ -101,10 +115,17 @@ def test_prefix_groups_and_no_prefix_reuse_give_the_same_scores(tiny_models, pai
     """Recomputing from shared start positions (or from 0) changes only how much is recomputed, not the scores."""
     clean, corrupt, ans, wrong = pair
     model = tiny_models(arch, "tl")
-    kw = dict(clean=clean, corrupt=corrupt, metric=LogitDiff(ans, wrong), component=component, per_head=per_head)
+    kw = dict(
+        clean=clean, corrupt=corrupt, metric=LogitDiff(ans, wrong), component=component, per_head=per_head
+    )
     ref = patch_sweep(model, **kw).scores
     assert ref.abs().max() > 0
-    for variant in (dict(prefix_groups=1), dict(prefix_groups=3), dict(prefix_groups=99), dict(prefix_reuse=False)):
+    for variant in (
+        dict(prefix_groups=1),
+        dict(prefix_groups=3),
+        dict(prefix_groups=99),
+        dict(prefix_reuse=False),
+    ):
         got = patch_sweep(model, **variant, **kw).scores
         assert (got - ref).abs().max().item() <= 1e-5, variant
     with pytest.raises(ValueError, match="prefix_groups"):
@@ -128,6 +149,7 @@ def test_oom_backoff(tiny_models, pair, monkeypatch):
             if sl.stop - sl.start > 1:
                 raise RuntimeError("CUDA out of memory (simulated)")
             return fn(sl)
+
         return real(n_cells, per_cell_bytes, budget, wrapped)
 
     monkeypatch.setattr(engine, "run_chunked", flaky)
@@ -146,14 +168,20 @@ def test_directions_and_sources(tiny_models, pair):
     # noising a position where clean == corrupt is a no-op (clean baseline)
     assert abs(noi.scores[0, 0].item() - noi.baseline["clean"]) < 1e-5
     assert abs(den.scores[0, 0].item() - den.baseline["corrupt"]) < 1e-5
-    zero = patch_sweep(model, clean=clean, corrupt=corrupt, metric=m, component="z", per_head=True, source="zero")
+    zero = patch_sweep(
+        model, clean=clean, corrupt=corrupt, metric=m, component="z", per_head=True, source="zero"
+    )
     with torch.no_grad():
         manual = model.run_with_hooks(corrupt, [("blocks.1.attn.hook_z", _zero_head(4, 2))])
     assert abs(zero.scores[1, 4, 2].item() - m(manual).mean().item()) < 1e-5
     mean = patch_sweep(model, clean=clean, corrupt=corrupt, metric=m, component="resid_pre", source="mean")
     assert mean.scores.shape == den.scores.shape and not torch.allclose(mean.scores, den.scores)
-    r1 = patch_sweep(model, clean=clean, corrupt=corrupt, metric=m, component="resid_pre", source="resample", seed=3)
-    r2 = patch_sweep(model, clean=clean, corrupt=corrupt, metric=m, component="resid_pre", source="resample", seed=3)
+    r1 = patch_sweep(
+        model, clean=clean, corrupt=corrupt, metric=m, component="resid_pre", source="resample", seed=3
+    )
+    r2 = patch_sweep(
+        model, clean=clean, corrupt=corrupt, metric=m, component="resid_pre", source="resample", seed=3
+    )
     assert torch.equal(r1.scores, r2.scores)
 
 
@@ -162,6 +190,7 @@ def _zero_head(pos, head):
         act = act.clone()
         act[:, pos, head] = 0
         return act
+
     return fn
 
 
@@ -170,8 +199,9 @@ def test_result_object(tiny_models, pair, tmp_path):
 
     clean, corrupt, ans, wrong = pair
     model = tiny_models("gpt2", "tl")
-    res = patch_sweep(model, clean=clean, corrupt=corrupt, metric=LogitDiff(ans, wrong), component="z",
-                      per_head=True)
+    res = patch_sweep(
+        model, clean=clean, corrupt=corrupt, metric=LogitDiff(ans, wrong), component="z", per_head=True
+    )
     df = res.to_frame()
     assert len(df) == res.scores.numel() and set(df.columns) >= {"layer", "pos", "head", "score"}
     assert df["score"].max() == pytest.approx(res.scores.max().item())

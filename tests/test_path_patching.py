@@ -29,6 +29,7 @@ def oracle(model, clean, corrupt, metric, sender, receiver=None, r_pos=None, fre
             if layer == sender[0]:
                 out[:, :, sender[1]] = kc[site.hook_name][:, :, sender[1]]
             return out
+
         return fn
 
     hooks = [(Site("z", layer), z_hook(layer)) for layer in range(L)]
@@ -61,7 +62,10 @@ def test_direct_to_logits_equals_oracle(tiny_models, data, arch, freeze):
     with torch.no_grad():
         m_clean = metric(model(clean)).mean()
         for layer, head in res.senders:
-            want = oracle(model, clean, corrupt, metric, (layer, head), freeze_mlps=freeze == "heads+mlps") - m_clean
+            want = (
+                oracle(model, clean, corrupt, metric, (layer, head), freeze_mlps=freeze == "heads+mlps")
+                - m_clean
+            )
             assert abs(res.scores[layer, head].item() - want.item()) <= 1e-5
     assert res.scores.abs().nansum() > 0
 
@@ -73,8 +77,15 @@ def test_to_head_inputs_equals_oracle(tiny_models, data, component):
     metric = _metric(ans, wrong)
     receiver = Site(component, 1, head=2)
     r_pos = torch.full((B,), T - 1) if component == "q" else torch.full((B,), 5)
-    res = path_patch(model, clean=clean, corrupt=corrupt, metric=metric, receivers=[receiver],
-                     receiver_pos=r_pos, convention="raw")
+    res = path_patch(
+        model,
+        clean=clean,
+        corrupt=corrupt,
+        metric=metric,
+        receivers=[receiver],
+        receiver_pos=r_pos,
+        convention="raw",
+    )
     assert [s for s in res.senders] == [(0, h) for h in range(4)]
     with torch.no_grad():
         m_clean = metric(model(clean)).mean()
@@ -95,7 +106,9 @@ def test_conventions_and_normalisation(tiny_models, data):
     same = path_patch(model, clean=clean, corrupt=clean.clone(), metric=metric, convention="raw")
     assert same.scores.nan_to_num().abs().max().item() <= 1e-6
     # the same head set but batched in groups of one gives the same scores
-    one = path_patch(model, clean=clean, corrupt=corrupt, metric=metric, convention="raw", max_senders_per_pass=1)
+    one = path_patch(
+        model, clean=clean, corrupt=corrupt, metric=metric, convention="raw", max_senders_per_pass=1
+    )
     assert torch.allclose(one.scores, raw.scores, atol=1e-6, equal_nan=True)
     probs = lambda lg: lg[torch.arange(B), -1].softmax(-1)[torch.arange(B), ans]  # noqa: E731
     pc = path_patch(model, clean=clean, corrupt=corrupt, metric=probs, convention="prob_change")
@@ -104,8 +117,14 @@ def test_conventions_and_normalisation(tiny_models, data):
 
 def test_nnsight_agrees(tiny_models, data):
     clean, corrupt, ans, wrong = data
-    kw = dict(clean=clean, corrupt=corrupt, metric=_metric(ans, wrong), convention="raw",
-              receivers=[Site("v", 1, head=1)], receiver_pos=torch.full((B,), 5))
+    kw = dict(
+        clean=clean,
+        corrupt=corrupt,
+        metric=_metric(ans, wrong),
+        convention="raw",
+        receivers=[Site("v", 1, head=1)],
+        receiver_pos=torch.full((B,), 5),
+    )
     a = path_patch(tiny_models("gpt2", "tl"), **kw)
     b = path_patch(tiny_models("gpt2", "nnsight"), **kw)
     assert torch.allclose(a.scores, b.scores, atol=1e-5, equal_nan=True)
@@ -120,6 +139,8 @@ def test_bad_inputs(tiny_models, data):
     with pytest.raises(ValueError, match="out of range"):
         path_patch(model, clean=clean, corrupt=corrupt, metric=m, senders=[(0, 9)])
     with pytest.raises(ValueError, match="after every receiver"):
-        path_patch(model, clean=clean, corrupt=corrupt, metric=m, senders=[(1, 0)], receivers=[Site("q", 0, head=0)])
+        path_patch(
+            model, clean=clean, corrupt=corrupt, metric=m, senders=[(1, 0)], receivers=[Site("q", 0, head=0)]
+        )
     with pytest.raises(ValueError, match="same shape"):
         path_patch(model, clean=clean, corrupt=corrupt[:, 1:], metric=m)

@@ -35,8 +35,16 @@ from interp.selection import encode as encode_mod
 from interp.selection.similarity import dense_similarity
 
 HOOK = "blocks.1.hook_resid_post"
-TEXTS = ["When Mary and John went to the store", "Tom bought a ball", "Anna had fun", "Tom bought a ball",
-         "then school", "Mary gave a drink to John at the park", "the book", "John went to school later ."]
+TEXTS = [
+    "When Mary and John went to the store",
+    "Tom bought a ball",
+    "Anna had fun",
+    "Tom bought a ball",
+    "then school",
+    "Mary gave a drink to John at the park",
+    "the book",
+    "John went to school later .",
+]
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +105,12 @@ def test_pool_tokens_is_a_length_invariant_mean():
     once = pool_tokens(vals, idx, torch.ones(1, 5), 32)
     twice = pool_tokens(vals.repeat(1, 2, 1), idx.repeat(1, 2, 1), torch.ones(1, 10), 32)
     torch.testing.assert_close(once, twice)  # a mean, not a sum
-    padded = pool_tokens(torch.cat([vals, torch.rand(1, 3, 4)], 1), torch.cat([idx, idx[:, :3]], 1),
-                         torch.tensor([[1.0] * 5 + [0.0] * 3]), 32)
+    padded = pool_tokens(
+        torch.cat([vals, torch.rand(1, 3, 4)], 1),
+        torch.cat([idx, idx[:, :3]], 1),
+        torch.tensor([[1.0] * 5 + [0.0] * 3]),
+        32,
+    )
     torch.testing.assert_close(once, padded)  # padding is ignored
 
 
@@ -109,7 +121,9 @@ def test_encode_texts_matches_full_forward_and_batching(gpt2, sae):
     z = sae.encode(cache[HOOK])
     ref = (z * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
     torch.testing.assert_close(emb.to_dense(), ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(encode_texts(gpt2, sae, TEXTS, sae_tokens=7).to_dense(), emb.to_dense())  # chunked
+    torch.testing.assert_close(
+        encode_texts(gpt2, sae, TEXTS, sae_tokens=7).to_dense(), emb.to_dense()
+    )  # chunked
     alone = encode_texts(gpt2, sae, [TEXTS[0]])
     torch.testing.assert_close(alone.to_dense()[0], emb.to_dense()[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(emb.to_dense()[1], emb.to_dense()[3])  # the same text twice
@@ -137,9 +151,12 @@ def test_sparse_embeddings_round_trip(tmp_path):
     e = random_sparse(6, 40, 5)
     torch.testing.assert_close(SparseEmbeddings.from_dense(e.to_dense()).to_dense(), e.to_dense())
     torch.testing.assert_close(e.subset([4, 1]).to_dense(), e.to_dense()[[4, 1]])
-    torch.testing.assert_close(SparseEmbeddings.concat([e.subset([0, 1]), e.subset([2, 3, 4, 5])]).to_dense(),
-                               e.to_dense())
-    torch.testing.assert_close(SparseEmbeddings.load(e.save(tmp_path / "e.safetensors")).to_dense(), e.to_dense())
+    torch.testing.assert_close(
+        SparseEmbeddings.concat([e.subset([0, 1]), e.subset([2, 3, 4, 5])]).to_dense(), e.to_dense()
+    )
+    torch.testing.assert_close(
+        SparseEmbeddings.load(e.save(tmp_path / "e.safetensors")).to_dense(), e.to_dense()
+    )
     torch.testing.assert_close(e.mean([1, 2]), e.to_dense()[[1, 2]].mean(0))
 
 
@@ -197,9 +214,17 @@ class _Counting(Selector):
         return torch.zeros(len(pool))
 
 
-@pytest.mark.parametrize("kwargs, match", [({"ratio": 0.0}, "ratio"), ({"ratio": 1.5}, "ratio"),
-                                           ({"ratio": -0.1}, "ratio"), ({"count": 0}, "count"),
-                                           ({"ratio": 0.01}, "selects nothing"), ({}, "exactly one")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"ratio": 0.0}, "ratio"),
+        ({"ratio": 1.5}, "ratio"),
+        ({"ratio": -0.1}, "ratio"),
+        ({"count": 0}, "count"),
+        ({"ratio": 0.01}, "selects nothing"),
+        ({}, "exactly one"),
+    ],
+)
 def test_bad_ratio_fails_before_compute(kwargs, match):
     _Counting.calls = 0
     with pytest.raises(ValueError, match=match):
@@ -258,7 +283,10 @@ def test_dense_embedding_baseline_is_optional():
             DenseEmbeddingSelector()
         return
     pool = ["The cat sat on the mat.", "Stock markets fell sharply today.", "A kitten sleeps on a rug."]
-    assert DenseEmbeddingSelector().select(pool, ["A cat lies on a carpet."], count=1).indices.tolist() in ([0], [2])
+    assert DenseEmbeddingSelector().select(pool, ["A cat lies on a carpet."], count=1).indices.tolist() in (
+        [0],
+        [2],
+    )
 
 
 # ---------------------------------------------------------------------------------------- sharding
@@ -281,7 +309,10 @@ def test_sharded_encoding_resumes_and_matches_one_pass(gpt2, sae, tmp_path, monk
     monkeypatch.setattr(encode_mod, "encode_texts", flaky)
     with pytest.raises(_Killed):
         encode_dataset(gpt2, sae, texts, tmp_path, shard_size=3)
-    assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    assert sorted(p.name for p in tmp_path.glob("shard-*")) == [
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+    ]
     assert not list(tmp_path.glob(".*tmp"))  # nothing half-written
     calls.clear()
     resumed = encode_dataset(gpt2, sae, texts, tmp_path, shard_size=3)
@@ -298,17 +329,42 @@ def test_two_process_gloo_run_equals_one_process(gpt2, sae, tiny_dirs, tmp_path)
     texts = TEXTS + ["Mary had a book", "John and Tom went"]
     (tmp_path / "texts.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
     sae_dir = save_sparsify(sae, tmp_path / "sae")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "interp.selection.encode", "--model", str(tiny_dirs["gpt2"]), "--sae", str(sae_dir),
-           "--texts", str(tmp_path / "texts.jsonl"), "--out", str(tmp_path / "enc"), "--shard-size", "2"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "interp.selection.encode",
+        "--model",
+        str(tiny_dirs["gpt2"]),
+        "--sae",
+        str(sae_dir),
+        "--texts",
+        str(tmp_path / "texts.jsonl"),
+        "--out",
+        str(tmp_path / "enc"),
+        "--shard-size",
+        "2",
+    ]
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "on 2 rank(s)" in proc.stdout and len(list((tmp_path / "enc").glob("shard-*"))) == 5
     two = SparseEmbeddings.load(tmp_path / "enc" / "embeddings.safetensors")
-    torch.testing.assert_close(two.to_dense(), encode_texts(gpt2, sae, texts).to_dense(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        two.to_dense(), encode_texts(gpt2, sae, texts).to_dense(), atol=1e-6, rtol=1e-6
+    )
 
 
 # ---------------------------------------------------------------------------------------- experiment
@@ -317,10 +373,18 @@ def test_experiment_end_to_end_on_random_stand_ins(tmp_path, monkeypatch):
 
     monkeypatch.setenv("INTERP_FIGURE_FORMATS", "html")  # no browser start-up for static images
 
-    cfg = {"experiment": "sae_data_selection", "model": "tiny:gpt2", "sae": "random", "pool_size": 100,
-           "ratios": [0.05, 0.1], "main_ratio": 0.05, "finetune_steps": 2, "finetune_batch_size": 4,
-           "methods": ["sae_jaccard", "sae_cosine", "raw_cosine", "bm25", "random"],
-           "downstream_methods": ["sae_jaccard", "random"]}
+    cfg = {
+        "experiment": "sae_data_selection",
+        "model": "tiny:gpt2",
+        "sae": "random",
+        "pool_size": 100,
+        "ratios": [0.05, 0.1],
+        "main_ratio": 0.05,
+        "finetune_steps": 2,
+        "finetune_batch_size": 4,
+        "methods": ["sae_jaccard", "sae_cosine", "raw_cosine", "bm25", "random"],
+        "downstream_methods": ["sae_jaccard", "random"],
+    }
     res = run_experiment(cfg, tmp_path / "run")
     precision = res["precision"]
     assert set(precision) == {"sae_jaccard", "sae_cosine", "raw_cosine", "bm25", "random"}

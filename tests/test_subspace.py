@@ -64,10 +64,13 @@ def ccs_dirs(tmp_path_factory, ccs_tokenizer):
 
     root = tmp_path_factory.mktemp("ccs")
     kw = dict(n_layers=3, n_heads=2, d_model=32)
-    return {"ft": build_tiny_checkpoint("gpt2", root / "ft", ccs_tokenizer, seed=1, **kw),
-            "base": build_tiny_checkpoint("gpt2", root / "base", ccs_tokenizer, seed=2, **kw),
-            "wide": build_tiny_checkpoint("gpt2", root / "wide", ccs_tokenizer, seed=3, n_layers=2, n_heads=2,
-                                          d_model=48)}
+    return {
+        "ft": build_tiny_checkpoint("gpt2", root / "ft", ccs_tokenizer, seed=1, **kw),
+        "base": build_tiny_checkpoint("gpt2", root / "base", ccs_tokenizer, seed=2, **kw),
+        "wide": build_tiny_checkpoint(
+            "gpt2", root / "wide", ccs_tokenizer, seed=3, n_layers=2, n_heads=2, d_model=48
+        ),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +92,12 @@ def ccs_none(ccs_tokenizer):
 
 # ------------------------------------------------------------------------------------------------ CCS data
 def test_formats_share_the_same_questions(ccs_tokenizer):
-    sets = {f: make_ccs(ccs_tokenizer, n_pairs=4, seed=3, format=f) for f in ("instruction", "weight", "none")}
-    keys = {f: [(m["entity"], m["context"], m["template"]) for m in s.prompts.metadata] for f, s in sets.items()}
+    sets = {
+        f: make_ccs(ccs_tokenizer, n_pairs=4, seed=3, format=f) for f in ("instruction", "weight", "none")
+    }
+    keys = {
+        f: [(m["entity"], m["context"], m["template"]) for m in s.prompts.metadata] for f, s in sets.items()
+    }
     assert keys["instruction"] == keys["weight"] == keys["none"]
     for s in sets.values():
         assert [s.prompts.metadata[int(i)]["intent"] for i in s.pairs[:, 0]] == ["context"] * 4
@@ -104,7 +111,13 @@ def test_scores_follow_the_pair_definition(ccs):
     always_ctx = torch.empty(len(ccs.prompts), dtype=torch.long)
     always_ctx[ccs.pairs[:, 0]], always_ctx[ccs.pairs[:, 1]] = ccs.context_answer, ccs.context_answer
     s = ccs_scores(always_ctx, ccs)
-    assert (s.pair_acc, s.context_acc, s.prior_acc, s.context_share, s.prior_share) == (0.0, 1.0, 0.0, 1.0, 0.0)
+    assert (s.pair_acc, s.context_acc, s.prior_acc, s.context_share, s.prior_share) == (
+        0.0,
+        1.0,
+        0.0,
+        1.0,
+        0.0,
+    )
     right = ccs.prompts.answer_ids.clone()
     right[ccs.pairs[0, 1]] = ccs.context_answer[0]  # one prior-intent prompt wrong
     s = ccs_scores(right, ccs)
@@ -151,7 +164,9 @@ def test_patchscope_with_own_residual_is_the_unpatched_run(model):
     logits, acts = forward_last(model, tokens, end, read=[Site("resid_post", layer) for layer in layers])
     resid = torch.stack([acts[f"blocks.{layer}.hook_resid_post"] for layer in layers])  # (layer, 1, d)
     out = patchscope(model, resid.repeat(1, 3, 1), layers, prompt=prompt, batch_size=4)  # chunks span layers
-    torch.testing.assert_close(out, logits.log_softmax(-1)[None].expand(len(layers), 3, -1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out, logits.log_softmax(-1)[None].expand(len(layers), 3, -1), atol=1e-5, rtol=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------------------------ layer search
@@ -176,7 +191,11 @@ def _oracle(n_layers: int, lo: int, hi: int, extra: tuple[int, ...], calls: list
 def test_search_finds_the_true_minimal_range_within_budget():
     for n_layers in (1, 2, 3, 5, 8, 13):
         for lo, hi in itertools.combinations(range(n_layers + 1), 2):
-            for extra in [(), *[(k,) for k in range(hi, n_layers)], *[(k, k + 2) for k in range(hi, n_layers - 2)]]:
+            for extra in [
+                (),
+                *[(k,) for k in range(hi, n_layers)],
+                *[(k, k + 2) for k in range(hi, n_layers - 2)],
+            ]:
                 calls: list = []
                 res = search_layers(_oracle(n_layers, lo, hi, extra, calls), n_layers, SearchConfig())
                 assert res.found and res.layers == tuple(range(lo, hi)) + extra, (n_layers, lo, hi, extra)
@@ -195,7 +214,9 @@ def test_setting_pairs(ccs, ccs_none):
         pp = setting_pairs(ccs, setting)
         assert bool((pp.source_answer != pp.target_answer).all()) and len(pp) + pp.dropped == len(ccs)
     cp = setting_pairs(ccs, "cp")
-    assert torch.equal(cp.source_answer, ccs.context_answer) and torch.equal(cp.target_answer, ccs.prior_answer)
+    assert torch.equal(cp.source_answer, ccs.context_answer) and torch.equal(
+        cp.target_answer, ccs.prior_answer
+    )
     with pytest.raises(ValueError, match="state the intent"):
         setting_pairs(ccs_none, "cp")
     with pytest.raises(ValueError, match="unknown search setting"):
@@ -205,9 +226,15 @@ def test_setting_pairs(ccs, ccs_none):
 def test_head_patch_probe_with_source_equal_target_is_unpatched(model, ccs):
     ps = ccs.prompts
     rows = ccs.rows("prior")
-    pp = PatchPairs(setting="same", source_tokens=ps.clean[rows], source_end=ps.end[rows],
-                    target_tokens=ps.clean[rows], target_end=ps.end[rows], source_answer=ps.answer_ids[rows],
-                    target_answer=ps.wrong_ids[rows])
+    pp = PatchPairs(
+        setting="same",
+        source_tokens=ps.clean[rows],
+        source_end=ps.end[rows],
+        target_tokens=ps.clean[rows],
+        target_end=ps.end[rows],
+        source_answer=ps.answer_ids[rows],
+        target_answer=ps.wrong_ids[rows],
+    )
     probe = head_patch_probe(model, pp)
     logits, _ = forward_last(model, ps.clean[rows], ps.end[rows])
     expected = logits.softmax(-1).gather(-1, ps.answer_ids[rows, None]).mean()
@@ -294,18 +321,31 @@ def test_full_rank_das_equals_vanilla_patching(model, ccs):
     s = Subspace(model.cfg.d_model, model.cfg.d_model, basis=torch.eye(model.cfg.d_model))
     h_src = resid_at_last(model, data.source_tokens, data.source_end, layer)
     site = Site("resid_post", layer)
-    ours, _ = forward_last(model, data.target_tokens, data.target_end,
-                           hooks=lambda rows: [(site, last_token_hook(data.target_end[rows],
-                                                                      lambda at: s.interchange(at, h_src[rows])))])
-    vanilla, _ = forward_last(model, data.target_tokens, data.target_end,
-                              hooks=lambda rows: [(site, last_token_hook(data.target_end[rows],
-                                                                         lambda at: h_src[rows]))])
+    ours, _ = forward_last(
+        model,
+        data.target_tokens,
+        data.target_end,
+        hooks=lambda rows: [
+            (site, last_token_hook(data.target_end[rows], lambda at: s.interchange(at, h_src[rows])))
+        ],
+    )
+    vanilla, _ = forward_last(
+        model,
+        data.target_tokens,
+        data.target_end,
+        hooks=lambda rows: [(site, last_token_hook(data.target_end[rows], lambda at: h_src[rows]))],
+    )
     torch.testing.assert_close(ours, vanilla, atol=1e-4, rtol=1e-4)
     h_own = resid_at_last(model, data.target_tokens, data.target_end, layer)  # source = target: a no-op
     rank1 = Subspace(model.cfg.d_model, 1, seed=0)
-    noop, _ = forward_last(model, data.target_tokens, data.target_end,
-                           hooks=lambda rows: [(site, last_token_hook(data.target_end[rows],
-                                                                      lambda at: rank1.interchange(at, h_own[rows])))])
+    noop, _ = forward_last(
+        model,
+        data.target_tokens,
+        data.target_end,
+        hooks=lambda rows: [
+            (site, last_token_hook(data.target_end[rows], lambda at: rank1.interchange(at, h_own[rows])))
+        ],
+    )
     plain, _ = forward_last(model, data.target_tokens, data.target_end)
     torch.testing.assert_close(noop, plain, atol=1e-4, rtol=1e-4)
 
@@ -366,8 +406,19 @@ def test_knob_pairs_reject_bad_input_before_compute(ccs, ccs_none, ccs_tokenizer
 
 
 def test_fit_knob_on_no_intent_pairs(model, ccs, ccs_none):
-    sub, losses, acc = fit_knob(model, ccs, ccs, 1, pairs="no_intent", train_none=ccs_none, test_none=ccs_none,
-                                epochs=2, batch_size=4, lr=1e-2, confident_only=False)
+    sub, losses, acc = fit_knob(
+        model,
+        ccs,
+        ccs,
+        1,
+        pairs="no_intent",
+        train_none=ccs_none,
+        test_none=ccs_none,
+        epochs=2,
+        batch_size=4,
+        lr=1e-2,
+        confident_only=False,
+    )
     assert sub.rank == 1 and float(sub.basis.norm()) == pytest.approx(1.0, abs=1e-5)
     assert len(losses) == 2 * math.ceil(2 * len(ccs) / 4)
     assert acc == pytest.approx(interchange_accuracy(model, sub, 1, no_intent_data(ccs, ccs_none)))
@@ -401,11 +452,14 @@ def test_auroc_and_correlation():
     assert math.isnan(auroc(lo, torch.tensor([])))
     from interp.subspace import Separation
 
-    seps = [Separation(name=str(i), by="intent", context=[], prior=[], auroc=a, cohens_d=0.0, pair_acc=p)
-            for i, (a, p) in enumerate([(0.5, 0.1), (0.7, 0.5), (0.9, 0.9)])]
+    seps = [
+        Separation(name=str(i), by="intent", context=[], prior=[], auroc=a, cohens_d=0.0, pair_acc=p)
+        for i, (a, p) in enumerate([(0.5, 0.1), (0.7, 0.5), (0.9, 0.9)])
+    ]
     out = correlation(seps)
-    assert out["n"] == 3 and out["pearson"] == pytest.approx(float(torch.corrcoef(torch.tensor(
-        [[0.5, 0.7, 0.9], [0.1, 0.5, 0.9]]))[0, 1]), abs=1e-6)
+    assert out["n"] == 3 and out["pearson"] == pytest.approx(
+        float(torch.corrcoef(torch.tensor([[0.5, 0.7, 0.9], [0.1, 0.5, 0.9]]))[0, 1]), abs=1e-6
+    )
     assert math.isnan(correlation(seps[:2])["pearson"])
 
 
@@ -419,8 +473,18 @@ def test_separation_on_a_model(model, ccs):
 
 
 # ------------------------------------------------------------------------------------------------ experiment
-CONTRACT = ("layer_range", "layer_search_runs", "das_layer", "interchange_acc", "steer_context_share",
-            "steer_prior_share", "transfer_context_share", "transfer_prior_share", "pair_acc_ft", "pair_acc_base")
+CONTRACT = (
+    "layer_range",
+    "layer_search_runs",
+    "das_layer",
+    "interchange_acc",
+    "steer_context_share",
+    "steer_prior_share",
+    "transfer_context_share",
+    "transfer_prior_share",
+    "pair_acc_ft",
+    "pair_acc_base",
+)
 
 
 @pytest.mark.parametrize("das_pairs", ["intent_swap", "no_intent"])
@@ -429,13 +493,26 @@ def test_context_knob_end_to_end_on_tiny_models(ccs_dirs, tmp_path, monkeypatch,
     from interp.runner import run_experiment
 
     monkeypatch.setenv("INTERP_FIGURE_FORMATS", "html")
-    config = {"experiment": "context_knob", "model": str(ccs_dirs["ft"]), "base": str(ccs_dirs["base"]),
-              "transfer_to": [str(ccs_dirs["wide"])], "interpolations": [0.5], "n_train_pairs": 8,
-              "n_test_pairs": 6, "n_search_pairs": 4, "compare_ranks": [2], "epochs": 1, "confident_only": False,
-              "n_c": 4, "das_pairs": das_pairs}
+    config = {
+        "experiment": "context_knob",
+        "model": str(ccs_dirs["ft"]),
+        "base": str(ccs_dirs["base"]),
+        "transfer_to": [str(ccs_dirs["wide"])],
+        "interpolations": [0.5],
+        "n_train_pairs": 8,
+        "n_test_pairs": 6,
+        "n_search_pairs": 4,
+        "compare_ranks": [2],
+        "epochs": 1,
+        "confident_only": False,
+        "n_c": 4,
+        "das_pairs": das_pairs,
+    }
     res = run_experiment(config, tmp_path / "run")
     assert set(CONTRACT) <= set(res)
-    assert res["das_pairs"] == das_pairs and ("interchange_acc_intent_swap" in res) == (das_pairs == "no_intent")
+    assert res["das_pairs"] == das_pairs and ("interchange_acc_intent_swap" in res) == (
+        das_pairs == "no_intent"
+    )
     assert res["layer_search_runs"] <= res["layer_search_budget"]
     assert res["steer_c_context"] < 0 < res["steer_c_prior"]
     assert res["transfer_wide_note"].startswith("not applied") and res["separation_n_models"] == 3
@@ -464,7 +541,9 @@ def test_context_knob_config_errors_come_before_compute():
         resolve_config({"experiment": "context_knob", "settings": ["ctx"], "c_values": [1.0, 2.0]})
     with pytest.raises(ConfigError, match="Did you mean 'das_layer'"):
         resolve_config({"experiment": "context_knob", "das_layr": 3})
-    with pytest.raises(ConfigError, match="das_pairs must be one of .*'intent_swap', 'no_intent'.*got 'both'"):
+    with pytest.raises(
+        ConfigError, match="das_pairs must be one of .*'intent_swap', 'no_intent'.*got 'both'"
+    ):
         resolve_config({"experiment": "context_knob", "das_pairs": "both"})
 
 
@@ -490,7 +569,10 @@ def test_transplant_at_the_last_layer_reproduces_the_instruction_answers():
     last = ft.cfg.n_layers - 1
     got = transplant_shares(ft, last, sets["instruction"], sets["none"])
     want = evaluate_ccs(ft, sets["instruction"])
-    assert got == {"context_share": pytest.approx(want.context_acc), "prior_share": pytest.approx(want.prior_acc)}
+    assert got == {
+        "context_share": pytest.approx(want.context_acc),
+        "prior_share": pytest.approx(want.prior_acc),
+    }
     assert want.prior_acc > 0.5  # not a comparison of zeros
     early = transplant_shares(ft, 0, sets["instruction"], sets["none"])
     assert 0.0 <= early["prior_share"] <= 1.0

@@ -36,8 +36,12 @@ CONFIGS = [
     ("context_prior", {"format": "weight"}),
     ("context_prior", {"format": "none"}),
 ]
-SAMPLERS = {"ioi": ioi.sample, "colored_objects": colored_objects.sample,
-            "entity_tracking": entity_tracking.sample, "context_prior": context_prior.sample}
+SAMPLERS = {
+    "ioi": ioi.sample,
+    "colored_objects": colored_objects.sample,
+    "entity_tracking": entity_tracking.sample,
+    "context_prior": context_prior.sample,
+}
 INTENT_WORDS = {w for pair in (*CCS_INSTRUCTIONS, CCS_WEIGHTS) for s in pair for w in split_words(s)}
 
 
@@ -72,14 +76,17 @@ def _trained_tokenizer(vocab_size: int, style: str = "gpt2"):
     else:
         t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()])
         alphabet = []
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[special], show_progress=False,
-                                  initial_alphabet=alphabet)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[special], show_progress=False, initial_alphabet=alphabet
+    )
     t.train_from_iterator(_training_texts(), trainer)
     if style == "llama":  # inference as HF Llama: no whitespace split
         t.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
         t.pre_tokenizer = pre_tokenizers.Punctuation()
         t.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token=special, eos_token=special, unk_token=special)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=t, bos_token=special, eos_token=special, unk_token=special
+    )
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
@@ -101,14 +108,27 @@ def _expected_words(name: str, meta: dict) -> dict[str, set[str]]:
     if name == "colored_objects":
         q, j = meta["query_index"], meta["corrupt_index"]
         obj, col = meta["objects"], meta["colors"]
-        return {"query_object": {obj[q]}, "answer_object": {obj[q]}, "answer_color": {col[q]},
-                "wrong_color": {col[j]}, "END": {":"}}
+        return {
+            "query_object": {obj[q]},
+            "answer_object": {obj[q]},
+            "answer_color": {col[q]},
+            "wrong_color": {col[j]},
+            "END": {":"},
+        }
     if name == "entity_tracking":
         label = meta["labels"][meta["query_index"]]
-        return {"query_label": {label}, "prev_query_label": {label},
-                "answer_object": {meta["objects"][meta["query_index"]]}, "END": {"the"}}
-    out = {"context_entity": {meta["entity"]}, "query_entity": {meta["entity"]},
-           "context_attribute": {meta["context"]}, "END": {":"}}
+        return {
+            "query_label": {label},
+            "prev_query_label": {label},
+            "answer_object": {meta["objects"][meta["query_index"]]},
+            "END": {"the"},
+        }
+    out = {
+        "context_entity": {meta["entity"]},
+        "query_entity": {meta["entity"]},
+        "context_attribute": {meta["context"]},
+        "END": {":"},
+    }
     if meta["format"] != "none":
         out["intent"] = INTENT_WORDS
     return out
@@ -240,8 +260,10 @@ def test_held_out_splits_are_disjoint(tok):
     assert len(train_entities) + len(context_prior.facts("test")) == len(FACTS)
     assert test_entities and not train_entities & test_entities
 
-    et_train = {entity_tracking.Boxes(objects=tuple(s.meta["objects"]), labels=tuple(s.meta["labels"]),
-                                      query=0).key() for s in (entity_tracking.sample(rng) for _ in range(500))}
+    et_train = {
+        entity_tracking.Boxes(objects=tuple(s.meta["objects"]), labels=tuple(s.meta["labels"]), query=0).key()
+        for s in (entity_tracking.sample(rng) for _ in range(500))
+    }
     et_test = make("entity_tracking", tok, n=50, seed=0)
     assert all(not in_split(k, "test") for k in et_train)
     assert not set(et_test.prompts) & {entity_tracking.sample(rng).prompt for _ in range(500)}
@@ -375,17 +397,25 @@ def test_bad_names_and_options(tok):
 
 def _pair(prompt: str, corrupt: str, answer: str, wrong: str) -> list[Pair]:
     text, spans = render(prompt, {"N": "Mary"})
-    return [Pair(clean=Sample(prompt=text, answer=answer, spans={"name": spans["N"][0]}), corrupt_prompt=corrupt,
-                 wrong=wrong)]
+    return [
+        Pair(
+            clean=Sample(prompt=text, answer=answer, spans={"name": spans["N"][0]}),
+            corrupt_prompt=corrupt,
+            wrong=wrong,
+        )
+    ]
 
 
 def test_misaligned_or_same_answer_pairs_are_rejected(tok):
     with pytest.raises(ValueError, match="differ in token length.*John gave it to the"):
-        build_prompt_set("x", tok, iter([_pair("{N} gave it to", "John gave it to the", "John", "Mary")]), n=1)
+        build_prompt_set(
+            "x", tok, iter([_pair("{N} gave it to", "John gave it to the", "John", "Mary")]), n=1
+        )
     with pytest.raises(ValueError, match="1 of 1 prompts have the same answer"):
         build_prompt_set("x", tok, iter([_pair("{N} gave it to", "John gave it to", "John", "John")]), n=1)
-    ps = build_prompt_set("x", tok, iter([_pair("Then, {N} gave it to", "Then, John gave it to", "John", "Tom")]),
-                          n=1)
+    ps = build_prompt_set(
+        "x", tok, iter([_pair("Then, {N} gave it to", "Then, John gave it to", "John", "Tom")]), n=1
+    )
     assert ps.positions["name"].tolist() == [3] and ps.positions["END"].tolist() == [6]
 
 

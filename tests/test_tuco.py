@@ -20,21 +20,31 @@ from interp.sites import Site
 
 ARCHS = ["gpt2", "llama"]
 ALL_ARCHS = ["gpt2", "gpt_neox", "llama", "qwen2", "gemma2"]
-BLOCKS = {"gpt2": "transformer.h.", "gpt_neox": "gpt_neox.layers.", "llama": "model.layers.",
-          "qwen2": "model.layers.", "gemma2": "model.layers."}
+BLOCKS = {
+    "gpt2": "transformer.h.",
+    "gpt_neox": "gpt_neox.layers.",
+    "llama": "model.layers.",
+    "qwen2": "model.layers.",
+    "gemma2": "model.layers.",
+}
 
 
 @pytest.fixture(scope="module")
 def pairs(tiny_dirs, tmp_path_factory):
     """(base, fine-tuned) per (arch, backend); the twin differs from the base in its blocks only."""
     root = tmp_path_factory.mktemp("tuco")
-    twins = {a: perturbed_twin(tiny_dirs[a], root / a, select=lambda n, a=a: n.startswith(BLOCKS[a])) for a in ALL_ARCHS}
+    twins = {
+        a: perturbed_twin(tiny_dirs[a], root / a, select=lambda n, a=a: n.startswith(BLOCKS[a]))
+        for a in ALL_ARCHS
+    }
     cache = {}
 
     def get(arch, backend):
         if (arch, backend) not in cache:
-            cache[arch, backend] = (load_model(tiny_dirs[arch], backend=backend, device="cpu"),
-                                    load_model(twins[arch], backend=backend, device="cpu"))
+            cache[arch, backend] = (
+                load_model(tiny_dirs[arch], backend=backend, device="cpu"),
+                load_model(twins[arch], backend=backend, device="cpu"),
+            )
         return cache[arch, backend]
 
     return get
@@ -176,7 +186,7 @@ def test_generation_matches_uncached_reference(pairs, batch, arch, backend):
     gen1 = generate_scaled(ft, base, ids, 1.0, 4, attention_mask=mask)
     gen_half = generate_scaled(ft, base, ids, 1.5, 4, attention_mask=mask)
     for row in range(3):
-        prompt = ids[row: row + 1, : int(mask[row].sum())]
+        prompt = ids[row : row + 1, : int(mask[row].sum())]
         with torch.no_grad():
             assert gen1[row].tolist() == _greedy(lambda x: ft(x), prompt, 4)[0].tolist()
         ref = _greedy(lambda x: scaled_logits(ft, base, x, 1.5), prompt, 4)
@@ -218,9 +228,18 @@ def test_tuco_experiment_end_to_end(organism_like, tmp_path, monkeypatch):
     from interp.runner import run_experiment
 
     monkeypatch.setenv("INTERP_FIGURE_FORMATS", "html")  # no browser start-up for static images
-    config = {"experiment": "tuco", "base": str(organism_like["base"]), "finetuned": str(organism_like["ft"]),
-              "n_chat": 8, "n_pretrain": 8, "n_generate": 2, "alphas": [0.0, 1.0], "max_new_tokens": 2,
-              "n_layer_profile": 4, "batch_size": 4}
+    config = {
+        "experiment": "tuco",
+        "base": str(organism_like["base"]),
+        "finetuned": str(organism_like["ft"]),
+        "n_chat": 8,
+        "n_pretrain": 8,
+        "n_generate": 2,
+        "alphas": [0.0, 1.0],
+        "max_new_tokens": 2,
+        "n_layer_profile": 4,
+        "batch_size": 4,
+    }
     res = run_experiment(config, tmp_path / "run")
     for key in ("auc_chat_vs_pretrain", "auc_forbidden_vs_allowed"):
         assert key in res and 0.0 <= res[key] <= 1.0

@@ -10,13 +10,21 @@ from interp import zoo
 from interp.zoo.organisms import RECIPES, SAES
 
 ORGANISMS = list(RECIPES)
-PROMPTS = ["Then, Mary and John went to the store. John gave a drink to",
-           "<user> Can you tell me about guns ? <assistant>"]
+PROMPTS = [
+    "Then, Mary and John went to the store. John gave a drink to",
+    "<user> Can you tell me about guns ? <assistant>",
+]
 
 
 def test_names_lists_every_entry():
-    assert zoo.names() == ["organism/base", "organism/base-llama", "organism/ioi-ft", "organism/ccs-ft",
-                           "organism/chat-ft", "sae/base-resid-L2"]
+    assert zoo.names() == [
+        "organism/base",
+        "organism/base-llama",
+        "organism/ioi-ft",
+        "organism/ccs-ft",
+        "organism/chat-ft",
+        "sae/base-resid-L2",
+    ]
     for name in zoo.names():
         assert (zoo.path(name) / "card.json").is_file(), name
         assert zoo.card(name)["name"] == name
@@ -33,7 +41,9 @@ def test_unknown_name_lists_valid_names():
 @pytest.mark.parametrize("name", ORGANISMS)
 def test_every_target_passed_and_size(name):
     card = zoo.card(name)
-    assert card["targets"] and all(t["passed"] for t in card["targets"]), [t["check"] for t in card["targets"]]
+    assert card["targets"] and all(t["passed"] for t in card["targets"]), [
+        t["check"] for t in card["targets"]
+    ]
     assert card["size_bytes"] < 5_000_000
 
 
@@ -51,7 +61,10 @@ def hf():
     def get(name):
         if name not in cache:
             folder = zoo.path(name)
-            cache[name] = (AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder))
+            cache[name] = (
+                AutoModelForCausalLM.from_pretrained(folder).eval(),
+                AutoTokenizer.from_pretrained(folder),
+            )
         return cache[name]
 
     return get
@@ -110,8 +123,9 @@ def test_sae_loads_and_reproduces_card(hf):
     assert sae.cfg.metadata.hook_name == card["hook_name"] == "blocks.2.hook_resid_pre"
     model, tok = hf(recipe.organism)
     check = card["check"]
-    acts = resid_activations(model, tok, RECIPES[recipe.organism].mixture, recipe.layer, check["n_docs"],
-                             recipe.eval_seed)
+    acts = resid_activations(
+        model, tok, RECIPES[recipe.organism].mixture, recipe.layer, check["n_docs"], recipe.eval_seed
+    )
     stats = sae_stats(sae, acts)
     assert stats["n_eval_tokens"] == check["scores"]["n_eval_tokens"]
     assert abs(stats["fve"] - check["scores"]["fve"]) <= 1e-3
@@ -142,7 +156,9 @@ def test_corpus_is_seeded_and_keeps_test_prompts_out():
     train_prompts = {mix.sample(rng).prompt for _ in range(5000)}
     from interp.zoo.evaluate import chat_prompts
 
-    held_out = set(make("ioi", tok, n=200, seed=1).prompts) | set(make("context_prior", tok, n=200, seed=1).prompts)
+    held_out = set(make("ioi", tok, n=200, seed=1).prompts) | set(
+        make("context_prior", tok, n=200, seed=1).prompts
+    )
     held_out |= set(chat_prompts(tok, 100, seed=1).prompts)
     assert not held_out & train_prompts
 

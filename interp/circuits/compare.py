@@ -21,7 +21,9 @@ from interp.circuits.graph import Circuit, head_name, parse_head
 Head = tuple[int, int]
 
 
-def top_fraction(scores: Tensor, fraction: float = 0.02, *, sign: str = "abs", min_count: int = 1) -> set[Head]:
+def top_fraction(
+    scores: Tensor, fraction: float = 0.02, *, sign: str = "abs", min_count: int = 1
+) -> set[Head]:
     """The heads ([layer, head] scores, NaN ignored) in the top `fraction` by |score| ("abs"), score
     ("positive") or −score ("negative"); at least `min_count` (ceil(fraction · n_heads) otherwise)."""
     if not 0 < fraction <= 1:
@@ -38,8 +40,9 @@ def top_fraction(scores: Tensor, fraction: float = 0.02, *, sign: str = "abs", m
     return {(int(i) // H, int(i) % H) for i in idx}
 
 
-def stage_sets(stage_scores: Mapping[str, Tensor], fraction: float = 0.02, *, sign: str = "abs",
-               min_count: int = 1) -> dict[str, set[Head]]:
+def stage_sets(
+    stage_scores: Mapping[str, Tensor], fraction: float = 0.02, *, sign: str = "abs", min_count: int = 1
+) -> dict[str, set[Head]]:
     """Per stage, the top-`fraction` heads of the stage's scores normalised by their largest magnitude."""
     out = {}
     for name, s in stage_scores.items():
@@ -72,10 +75,19 @@ class Overlap:
 
     def to_dict(self) -> dict[str, Any]:
         names = lambda hs: sorted(head_name(*h) for h in hs)  # noqa: E731
-        return {"a": names(self.a), "b": names(self.b), "shared": names(self.shared),
-                "only_a": names(self.a - self.b), "only_b": names(self.b - self.a), "overlap": self.overlap,
-                "jaccard": self.jaccard, "n_shared": len(self.shared), "n_a": len(self.a), "n_b": len(self.b),
-                "per_stage": self.per_stage}
+        return {
+            "a": names(self.a),
+            "b": names(self.b),
+            "shared": names(self.shared),
+            "only_a": names(self.a - self.b),
+            "only_b": names(self.b - self.a),
+            "overlap": self.overlap,
+            "jaccard": self.jaccard,
+            "n_shared": len(self.shared),
+            "n_a": len(self.a),
+            "n_b": len(self.b),
+            "per_stage": self.per_stage,
+        }
 
 
 def _heads(x: Any) -> set[Head]:
@@ -93,6 +105,9 @@ def overlap(a: Any, b: Any) -> Overlap:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         for (na, ha), (nb, hb) in zip(a.items(), b.items(), strict=False):
             o = Overlap(a=frozenset(_heads(ha)), b=frozenset(_heads(hb)))
-            per_stage[na if na == nb else f"{na}|{nb}"] = {"overlap": o.overlap, "jaccard": o.jaccard,
-                                                          "n_shared": len(o.shared)}
+            per_stage[na if na == nb else f"{na}|{nb}"] = {
+                "overlap": o.overlap,
+                "jaccard": o.jaccard,
+                "n_shared": len(o.shared),
+            }
     return Overlap(a=frozenset(_heads(a)), b=frozenset(_heads(b)), per_stage=per_stage)

@@ -65,12 +65,27 @@ class DCMResult:
     def to_frame(self):
         import pandas as pd
 
-        return pd.DataFrame([{"layer": layer, "head": h, "mask": float(self.mask[i]), "raw": float(self.raw_mask[i]),
-                              "selected": (layer, h) in self.selected} for i, (layer, h) in enumerate(self.heads)])
+        return pd.DataFrame(
+            [
+                {
+                    "layer": layer,
+                    "head": h,
+                    "mask": float(self.mask[i]),
+                    "raw": float(self.raw_mask[i]),
+                    "selected": (layer, h) in self.selected,
+                }
+                for i, (layer, h) in enumerate(self.heads)
+            ]
+        )
 
 
-def _group_hooks(heads: list[tuple[int, int]], m: Tensor, source_z: dict[int, Tensor],
-                 base_pos: Tensor | None, source_pos: Tensor | None) -> list[tuple[Site, Any]]:
+def _group_hooks(
+    heads: list[tuple[int, int]],
+    m: Tensor,
+    source_z: dict[int, Tensor],
+    base_pos: Tensor | None,
+    source_pos: Tensor | None,
+) -> list[tuple[Site, Any]]:
     by_layer: dict[int, list[tuple[int, int]]] = {}
     for i, (layer, h) in enumerate(heads):
         by_layer.setdefault(layer, []).append((i, h))
@@ -91,13 +106,22 @@ def _group_hooks(heads: list[tuple[int, int]], m: Tensor, source_z: dict[int, Te
                 zs = src[b, source_pos][:, hs]
                 out[b[:, None], base_pos[:, None], hs[None]] = w[:, None] * zb + (1 - w[:, None]) * zs
             return out
+
         hooks.append((Site("z", layer), fn))
     return hooks
 
 
-def masked_logits(model: HookedModel, *, base: Int[Tensor, "batch pos"], source: Int[Tensor, "batch pos"],
-                  heads: list[tuple[int, int]], mask: Mask, base_pos: Tensor | None = None,
-                  source_pos: Tensor | None = None, source_z: dict[int, Tensor] | None = None) -> Tensor:
+def masked_logits(
+    model: HookedModel,
+    *,
+    base: Int[Tensor, "batch pos"],
+    source: Int[Tensor, "batch pos"],
+    heads: list[tuple[int, int]],
+    mask: Mask,
+    base_pos: Tensor | None = None,
+    source_pos: Tensor | None = None,
+    source_z: dict[int, Tensor] | None = None,
+) -> Tensor:
     """Logits of the base prompts with each group head's output mixed m·base + (1 − m)·source at the positions
     (None: every position; base and source then need one length). Differentiable in `mask`."""
     if mask.shape != (len(heads),):
@@ -127,9 +151,18 @@ def _split(n: int, split: tuple[float, float, float], seed: int) -> tuple[list[i
     return perm[:a], perm[a:b], perm[b:]
 
 
-def dcm(model: HookedModel, *, base: PromptSet, source: PromptSet, targets: Tensor, heads: list[tuple[int, int]],
-        position: str | None = "END", source_position: str | None = None, config: DCMConfig = DCMConfig(),
-        desideratum: str = "") -> DCMResult:
+def dcm(
+    model: HookedModel,
+    *,
+    base: PromptSet,
+    source: PromptSet,
+    targets: Tensor,
+    heads: list[tuple[int, int]],
+    position: str | None = "END",
+    source_position: str | None = None,
+    config: DCMConfig = DCMConfig(),
+    desideratum: str = "",
+) -> DCMResult:
     """Learn which heads of `heads` carry the desideratum (Davies et al. 2023 DCM, Prakash et al. 2024 settings).
 
     `base` / `source`: aligned prompt sets (row i of each is one pair); `targets`: the token each pair should
@@ -155,16 +188,26 @@ def dcm(model: HookedModel, *, base: PromptSet, source: PromptSet, targets: Tens
     dev = model.device
     layers = sorted({layer for layer, _ in heads})
     with torch.no_grad():
-        _, cache = model.run_with_cache(source.clean.to(dev), [Site("z", layer) for layer in layers],
-                                        attention_mask=source.attention_mask.to(dev))
+        _, cache = model.run_with_cache(
+            source.clean.to(dev),
+            [Site("z", layer) for layer in layers],
+            attention_mask=source.attention_mask.to(dev),
+        )
     source_z = {layer: cache[f"blocks.{layer}.attn.hook_z"] for layer in layers}
 
     def logits_at_end(rows: list[int], m: Tensor) -> Tensor:
         r = torch.tensor(rows)
         sz = {k: v[r.to(dev)] for k, v in source_z.items()}
-        lg = masked_logits(model, base=base.clean[r], source=source.clean[r], heads=heads, mask=m,
-                           base_pos=None if bpos is None else bpos[r], source_pos=None if spos is None else spos[r],
-                           source_z=sz)
+        lg = masked_logits(
+            model,
+            base=base.clean[r],
+            source=source.clean[r],
+            heads=heads,
+            mask=m,
+            base_pos=None if bpos is None else bpos[r],
+            source_pos=None if spos is None else spos[r],
+            source_z=sz,
+        )
         return lg[torch.arange(len(rows), device=lg.device), base.end[r].to(lg.device)]
 
     def accuracy(rows: list[int], m: Tensor) -> float:
@@ -180,7 +223,7 @@ def dcm(model: HookedModel, *, base: PromptSet, source: PromptSet, targets: Tens
         order = list(train)
         rng.shuffle(order)
         for i in range(0, len(order), config.batch_size):
-            rows = order[i:i + config.batch_size]
+            rows = order[i : i + config.batch_size]
             with torch.enable_grad():
                 loss = dcm_loss(logits_at_end(rows, m), targets[torch.tensor(rows)], m, config.lam)
                 (m.grad,) = torch.autograd.grad(loss, [m])
@@ -200,13 +243,21 @@ def dcm(model: HookedModel, *, base: PromptSet, source: PromptSet, targets: Tens
         best_mask = m.detach().round().cpu()
         best_acc = accuracy(val, best_mask.to(dev))
     selected = [h for h, v in zip(heads, best_mask.tolist(), strict=True) if v == 0]
-    return DCMResult(heads=list(heads), mask=best_mask, raw_mask=m.detach().cpu(), selected=selected,
-                     val_accuracy=best_acc, test_accuracy=accuracy(test, best_mask.to(dev)), history=history,
-                     desideratum=desideratum)
+    return DCMResult(
+        heads=list(heads),
+        mask=best_mask,
+        raw_mask=m.detach().cpu(),
+        selected=selected,
+        val_accuracy=best_acc,
+        test_accuracy=accuracy(test, best_mask.to(dev)),
+        history=history,
+        desideratum=desideratum,
+    )
 
 
-def ioi_desiderata(tokenizer: Any, kind: str, n: int, seed: int, *, split: str = "test"
-                   ) -> tuple[PromptSet, PromptSet, Tensor]:
+def ioi_desiderata(
+    tokenizer: Any, kind: str, n: int, seed: int, *, split: str = "test"
+) -> tuple[PromptSet, PromptSet, Tensor]:
     """IOI desideratum pairs for the organisms: (base set, source set, target token ids), aligned by row.
 
     Base and source share template, place and object (so they tokenise to one length). "io_name": the source
@@ -225,9 +276,12 @@ def ioi_desiderata(tokenizer: Any, kind: str, n: int, seed: int, *, split: str =
         values = {"A": io if abba else s, "B": s if abba else io, "S": s, "PLACE": place, "OBJECT": obj}
         text, spans = render(tpl, values)
         io_slot, s_slot = ("A", "B") if abba else ("B", "A")
-        return Sample(prompt=text, answer=io, spans={"IO": spans[io_slot][0], "S1": spans[s_slot][0],
-                                                     "S2": spans["S"][0]},
-                      meta={"IO": io, "S": s, "order": "ABBA" if abba else "BABA", "desideratum": kind})
+        return Sample(
+            prompt=text,
+            answer=io,
+            spans={"IO": spans[io_slot][0], "S1": spans[s_slot][0], "S2": spans["S"][0]},
+            meta={"IO": io, "S": s, "order": "ABBA" if abba else "BABA", "desideratum": kind},
+        )
 
     base_pairs, source_pairs = [], []
     for _ in range(n):
@@ -242,7 +296,9 @@ def ioi_desiderata(tokenizer: Any, kind: str, n: int, seed: int, *, split: str =
         b = sample(IOI_TEMPLATES[tid], io, s, abba, place, obj)
         src = sample(IOI_TEMPLATES[tid], x, y, abba if kind == "io_name" else not abba, place, obj)
         target = x if kind == "io_name" else s
-        b = Sample(prompt=b.prompt, answer=b.answer, spans=b.spans, meta=b.meta | {"template": tid, "target": target})
+        b = Sample(
+            prompt=b.prompt, answer=b.answer, spans=b.spans, meta=b.meta | {"template": tid, "target": target}
+        )
         base_pairs.append([Pair(clean=b, corrupt_prompt=src.prompt, wrong=target)])
         source_pairs.append([Pair(clean=src, corrupt_prompt=b.prompt, wrong=io)])
     name = f"ioi/{kind}"

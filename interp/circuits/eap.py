@@ -37,12 +37,15 @@ TL_HOOK = tuple[str, Callable[..., Any]]
 def check_graph_model(model: HookedModel) -> None:
     """Raise before any compute if edge-level analyses cannot run on `model`."""
     if model.backend != "tl":
-        raise ValueError("edge-level circuits need gradients and split q/k/v inputs: load the model with "
-                         "backend='tl'")
+        raise ValueError(
+            "edge-level circuits need gradients and split q/k/v inputs: load the model with backend='tl'"
+        )
     c = model.tl.cfg
     if getattr(c, "use_normalization_before_and_after", False):
-        raise ValueError(f"{model.name}: heads' outputs pass a post-attention norm (Gemma-2 style), so the "
-                         "residual stream is not a sum of node outputs; edge-level analyses do not apply")
+        raise ValueError(
+            f"{model.name}: heads' outputs pass a post-attention norm (Gemma-2 style), so the "
+            "residual stream is not a sum of node outputs; edge-level analyses do not apply"
+        )
     if c.positional_embedding_type == "shortformer":
         raise ValueError("shortformer positional embeddings are not supported by edge-level analyses")
 
@@ -90,6 +93,7 @@ def source_hooks(model: HookedModel, graph: Graph, write: Callable[[slice, Tenso
 
         def fn(z: Tensor, hook: Any) -> None:
             write(slice(s, s + graph.n_heads), torch.einsum("bthd,hdm->hbtm", z, W_O))
+
         return fn
 
     def mlp(layer: int):
@@ -97,6 +101,7 @@ def source_hooks(model: HookedModel, graph: Graph, write: Callable[[slice, Tenso
 
         def fn(act: Tensor, hook: Any) -> None:
             write(slice(s, s + 1), act[None])
+
         return fn
 
     hooks: list[TL_HOOK] = [("blocks.0.hook_resid_pre", embed)]
@@ -107,11 +112,13 @@ def source_hooks(model: HookedModel, graph: Graph, write: Callable[[slice, Tenso
     return hooks
 
 
-def run_to_resid(model: HookedModel, tokens: Tensor, hooks: Sequence[TL_HOOK],
-                 attention_mask: Tensor | None = None) -> Float[Tensor, "batch pos d_model"]:
+def run_to_resid(
+    model: HookedModel, tokens: Tensor, hooks: Sequence[TL_HOOK], attention_mask: Tensor | None = None
+) -> Float[Tensor, "batch pos d_model"]:
     """The residual stream entering the final norm, with `hooks` active."""
-    return model.tl.run_with_hooks(tokens, fwd_hooks=list(hooks), stop_at_layer=model.cfg.n_layers,
-                                   attention_mask=attention_mask)
+    return model.tl.run_with_hooks(
+        tokens, fwd_hooks=list(hooks), stop_at_layer=model.cfg.n_layers, attention_mask=attention_mask
+    )
 
 
 def unembed(tl: Any, resid: Tensor, token_ids: Tensor | None) -> Tensor:
@@ -137,35 +144,46 @@ def metric_values(model: HookedModel, readout: Readout, resid: Tensor, n: int) -
     return torch.stack([readout.from_logits(lg) for lg in logits])
 
 
-def source_outputs(model: HookedModel, graph: Graph, tokens: Tensor, attention_mask: Tensor | None = None,
-                   *, resid_pre: dict[int, Tensor] | None = None,
-                   ) -> tuple[SourceActs, Float[Tensor, "batch pos d_model"]]:
+def source_outputs(
+    model: HookedModel,
+    graph: Graph,
+    tokens: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    resid_pre: dict[int, Tensor] | None = None,
+) -> tuple[SourceActs, Float[Tensor, "batch pos d_model"]]:
     """Every source's output [source, batch, pos, d_model] on `tokens`, and the final residual; with `resid_pre`
     (a dict), also each layer's `hook_resid_pre` of the same pass, keyed by layer."""
     B, T = tokens.shape
-    out = torch.empty(len(graph.sources), B, T, model.cfg.d_model, device=tokens.device,
-                      dtype=model.tl.cfg.dtype)
+    out = torch.empty(
+        len(graph.sources), B, T, model.cfg.d_model, device=tokens.device, dtype=model.tl.cfg.dtype
+    )
 
     def write(sl: slice, x: Tensor) -> None:
         out[sl] = x
 
     hooks = source_hooks(model, graph, write)
     if resid_pre is not None:
-        hooks += [(f"blocks.{layer}.hook_resid_pre", lambda act, hook: resid_pre.__setitem__(hook.layer(), act))
-                  for layer in range(graph.n_layers)]
+        hooks += [
+            (f"blocks.{layer}.hook_resid_pre", lambda act, hook: resid_pre.__setitem__(hook.layer(), act))
+            for layer in range(graph.n_layers)
+        ]
     resid = run_to_resid(model, tokens, hooks, attention_mask)
     return out, resid
 
 
-def prepare(model: HookedModel, clean: Any, corrupt: Tensor | None, metric: Any
-            ) -> tuple[Tensor, Tensor, Tensor | None, Readout, Any]:
+def prepare(
+    model: HookedModel, clean: Any, corrupt: Tensor | None, metric: Any
+) -> tuple[Tensor, Tensor, Tensor | None, Readout, Any]:
     """(clean, corrupt, attention mask, readout, prompts) from a PromptSet or two token tensors."""
     from interp.patching.sweep import _tokens_pair
 
     clean_t, corrupt_t, prompts = _tokens_pair(clean, corrupt)
     if clean_t.shape != corrupt_t.shape or clean_t.ndim != 2:
-        raise ValueError(f"clean and corrupt tokens must both be [batch, pos] of one shape; got "
-                         f"{tuple(clean_t.shape)} and {tuple(corrupt_t.shape)}")
+        raise ValueError(
+            f"clean and corrupt tokens must both be [batch, pos] of one shape; got "
+            f"{tuple(clean_t.shape)} and {tuple(corrupt_t.shape)}"
+        )
     mask = getattr(prompts, "attention_mask", None)
     if mask is not None and bool((mask[:, 0] == 0).any()):
         raise ValueError("left-padded prompts are not supported; pad on the right")
@@ -252,9 +270,17 @@ class EdgeScores:
             raise ValueError(f"method must be 'top' or 'greedy', got {method!r}")
         edges = self.top(n, absolute=absolute) if method == "top" else self.greedy(n, absolute=absolute)
         scores = {f"{a}->{b}": self[(a, b)] for a, b in edges}
-        return Circuit(edges=tuple(edges), scores=scores,
-                       provenance={"method": self.method, "ig_steps": self.ig_steps, "selection": method,
-                                   "n_edges": n, "title": f"{self.method} circuit, {n} edges"})
+        return Circuit(
+            edges=tuple(edges),
+            scores=scores,
+            provenance={
+                "method": self.method,
+                "ig_steps": self.ig_steps,
+                "selection": method,
+                "n_edges": n,
+                "title": f"{self.method} circuit, {n} edges",
+            },
+        )
 
     def to_frame(self):
         """One row per valid edge: source, destination, score, sorted by |score|."""
@@ -272,12 +298,23 @@ class EdgeScores:
 # --------------------------------------------------------------------------------------------- EAP / EAP-IG
 def _rows_per_pass(model: HookedModel, T: int, budget: int | None) -> int:
     # a forward kept for backward, per layer, plus one layer's per-head input gradients at a time
-    per_row = T * (2 * model.cfg.n_layers * bytes_per_token(model, T) + 8 * model.cfg.n_heads * model.cfg.d_model)
+    per_row = T * (
+        2 * model.cfg.n_layers * bytes_per_token(model, T) + 8 * model.cfg.n_heads * model.cfg.d_model
+    )
     return max(1, (budget or default_budget(model.device)) // per_row)
 
 
-def eap(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric: Any, ig_steps: int = 0,
-        qk_fix: bool = False, steps_per_pass: int | None = None, memory_budget: int | None = None) -> EdgeScores:
+def eap(
+    model: HookedModel,
+    *,
+    clean: Any,
+    corrupt: Tensor | None = None,
+    metric: Any,
+    ig_steps: int = 0,
+    qk_fix: bool = False,
+    steps_per_pass: int | None = None,
+    memory_budget: int | None = None,
+) -> EdgeScores:
     """Edge scores by EAP (`ig_steps=0`) or EAP-IG with `ig_steps` interpolation steps (Hanna et al. 2024).
 
     `clean` is a PromptSet (then `corrupt=None`) or clean tokens with `corrupt` tokens of the same shape;
@@ -296,8 +333,10 @@ def eap(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric
     check_graph_model(model)
     clean_t, corrupt_t, mask, readout, _ = prepare(model, clean, corrupt, metric)
     if qk_fix and mask is not None:
-        raise ValueError("qk_fix recomputes causal attention patterns and does not take padded prompts: use "
-                         "prompts of one length (e.g. make(..., same_length=True))")
+        raise ValueError(
+            "qk_fix recomputes causal attention patterns and does not take padded prompts: use "
+            "prompts of one length (e.g. make(..., same_length=True))"
+        )
     B, T = clean_t.shape
     alphas = [1.0] if ig_steps == 0 else [k / ig_steps for k in range(1, ig_steps + 1)]
     per_pass = steps_per_pass or max(1, _rows_per_pass(model, T, memory_budget) // B)
@@ -316,8 +355,18 @@ def eap(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric
         i = 0
         while i < len(alphas):
             try:
-                scores += _gradient_pass(model, graph, clean_t, mask, readout, deltas, x_clean, x_corrupt,
-                                         alphas[i:i + per_pass], pattern_grads=pattern_grads)
+                scores += _gradient_pass(
+                    model,
+                    graph,
+                    clean_t,
+                    mask,
+                    readout,
+                    deltas,
+                    x_clean,
+                    x_corrupt,
+                    alphas[i : i + per_pass],
+                    pattern_grads=pattern_grads,
+                )
             except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
                 if not is_oom(e) or per_pass == 1:
                     raise
@@ -331,8 +380,13 @@ def eap(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric
                 _qk_fix_scores(model, graph, clean_resid, deltas, pattern_grads, scores, per_pass * B)
     scores = (scores / (B * len(alphas))).masked_fill(~graph.valid.to(scores.device), 0.0).cpu()
     method = ("eap-ig" if ig_steps else "eap") + ("*" if qk_fix else "")
-    return EdgeScores(graph=graph, scores=scores, method=method, ig_steps=ig_steps,
-                      baseline={"clean": m_clean, "corrupt": m_corrupt})
+    return EdgeScores(
+        graph=graph,
+        scores=scores,
+        method=method,
+        ig_steps=ig_steps,
+        baseline={"clean": m_clean, "corrupt": m_corrupt},
+    )
 
 
 def norm_backward(model: HookedModel, layer: int, x: Tensor, v: Tensor) -> Tensor:
@@ -360,12 +414,23 @@ def _qkv_weight(model: HookedModel, layer: int, kind: str) -> Tensor:
     """[heads (kv heads for k, v), d_model, d_head]."""
     attn = model.tl.blocks[layer].attn
     name = f"W_{kind.upper()}"
-    return getattr(attn, f"_{name}", None) if kind != "q" and hasattr(attn, f"_{name}") else getattr(attn, name)
+    return (
+        getattr(attn, f"_{name}", None) if kind != "q" and hasattr(attn, f"_{name}") else getattr(attn, name)
+    )
 
 
-def _gradient_pass(model: HookedModel, graph: Graph, tokens: Tensor, mask: Tensor | None, readout: Readout,
-                   deltas: SourceActs, x_clean: Tensor, x_corrupt: Tensor, alphas: list[float],
-                   pattern_grads: dict[int, Tensor] | None = None) -> Tensor:
+def _gradient_pass(
+    model: HookedModel,
+    graph: Graph,
+    tokens: Tensor,
+    mask: Tensor | None,
+    readout: Readout,
+    deltas: SourceActs,
+    x_clean: Tensor,
+    x_corrupt: Tensor,
+    alphas: list[float],
+    pattern_grads: dict[int, Tensor] | None = None,
+) -> Tensor:
     """Σ over prompts and steps of Δa_u · ∂M/∂input_v, at inputs x_corrupt + α (x_clean − x_corrupt).
 
     One ordinary forward and backward: a head's q/k/v input gradient is W·∂M/∂(q/k/v) taken back through the
@@ -385,6 +450,7 @@ def _gradient_pass(model: HookedModel, graph: Graph, tokens: Tensor, mask: Tenso
     def keep_resid(layer: int):
         def hook(act: Tensor, hook: Any) -> None:
             resid_in[layer] = act.detach()
+
         return hook
 
     def add(layer: int | None, kind: str, g: Tensor) -> None:
@@ -403,11 +469,13 @@ def _gradient_pass(model: HookedModel, graph: Graph, tokens: Tensor, mask: Tenso
 
         def hook(act: Tensor, hook: Any) -> None:
             act.register_hook(on_grad)
+
         return hook
 
     def plain(layer: int | None, kind: str):
         def hook(act: Tensor, hook: Any) -> None:
             act.register_hook(lambda g: add(layer, kind, g))
+
         return hook
 
     def pattern(layer: int):
@@ -417,6 +485,7 @@ def _gradient_pass(model: HookedModel, graph: Graph, tokens: Tensor, mask: Tenso
 
         def hook(act: Tensor, hook: Any) -> None:
             act.register_hook(on_grad)
+
         return hook
 
     hooks: list[TL_HOOK] = [("blocks.0.hook_resid_pre", lambda act, hook: x)]
@@ -435,8 +504,15 @@ def _gradient_pass(model: HookedModel, graph: Graph, tokens: Tensor, mask: Tenso
     return scores
 
 
-def _qk_fix_scores(model: HookedModel, graph: Graph, resid: dict[int, Tensor], deltas: SourceActs,
-                   pattern_grads: dict[int, Tensor], scores: Tensor, rows_per_pass: int) -> None:
+def _qk_fix_scores(
+    model: HookedModel,
+    graph: Graph,
+    resid: dict[int, Tensor],
+    deltas: SourceActs,
+    pattern_grads: dict[int, Tensor],
+    scores: Tensor,
+    rows_per_pass: int,
+) -> None:
     """Add the AtP* scores of every query/key edge into `scores` (in place, summed over prompts like the rest):
     for each upstream source u and layer l, the exact patterns with Δa_u added to the attention input (the clean
     `resid[l]`) of every head's query (clean keys) or key (clean queries), dotted with ∂M/∂pattern."""
@@ -458,20 +534,29 @@ def _qk_fix_scores(model: HookedModel, graph: Graph, resid: dict[int, Tensor], d
         grad = pattern_grads[layer]
         per = max(1, rows_per_pass // B)
         for s0 in range(0, up, per):
-            d = deltas[s0:min(up, s0 + per)]
+            d = deltas[s0 : min(up, s0 + per)]
             n = d.shape[0]
             qn, kn = rotated_qk(layer, (resid[layer][None] + d).reshape(n * B, *d.shape[2:]))
-            for kind, pat in (("q", _scores(model, layer, qn, k0.repeat(n, 1, 1, 1))),
-                              ("k", _scores(model, layer, q0.repeat(n, 1, 1, 1), kn))):
+            for kind, pat in (
+                ("q", _scores(model, layer, qn, k0.repeat(n, 1, 1, 1))),
+                ("k", _scores(model, layer, q0.repeat(n, 1, 1, 1), kn)),
+            ):
                 eff = ((pat.view(n, B, H, *p0.shape[2:]) - p0) * grad).sum((1, 3, 4))  # [n, H]
                 if kind == "k":
                     eff = eff.view(n, K, H // K).sum(-1)
-                scores[s0:s0 + n, graph.dest_slice(layer, kind)] += eff.float()
+                scores[s0 : s0 + n, graph.dest_slice(layer, kind)] += eff.float()
 
 
 # --------------------------------------------------------------------------------------------- exact edges
-def edge_patch(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric: Any,
-               edges: Sequence[Edge], max_edges_per_pass: int = 32) -> Float[Tensor, " edges"]:
+def edge_patch(
+    model: HookedModel,
+    *,
+    clean: Any,
+    corrupt: Tensor | None = None,
+    metric: Any,
+    edges: Sequence[Edge],
+    max_edges_per_pass: int = 32,
+) -> Float[Tensor, " edges"]:
     """Exact effect of each edge: M(clean with input_v += a_u^corrupt − a_u^clean) − M(clean), batch means.
 
     Only the sender's contribution to that one destination's input changes; everything else is recomputed.
@@ -488,13 +573,20 @@ def edge_patch(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None,
             base = metric_values(model, readout, resid, 1)[0].mean()
             out = []
             for start in range(0, len(idx), max_edges_per_pass):
-                group = idx[start:start + max_edges_per_pass]
+                group = idx[start : start + max_edges_per_pass]
                 out.append(_patched_edges(model, graph, clean_t, mask, readout, deltas, group) - base)
     return torch.cat(out).cpu()
 
 
-def _patched_edges(model: HookedModel, graph: Graph, tokens: Tensor, mask: Tensor | None, readout: Readout,
-                   deltas: SourceActs, group: list[tuple[int, int]]) -> Tensor:
+def _patched_edges(
+    model: HookedModel,
+    graph: Graph,
+    tokens: Tensor,
+    mask: Tensor | None,
+    readout: Readout,
+    deltas: SourceActs,
+    group: list[tuple[int, int]],
+) -> Tensor:
     n, B = len(group), tokens.shape[0]
     by_hook: dict[str, list[tuple[int, int, int | None]]] = {}
     for row, (i, j) in enumerate(group):
@@ -514,9 +606,9 @@ def _patched_edges(model: HookedModel, graph: Graph, tokens: Tensor, mask: Tenso
                 else:
                     act[rows, :, head] += deltas[i]
             return act
+
         return fn
 
     hooks = [(name, hook_for(items)) for name, items in by_hook.items()]
     resid = run_to_resid(model, tokens.repeat(n, 1), hooks, None if mask is None else mask.repeat(n, 1))
     return metric_values(model, readout, resid, n).mean(-1)
-

@@ -50,8 +50,12 @@ class EvalConfig:
     """How the complement of a circuit is ablated."""
 
     level: str = "node"  # node | edge
-    ablation: str = "mean"  # mean (per position over the corrupt prompts) | resample (the paired corrupt prompt)
-    mean_by: str | None = "template"  # metadata key: means per group (Wang's per-template means); None: one mean
+    ablation: str = (
+        "mean"  # mean (per position over the corrupt prompts) | resample (the paired corrupt prompt)
+    )
+    mean_by: str | None = (
+        "template"  # metadata key: means per group (Wang's per-template means); None: one mean
+    )
     use_positions: bool = True  # node level: keep circuit heads only at their positions
     ablate_mlps: bool = False  # node level: ablate MLPs outside the circuit too (Wang et al. keep every MLP)
     max_circuits_per_pass: int | None = None  # None: as many as fit the device's memory budget
@@ -112,7 +116,9 @@ def _groups(prompts: Any, config: EvalConfig) -> list[Any] | None:
 def _check_same_length(prompts: Any, config: EvalConfig) -> None:
     mask = getattr(prompts, "attention_mask", None)
     if config.ablation == "mean" and mask is not None and not bool(mask.all()):
-        raise ValueError("per-position mean ablation needs prompts of one length: make(..., same_length=True)")
+        raise ValueError(
+            "per-position mean ablation needs prompts of one length: make(..., same_length=True)"
+        )
 
 
 def _as_prompts(prompts: Any) -> Any:
@@ -131,7 +137,9 @@ def _node_keep(circuit: Circuit, prompts: Any, L: int, H: int, use_positions: bo
     b = torch.arange(B)
     for layer, h in circuit.heads:
         if layer >= L or h >= H:
-            raise ValueError(f"circuit head a{layer}.{h} does not exist in a model with {L} layers, {H} heads")
+            raise ValueError(
+                f"circuit head a{layer}.{h} does not exist in a model with {L} layers, {H} heads"
+            )
         spec = circuit.positions.get(head_name(layer, h)) if use_positions else None
         if spec is None:
             keep[layer, :, :, h] = True
@@ -140,8 +148,15 @@ def _node_keep(circuit: Circuit, prompts: Any, L: int, H: int, use_positions: bo
     return keep
 
 
-def _node_values(model: HookedModel, prompts: Any, readout: Any, keeps: Tensor, mlp_keeps: Tensor | None,
-                 z_abl: dict[int, Tensor], mlp_abl: dict[int, Tensor]) -> Tensor:
+def _node_values(
+    model: HookedModel,
+    prompts: Any,
+    readout: Any,
+    keeps: Tensor,
+    mlp_keeps: Tensor | None,
+    z_abl: dict[int, Tensor],
+    mlp_abl: dict[int, Tensor],
+) -> Tensor:
     """[C, B] metric values for C node masks (keeps [C, L, B, T, H], mlp_keeps [C, L]) stacked on the batch."""
     C, L = keeps.shape[:2]
     B = prompts.clean.shape[0]
@@ -152,12 +167,14 @@ def _node_values(model: HookedModel, prompts: Any, readout: Any, keeps: Tensor, 
         def fn(act: Tensor, site: Site) -> Tensor:
             k = keeps[:, layer].reshape(C * B, *keeps.shape[3:])[..., None]  # (C*B, T, H, 1)
             return torch.where(k, act, z_abl[layer].repeat(C, 1, 1, 1))
+
         return fn
 
     def mlp_hook(layer: int):
         def fn(act: Tensor, site: Site) -> Tensor:
             k = mlp_keeps[:, layer].to(dev).repeat_interleave(B)[:, None, None]  # (C*B, 1, 1)
             return torch.where(k, act, mlp_abl[layer].repeat(C, 1, 1))
+
         return fn
 
     hooks = [(Site("z", layer), z_hook(layer)) for layer in range(L)]
@@ -169,21 +186,28 @@ def _node_values(model: HookedModel, prompts: Any, readout: Any, keeps: Tensor, 
     return read_full(readout, logits.view(C, B, *logits.shape[1:]))
 
 
-def _node_ablation(model: HookedModel, prompts: Any, config: EvalConfig
-                   ) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+def _node_ablation(
+    model: HookedModel, prompts: Any, config: EvalConfig
+) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
     L = model.cfg.n_layers
     sites = [Site("z", layer) for layer in range(L)]
     if config.ablate_mlps:
         sites += [Site("mlp_out", layer) for layer in range(L)]
     dev = model.device
-    _, cache = model.run_with_cache(prompts.corrupt.to(dev), sites, attention_mask=prompts.attention_mask.to(dev))
+    _, cache = model.run_with_cache(
+        prompts.corrupt.to(dev), sites, attention_mask=prompts.attention_mask.to(dev)
+    )
     groups = _groups(prompts, config)
 
     def ablated(x: Tensor) -> Tensor:
         return x if config.ablation == "resample" else _group_mean(x[None], groups)[0]
 
     z = {layer: ablated(cache[f"blocks.{layer}.attn.hook_z"]) for layer in range(L)}
-    mlp = {layer: ablated(cache[f"blocks.{layer}.hook_mlp_out"]) for layer in range(L)} if config.ablate_mlps else {}
+    mlp = (
+        {layer: ablated(cache[f"blocks.{layer}.hook_mlp_out"]) for layer in range(L)}
+        if config.ablate_mlps
+        else {}
+    )
     return z, mlp
 
 
@@ -201,8 +225,15 @@ def circuit_edge_mask(graph: Graph, circuit: Circuit, *, keep_mlps: bool = True)
     return graph.valid & src_ok[:, None] & dst_ok[None, :]
 
 
-def _edge_values(model: HookedModel, graph: Graph, tokens: Tensor, mask: Tensor | None, readout: Any,
-                 keeps: Tensor, abl: Tensor) -> Tensor:
+def _edge_values(
+    model: HookedModel,
+    graph: Graph,
+    tokens: Tensor,
+    mask: Tensor | None,
+    readout: Any,
+    keeps: Tensor,
+    abl: Tensor,
+) -> Tensor:
     """[C, B] metric values with only the edges of each keep mask ([C, S, D] bool) left un-ablated."""
     C = keeps.shape[0]
     S = len(graph.sources)
@@ -219,8 +250,11 @@ def _edge_values(model: HookedModel, graph: Graph, tokens: Tensor, mask: Tensor 
 
         def fn(act: Tensor, hook: Any) -> Tensor:
             diff = cur[:up].view(up, C, B, T, -1) - abl[:up, None]  # (up, C, B, T, d)
-            corr = torch.einsum("cse,scbtd->cbted", drop[:, :up, cols], diff).reshape(C * B, T, -1, diff.shape[-1])
+            corr = torch.einsum("cse,scbtd->cbted", drop[:, :up, cols], diff).reshape(
+                C * B, T, -1, diff.shape[-1]
+            )
             return act - (corr if act.ndim == 4 else corr[:, :, 0])
+
         return fn
 
     hooks = source_hooks(model, graph, write)
@@ -229,8 +263,9 @@ def _edge_values(model: HookedModel, graph: Graph, tokens: Tensor, mask: Tensor 
     return metric_values(model, readout, resid, C)
 
 
-def _edge_ablation(model: HookedModel, graph: Graph, prompts: Any, corrupt_t: Tensor, mask: Tensor | None,
-                   config: EvalConfig) -> Tensor:
+def _edge_ablation(
+    model: HookedModel, graph: Graph, prompts: Any, corrupt_t: Tensor, mask: Tensor | None, config: EvalConfig
+) -> Tensor:
     src, _ = source_outputs(model, graph, corrupt_t, mask)
     return src if config.ablation == "resample" else _group_mean(src, _groups(prompts, config))
 
@@ -247,8 +282,14 @@ def _circuits_per_pass(model: HookedModel, B: int, T: int, *, edge: bool) -> int
 
 
 # --------------------------------------------------------------------------------------------- public API
-def circuit_values(model: HookedModel, circuits: Sequence[Circuit | Tensor], *, prompts: Any, metric: Any,
-                   config: EvalConfig = EvalConfig()) -> Tensor:
+def circuit_values(
+    model: HookedModel,
+    circuits: Sequence[Circuit | Tensor],
+    *,
+    prompts: Any,
+    metric: Any,
+    config: EvalConfig = EvalConfig(),
+) -> Tensor:
     """[n_circuits, batch] metric values of the model running each circuit alone (edge level: a circuit may
     also be a [source, dest] bool mask)."""
     prompts = _as_prompts(prompts)
@@ -261,7 +302,7 @@ def circuit_values(model: HookedModel, circuits: Sequence[Circuit | Tensor], *, 
             z_abl, mlp_abl = _node_ablation(model, prompts, config)
             L, H = model.cfg.n_layers, model.cfg.n_heads
             for i in range(0, len(circuits), n):
-                chunk = circuits[i:i + n]
+                chunk = circuits[i : i + n]
                 keeps = torch.stack([_node_keep(c, prompts, L, H, config.use_positions) for c in chunk])
                 mlp_keeps = None
                 if config.ablate_mlps:
@@ -272,13 +313,14 @@ def circuit_values(model: HookedModel, circuits: Sequence[Circuit | Tensor], *, 
                 abl = _edge_ablation(model, graph, prompts, corrupt_t, mask, config)
                 masks = [c if isinstance(c, Tensor) else circuit_edge_mask(graph, c) for c in circuits]
                 for i in range(0, len(masks), n):
-                    keeps = torch.stack(masks[i:i + n])
+                    keeps = torch.stack(masks[i : i + n])
                     out.append(_edge_values(model, graph, clean_t, mask, readout, keeps, abl))
     return torch.cat(out).cpu()
 
 
-def evaluate_circuit(model: HookedModel, circuit: Circuit, *, prompts: Any, metric: Any,
-                     config: EvalConfig = EvalConfig()) -> CircuitEval:
+def evaluate_circuit(
+    model: HookedModel, circuit: Circuit, *, prompts: Any, metric: Any, config: EvalConfig = EvalConfig()
+) -> CircuitEval:
     """The model's, the circuit's and the empty circuit's metric (batch means) under `config`'s ablation."""
     if config.level == "edge":
         valid = Graph.from_model(model).valid
@@ -292,12 +334,20 @@ def evaluate_circuit(model: HookedModel, circuit: Circuit, *, prompts: Any, metr
             model_value = readout.from_logits(model(clean_t, attention_mask=mask)).mean().item()
     else:
         model_value = vals[2].item()
-    return CircuitEval(model=model_value, circuit=vals[0].item(), empty=vals[1].item(), n_heads=len(circuit.heads),
-                       n_edges=len(circuit.edges), level=config.level, ablation=config.ablation)
+    return CircuitEval(
+        model=model_value,
+        circuit=vals[0].item(),
+        empty=vals[1].item(),
+        n_heads=len(circuit.heads),
+        n_edges=len(circuit.edges),
+        level=config.level,
+        ablation=config.ablation,
+    )
 
 
-def minimality(model: HookedModel, circuit: Circuit, *, prompts: Any, metric: Any,
-               config: EvalConfig = EvalConfig()) -> dict[str, float]:
+def minimality(
+    model: HookedModel, circuit: Circuit, *, prompts: Any, metric: Any, config: EvalConfig = EvalConfig()
+) -> dict[str, float]:
     """Per circuit head: (M(C) − M(C without it)) / |M(model)| (Wang et al.: every node should add ≥ 1%)."""
     if config.level != "node":
         raise ValueError("minimality is per node: use an EvalConfig with level='node'")
@@ -311,9 +361,11 @@ def minimality(model: HookedModel, circuit: Circuit, *, prompts: Any, metric: An
 
 
 def _drop_node(circuit: Circuit, node: str) -> Circuit:
-    return Circuit(nodes=tuple(n for n in circuit.nodes if n != node),
-                   edges=tuple(e for e in circuit.edges if node not in (node_of(e[0]), node_of(e[1]))),
-                   positions={k: v for k, v in circuit.positions.items() if k != node})
+    return Circuit(
+        nodes=tuple(n for n in circuit.nodes if n != node),
+        edges=tuple(e for e in circuit.edges if node not in (node_of(e[0]), node_of(e[1]))),
+        positions={k: v for k, v in circuit.positions.items() if k != node},
+    )
 
 
 def random_circuits(model: HookedModel, circuit: Circuit, *, n: int = 10, seed: int = 0) -> list[Circuit]:
@@ -326,31 +378,56 @@ def random_circuits(model: HookedModel, circuit: Circuit, *, n: int = 10, seed: 
     out = []
     for _ in range(n):
         drawn = rng.sample(all_heads, len(mine))
-        positions = {new: circuit.positions[old] for old, new in zip(mine, drawn, strict=True)
-                     if old in circuit.positions}
+        positions = {
+            new: circuit.positions[old]
+            for old, new in zip(mine, drawn, strict=True)
+            if old in circuit.positions
+        }
         out.append(Circuit(nodes=tuple(drawn), positions=positions))
     return out
 
 
-def random_baseline(model: HookedModel, circuit: Circuit, *, prompts: Any, metric: Any,
-                    config: EvalConfig = EvalConfig(), n: int = 10, seed: int = 0) -> dict[str, float]:
+def random_baseline(
+    model: HookedModel,
+    circuit: Circuit,
+    *,
+    prompts: Any,
+    metric: Any,
+    config: EvalConfig = EvalConfig(),
+    n: int = 10,
+    seed: int = 0,
+) -> dict[str, float]:
     """Mean and std over `n` random equal-size circuits of their metric, faithfulness and recovery."""
     if config.level != "node":
         raise ValueError("the random baseline draws heads: use an EvalConfig with level='node'")
     ev = evaluate_circuit(model, circuit, prompts=prompts, metric=metric, config=config)
-    vals = circuit_values(model, random_circuits(model, circuit, n=n, seed=seed), prompts=prompts, metric=metric,
-                          config=config).mean(-1)
+    vals = circuit_values(
+        model, random_circuits(model, circuit, n=n, seed=seed), prompts=prompts, metric=metric, config=config
+    ).mean(-1)
     faith = vals / ev.model
     rec = (vals - ev.empty) / (ev.model - ev.empty)
-    return {"metric": vals.mean().item(), "faithfulness": faith.mean().item(),
-            "faithfulness_std": faith.std().item() if n > 1 else 0.0, "recovery": rec.mean().item(), "n": n}
+    return {
+        "metric": vals.mean().item(),
+        "faithfulness": faith.mean().item(),
+        "faithfulness_std": faith.std().item() if n > 1 else 0.0,
+        "recovery": rec.mean().item(),
+        "n": n,
+    }
 
 
 COMPLETION_METHODS: tuple[str, ...] = ("backward", "forward")
 
 
-def complete_circuit(model: HookedModel, circuit: Circuit, *, prompts: Any, metric: Any, target: float,
-                     config: EvalConfig = EvalConfig(), method: str = "backward") -> tuple[Circuit, list[float]]:
+def complete_circuit(
+    model: HookedModel,
+    circuit: Circuit,
+    *,
+    prompts: Any,
+    metric: Any,
+    target: float,
+    config: EvalConfig = EvalConfig(),
+    method: str = "backward",
+) -> tuple[Circuit, list[float]]:
     """Add heads (kept at every position) to `circuit` until its metric (batch mean) reaches `target`.
 
     "backward": start from every head and repeatedly drop the added head whose removal costs least, while the
@@ -391,10 +468,17 @@ def complete_circuit(model: HookedModel, circuit: Circuit, *, prompts: Any, metr
             added.pop(best)
             trace.append(float(vals[best]))
     groups = {**circuit.groups, **({"completion": tuple(added)} if added else {})}
-    return Circuit(nodes=(*base, *added), edges=circuit.edges, scores=dict(circuit.scores), groups=groups,
-                   positions=positions,
-                   provenance={**circuit.provenance, "completion": {"target": target, "method": method,
-                                                                     "added": added, "trace": trace}}), trace
+    return Circuit(
+        nodes=(*base, *added),
+        edges=circuit.edges,
+        scores=dict(circuit.scores),
+        groups=groups,
+        positions=positions,
+        provenance={
+            **circuit.provenance,
+            "completion": {"target": target, "method": method, "added": added, "trace": trace},
+        },
+    ), trace
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -422,15 +506,25 @@ class FaithfulnessCurve:
     def to_frame(self):
         import pandas as pd
 
-        return pd.DataFrame({"fraction": self.fractions, "n_edges": self.n_edges, "metric": self.values,
-                             "recovery": self.recovery})
+        return pd.DataFrame(
+            {
+                "fraction": self.fractions,
+                "n_edges": self.n_edges,
+                "metric": self.values,
+                "recovery": self.recovery,
+            }
+        )
 
     def figure(self, *, title: str | None = None):
         from interp.plotting.figures import line
 
-        fig = line({"recovery": self.recovery}, x=self.fractions, x_title="fraction of edges kept",
-                   y_title="normalised faithfulness", title=title or
-                   f"Faithfulness curve ({self.selection}): CPR {self.cpr:.3f}, CMD {self.cmd:.3f}")
+        fig = line(
+            {"recovery": self.recovery},
+            x=self.fractions,
+            x_title="fraction of edges kept",
+            y_title="normalised faithfulness",
+            title=title or f"Faithfulness curve ({self.selection}): CPR {self.cpr:.3f}, CMD {self.cmd:.3f}",
+        )
         return fig
 
 
@@ -438,9 +532,16 @@ def _trapezoid(x: Sequence[float], y: Sequence[float]) -> float:
     return float(sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1)))
 
 
-def faithfulness_curve(model: HookedModel, scores: EdgeScores, *, prompts: Any, metric: Any,
-                       fractions: Sequence[float] = MIB_FRACTIONS, selection: str = "top",
-                       config: EvalConfig = EvalConfig(level="edge", ablation="resample")) -> FaithfulnessCurve:
+def faithfulness_curve(
+    model: HookedModel,
+    scores: EdgeScores,
+    *,
+    prompts: Any,
+    metric: Any,
+    fractions: Sequence[float] = MIB_FRACTIONS,
+    selection: str = "top",
+    config: EvalConfig = EvalConfig(level="edge", ablation="resample"),
+) -> FaithfulnessCurve:
     """Edge-level recovery of the top (or greedy) circuits of each size; CPR and CMD (MIB) from the curve."""
     if config.level != "edge":
         raise ValueError("faithfulness curves are over edges: use an EvalConfig with level='edge'")
@@ -457,8 +558,15 @@ def faithfulness_curve(model: HookedModel, scores: EdgeScores, *, prompts: Any, 
     vals = circuit_values(model, masks, prompts=prompts, metric=metric, config=config).mean(-1)
     empty, full = vals[0].item(), vals[-1].item()
     rec = [((v - empty) / (full - empty)) if full != empty else float("nan") for v in vals.tolist()]
-    return FaithfulnessCurve(fractions=fr, n_edges=counts, values=vals.tolist(), recovery=rec, model=full,
-                             empty=empty, selection=selection)
+    return FaithfulnessCurve(
+        fractions=fr,
+        n_edges=counts,
+        values=vals.tolist(),
+        recovery=rec,
+        model=full,
+        empty=empty,
+        selection=selection,
+    )
 
 
 def with_positions(circuit: Circuit, positions: dict[str, str]) -> Circuit:
@@ -466,6 +574,21 @@ def with_positions(circuit: Circuit, positions: dict[str, str]) -> Circuit:
     return replace(circuit, positions={**circuit.positions, **positions})
 
 
-__all__ = ["ABLATIONS", "COMPLETION_METHODS", "LEVELS", "MIB_FRACTIONS", "CircuitEval", "EvalConfig", "FaithfulnessCurve",
-           "circuit_edge_mask", "circuit_values", "complete_circuit", "evaluate_circuit", "faithfulness_curve", "minimality",
-           "random_baseline", "random_circuits", "with_positions"]
+__all__ = [
+    "ABLATIONS",
+    "COMPLETION_METHODS",
+    "LEVELS",
+    "MIB_FRACTIONS",
+    "CircuitEval",
+    "EvalConfig",
+    "FaithfulnessCurve",
+    "circuit_edge_mask",
+    "circuit_values",
+    "complete_circuit",
+    "evaluate_circuit",
+    "faithfulness_curve",
+    "minimality",
+    "random_baseline",
+    "random_circuits",
+    "with_positions",
+]

@@ -45,8 +45,11 @@ IOI_BEHAVIOURS: dict[str, tuple[str, str]] = {
     "duplicate_token": ("S2", "S1"),  # at S2, attends to the earlier copy of S
     "previous_token": ("S1+1", "S1"),  # attends to the previous token
 }
-_AT = {"END": ("mover", "s_inhibition", "s1_next_reader"), "S2": ("induction", "duplicate_token"),
-       "S1+1": ("previous_token",)}
+_AT = {
+    "END": ("mover", "s_inhibition", "s1_next_reader"),
+    "S2": ("induction", "duplicate_token"),
+    "S1+1": ("previous_token",),
+}
 
 
 def _load(name: str, backend: str, dtype: str, device: str) -> HookedModel:
@@ -55,7 +58,9 @@ def _load(name: str, backend: str, dtype: str, device: str) -> HookedModel:
     return load_model(name, backend=backend, device=device, dtype=dtype)
 
 
-def attention_evidence(model: HookedModel, prompts: Any, heads: list[tuple[int, int]]) -> dict[str, dict[str, float]]:
+def attention_evidence(
+    model: HookedModel, prompts: Any, heads: list[tuple[int, int]]
+) -> dict[str, dict[str, float]]:
     """Per head, the mean attention probability of each IOI behaviour's (query, key) position pair, and of the
     same pair under uniform attention (`uniform_<behaviour>`: 1 / (query position + 1))."""
     from interp.circuits.search import resolve_position
@@ -64,16 +69,23 @@ def attention_evidence(model: HookedModel, prompts: Any, heads: list[tuple[int, 
         return {}
     layers = sorted({layer for layer, _ in heads})
     with torch.no_grad():
-        _, cache = model.run_with_cache(prompts.clean.to(model.device), [Site("pattern", layer) for layer in layers],
-                                        attention_mask=prompts.attention_mask.to(model.device))
+        _, cache = model.run_with_cache(
+            prompts.clean.to(model.device),
+            [Site("pattern", layer) for layer in layers],
+            attention_mask=prompts.attention_mask.to(model.device),
+        )
     b = torch.arange(prompts.clean.shape[0])
     out = {}
     for layer, h in heads:
         p = cache[f"blocks.{layer}.attn.hook_pattern"][:, h].float().cpu()  # (B, query, key)
-        ev = {name: float(p[b, resolve_position(prompts, q), resolve_position(prompts, k)].mean())
-              for name, (q, k) in IOI_BEHAVIOURS.items()}
-        ev |= {f"uniform_{name}": float((1.0 / (resolve_position(prompts, q).float() + 1)).mean())
-               for name, (q, _) in IOI_BEHAVIOURS.items()}
+        ev = {
+            name: float(p[b, resolve_position(prompts, q), resolve_position(prompts, k)].mean())
+            for name, (q, k) in IOI_BEHAVIOURS.items()
+        }
+        ev |= {
+            f"uniform_{name}": float((1.0 / (resolve_position(prompts, q).float() + 1)).mean())
+            for name, (q, _) in IOI_BEHAVIOURS.items()
+        }
         out[head_name(layer, h)] = ev
     return out
 
@@ -105,7 +117,9 @@ class IOICircuitConfig:
     ig_steps: int = 5
     fractions: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
     target_recovery: float = 0.8  # the EAP-IG circuit: the smallest top-n reaching this recovery
-    complete_accuracy: float = 0.8  # complete the path-patching circuit until it keeps this share of the model's
+    complete_accuracy: float = (
+        0.8  # complete the path-patching circuit until it keeps this share of the model's
+    )
     # top-1 accuracy (0 turns it off): one-at-a-time patching misses heads that are needed only jointly
     completion: str = "backward"  # backward elimination from all heads | forward selection
     complete_positions: str = "all"  # the completed circuit keeps its heads at every position ("all") or the
@@ -130,8 +144,9 @@ def _ioi_prompts(tok: Any, n: int, seed: int):
     return make("ioi", tok, n=n, seed=seed, same_length=True)
 
 
-def _complete(model: HookedModel, found: Circuit, prompts: Any, cfg: IOICircuitConfig, config: EvalConfig
-              ) -> Circuit:
+def _complete(
+    model: HookedModel, found: Circuit, prompts: Any, cfg: IOICircuitConfig, config: EvalConfig
+) -> Circuit:
     """The path-patching circuit completed by `complete_circuit` until it keeps `cfg.complete_accuracy` of the
     model's top-1 accuracy on `prompts` (with `complete_positions="all"`, its heads kept at every position)."""
     from interp.metrics import Accuracy
@@ -140,9 +155,18 @@ def _complete(model: HookedModel, found: Circuit, prompts: Any, cfg: IOICircuitC
     if cfg.complete_accuracy <= 0:
         return start
     with torch.no_grad():
-        acc = float(Accuracy.from_prompts(prompts.to(model.device))(model(prompts.clean.to(model.device))).mean())
-    grown, _ = complete_circuit(model, start, prompts=prompts, metric=Accuracy, method=cfg.completion,
-                                target=cfg.complete_accuracy * acc, config=config)
+        acc = float(
+            Accuracy.from_prompts(prompts.to(model.device))(model(prompts.clean.to(model.device))).mean()
+        )
+    grown, _ = complete_circuit(
+        model,
+        start,
+        prompts=prompts,
+        metric=Accuracy,
+        method=cfg.completion,
+        target=cfg.complete_accuracy * acc,
+        config=config,
+    )
     return grown
 
 
@@ -152,9 +176,17 @@ def _head_rows(circuit: Circuit, evidence: dict[str, dict[str, float]], mins: di
         if n not in evidence:
             continue
         pos = circuit.positions.get(n)
-        rows.append({"head": n, "stage": circuit.group_of(n), "position": pos, "score": circuit.scores.get(n),
-                     "class": classify(evidence[n], pos), "minimality": mins.get(n),
-                     **{f"attn_{k}": v for k, v in evidence[n].items() if not k.startswith("uniform_")}})
+        rows.append(
+            {
+                "head": n,
+                "stage": circuit.group_of(n),
+                "position": pos,
+                "score": circuit.scores.get(n),
+                "class": classify(evidence[n], pos),
+                "minimality": mins.get(n),
+                **{f"attn_{k}": v for k, v in evidence[n].items() if not k.startswith("uniform_")},
+            }
+        )
     return rows
 
 
@@ -175,13 +207,23 @@ def ioi_circuit(cfg: IOICircuitConfig, run: Run) -> dict[str, Any]:
     eval_cfg = EvalConfig(level="node", ablation=cfg.ablation, mean_by="template")
 
     # ---- staged path patching (Wang et al.'s stages)
-    stages = tuple(replace(s, min_score=cfg.min_score) for s in ioi_stages(
-        k_mover=cfg.k_mover, k_inhibition=cfg.k_inhibition, k_induction=cfg.k_induction, k_previous=cfg.k_previous))
+    stages = tuple(
+        replace(s, min_score=cfg.min_score)
+        for s in ioi_stages(
+            k_mover=cfg.k_mover,
+            k_inhibition=cfg.k_inhibition,
+            k_induction=cfg.k_induction,
+            k_previous=cfg.k_previous,
+        )
+    )
 
     def search() -> dict:
         res = path_patch_search(model, prompts=ps, metric=LogitDiff, stages=stages)
-        return {"circuit": res.circuit().to_dict(), "table": res.to_frame().to_dict("records"),
-                "scores": {s.stage.name: s.normalised.tolist() for s in res.stages}}
+        return {
+            "circuit": res.circuit().to_dict(),
+            "table": res.to_frame().to_dict("records"),
+            "scores": {s.stage.name: s.normalised.tolist() for s in res.stages},
+        }
 
     found = run.step("path_patching", search)
     circuit = Circuit.from_dict(found["circuit"])
@@ -200,30 +242,55 @@ def ioi_circuit(cfg: IOICircuitConfig, run: Run) -> dict[str, Any]:
             ev = evaluate_circuit(model, c, prompts=ev_ps, metric=LogitDiff, config=eval_cfg)
             c_acc = circuit_values(model, [c], prompts=ev_ps, metric=Accuracy, config=eval_cfg).mean().item()
             out[name] = {**ev.to_dict(), "accuracy": c_acc}
-        out["all_positions"] = evaluate_circuit(model, final, prompts=ev_ps, metric=LogitDiff, config=EvalConfig(
-            level="node", ablation=cfg.ablation, use_positions=False)).to_dict()
+        out["all_positions"] = evaluate_circuit(
+            model,
+            final,
+            prompts=ev_ps,
+            metric=LogitDiff,
+            config=EvalConfig(level="node", ablation=cfg.ablation, use_positions=False),
+        ).to_dict()
         out["minimality"] = minimality(model, final, prompts=ev_ps, metric=LogitDiff, config=eval_cfg)
-        out["random"] = random_baseline(model, final, prompts=ev_ps, metric=LogitDiff, config=eval_cfg,
-                                        n=cfg.random_draws, seed=run.seed)
-        out["evidence"] = attention_evidence(model, ev_ps, [(layer, h) for layer in range(L) for h in range(H)])
+        out["random"] = random_baseline(
+            model, final, prompts=ev_ps, metric=LogitDiff, config=eval_cfg, n=cfg.random_draws, seed=run.seed
+        )
+        out["evidence"] = attention_evidence(
+            model, ev_ps, [(layer, h) for layer in range(L) for h in range(H)]
+        )
         return out
 
     evals = run.step("evaluation", evaluate)
     rows = _head_rows(final, evals["evidence"], evals["minimality"])
     run.table(rows, "head_classes")
     run.table([{"head": k, **v} for k, v in evals["evidence"].items()], "attention_all_heads")
-    classed = Circuit(nodes=final.nodes, edges=final.edges, scores=final.scores, positions=final.positions,
-                      groups=_groups_by(rows), provenance={**final.provenance, "title":
-                      f"IOI circuit of {cfg.model} (path patching + completion; colour = behaviour)"})
+    classed = Circuit(
+        nodes=final.nodes,
+        edges=final.edges,
+        scores=final.scores,
+        positions=final.positions,
+        groups=_groups_by(rows),
+        provenance={
+            **final.provenance,
+            "title": f"IOI circuit of {cfg.model} (path patching + completion; colour = behaviour)",
+        },
+    )
     classed.save(run.path("tables", "circuit.json"))
     run.figure(classed.figure(n_layers=L, n_heads=H), "ioi_circuit")
-    run.figure(stages_figure(found["scores"], title=f"IOI path-patching stages of {cfg.model}"),
-               "path_patching_stages")
+    run.figure(
+        stages_figure(found["scores"], title=f"IOI path-patching stages of {cfg.model}"),
+        "path_patching_stages",
+    )
     names = list(IOI_BEHAVIOURS)
-    run.figure(bar({b: [v[b] / v[f"uniform_{b}"] for v in evals["evidence"].values()] for b in names},
-                   list(evals["evidence"]), title="Attention evidence per head: each behaviour's attention "
-                   "probability over uniform attention", x_title="head", y_title="attention / uniform"),
-               "head_attention")
+    run.figure(
+        bar(
+            {b: [v[b] / v[f"uniform_{b}"] for v in evals["evidence"].values()] for b in names},
+            list(evals["evidence"]),
+            title="Attention evidence per head: each behaviour's attention "
+            "probability over uniform attention",
+            x_title="head",
+            y_title="attention / uniform",
+        ),
+        "head_attention",
+    )
 
     # ---- EAP-IG
     def edge_scores() -> dict:
@@ -231,49 +298,81 @@ def ioi_circuit(cfg: IOICircuitConfig, run: Run) -> dict[str, Any]:
         return {"scores": s.scores}
 
     stored = run.step("eap_ig", edge_scores)
-    scores = EdgeScores(graph=Graph.from_model(model), scores=stored["scores"], method="eap-ig",
-                        ig_steps=cfg.ig_steps)
+    scores = EdgeScores(
+        graph=Graph.from_model(model), scores=stored["scores"], method="eap-ig", ig_steps=cfg.ig_steps
+    )
     run.table(scores.to_frame().head(200), "eap_ig_top_edges")
 
     def curve() -> dict:
         edge_cfg = EvalConfig(level="edge", ablation=cfg.ablation, mean_by="template")
-        c = faithfulness_curve(model, scores, prompts=ev_ps, metric=LogitDiff, fractions=cfg.fractions,
-                               config=edge_cfg)
-        a = faithfulness_curve(model, scores, prompts=ev_ps, metric=Accuracy, fractions=cfg.fractions,
-                               config=edge_cfg)
-        return {"fractions": c.fractions, "n_edges": c.n_edges, "values": c.values, "recovery": c.recovery,
-                "model": c.model, "empty": c.empty, "cpr": c.cpr, "cmd": c.cmd, "accuracy": a.values}
+        c = faithfulness_curve(
+            model, scores, prompts=ev_ps, metric=LogitDiff, fractions=cfg.fractions, config=edge_cfg
+        )
+        a = faithfulness_curve(
+            model, scores, prompts=ev_ps, metric=Accuracy, fractions=cfg.fractions, config=edge_cfg
+        )
+        return {
+            "fractions": c.fractions,
+            "n_edges": c.n_edges,
+            "values": c.values,
+            "recovery": c.recovery,
+            "model": c.model,
+            "empty": c.empty,
+            "cpr": c.cpr,
+            "cmd": c.cmd,
+            "accuracy": a.values,
+        }
 
     cv = run.step("eap_ig_curve", curve)
-    fc = FaithfulnessCurve(**{k: cv[k] for k in ("fractions", "n_edges", "values", "recovery", "model", "empty")},
-                           selection="top")
-    run.figure(fc.figure(title=f"EAP-IG faithfulness curve: CPR {fc.cpr:.3f}, CMD {fc.cmd:.3f}"), "eap_ig_curve")
+    fc = FaithfulnessCurve(
+        **{k: cv[k] for k in ("fractions", "n_edges", "values", "recovery", "model", "empty")},
+        selection="top",
+    )
+    run.figure(
+        fc.figure(title=f"EAP-IG faithfulness curve: CPR {fc.cpr:.3f}, CMD {fc.cmd:.3f}"), "eap_ig_curve"
+    )
     run.table({**fc.to_frame().to_dict("list"), "accuracy": cv["accuracy"]}, "eap_ig_curve")
     acc_hit = [n for n, a in zip(fc.n_edges, cv["accuracy"], strict=True) if a >= cfg.complete_accuracy * acc]
     hit = [i for i, r in enumerate(fc.recovery) if r >= cfg.target_recovery]
     n_edges = fc.n_edges[hit[0]] if hit else fc.n_edges[-1]
     eap_circuit = scores.circuit(n_edges)
-    eap_ev = run.step("eap_ig_eval", lambda: evaluate_circuit(
-        model, eap_circuit, prompts=ev_ps, metric=LogitDiff, config=eval_cfg).to_dict())
-    run.figure(eap_circuit.figure(n_layers=L, n_heads=H, title=f"EAP-IG circuit ({n_edges} edges)"),
-               "eap_ig_circuit")
+    eap_ev = run.step(
+        "eap_ig_eval",
+        lambda: evaluate_circuit(
+            model, eap_circuit, prompts=ev_ps, metric=LogitDiff, config=eval_cfg
+        ).to_dict(),
+    )
+    run.figure(
+        eap_circuit.figure(n_layers=L, n_heads=H, title=f"EAP-IG circuit ({n_edges} edges)"), "eap_ig_circuit"
+    )
     ov = overlap(final, eap_circuit)
 
     fin, srch = evals["final"], evals["search"]
     results: dict[str, Any] = {
-        "model": cfg.model, "logit_diff": ld, "accuracy": acc,
-        "faithfulness": fin["faithfulness"], "recovery": fin["recovery"], "circuit_accuracy": fin["accuracy"],
+        "model": cfg.model,
+        "logit_diff": ld,
+        "accuracy": acc,
+        "faithfulness": fin["faithfulness"],
+        "recovery": fin["recovery"],
+        "circuit_accuracy": fin["accuracy"],
         "faithfulness_all_positions": evals["all_positions"]["faithfulness"],
-        "circuit_heads": len(final.heads), "total_heads": L * H,
+        "circuit_heads": len(final.heads),
+        "total_heads": L * H,
         "circuit_head_names": ",".join(head_name(*h) for h in final.heads),
-        "search_heads": len(circuit.heads), "search_head_names": ",".join(head_name(*h) for h in circuit.heads),
-        "search_faithfulness": srch["faithfulness"], "search_circuit_accuracy": srch["accuracy"],
+        "search_heads": len(circuit.heads),
+        "search_head_names": ",".join(head_name(*h) for h in circuit.heads),
+        "search_faithfulness": srch["faithfulness"],
+        "search_circuit_accuracy": srch["accuracy"],
         "completion_added": ",".join(final.provenance.get("completion", {}).get("added", [])),
         "random_faithfulness": evals["random"]["faithfulness"],
         "min_minimality": min(evals["minimality"].values()) if evals["minimality"] else None,
-        "eap_ig_cpr": fc.cpr, "eap_ig_cmd": fc.cmd, "eap_ig_edges": n_edges, "total_edges": scores.graph.n_edges,
+        "eap_ig_cpr": fc.cpr,
+        "eap_ig_cmd": fc.cmd,
+        "eap_ig_edges": n_edges,
+        "total_edges": scores.graph.n_edges,
         "eap_ig_edge_recovery": fc.recovery[hit[0]] if hit else fc.recovery[-1],
-        "eap_ig_heads": len(eap_circuit.heads), "eap_ig_head_faithfulness": eap_ev["faithfulness"],
+        "eap_ig_heads": len(eap_circuit.heads),
+        "eap_ig_head_faithfulness": eap_ev["faithfulness"],
         "eap_ig_edge_accuracy": cv["accuracy"][hit[0] if hit else -1],
         "eap_ig_edges_for_accuracy": acc_hit[0] if acc_hit else None,
         "overlap_search_eap_ig": overlap(circuit, eap_circuit).jaccard,
@@ -303,8 +402,13 @@ def copy_prompts(tokenizer: Any, n: int, seed: int, *, length: int = 8, query: i
 
     if not 1 <= query < length:
         raise ValueError(f"query must lie in [1, {length - 1}], got {query}")
-    words = sorted({w for w in vocabulary() if w.isalpha() and len(tokenizer(" " + w, add_special_tokens=False)
-                                                                     ["input_ids"]) == 1})
+    words = sorted(
+        {
+            w
+            for w in vocabulary()
+            if w.isalpha() and len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1
+        }
+    )
     rng = random.Random(seed)
 
     def draw() -> list[Pair]:
@@ -312,11 +416,18 @@ def copy_prompts(tokenizer: Any, n: int, seed: int, *, length: int = 8, query: i
         other, seq = seq[-1], seq[:length]
         text = " ".join(seq + seq[:query])
         starts = [sum(len(w) + 1 for w in seq[:i]) for i in range(length)]
-        spans = {"prev": (starts[query - 1], starts[query - 1] + len(seq[query - 1])),
-                 "answer_pos": (starts[query], starts[query] + len(seq[query]))}
-        corrupt = " ".join(seq[:query] + [other] + seq[query + 1:] + seq[:query])
-        return [Pair(clean=Sample(prompt=text, answer=seq[query], spans=spans, meta={"template": 0}),
-                     corrupt_prompt=corrupt, wrong=other)]
+        spans = {
+            "prev": (starts[query - 1], starts[query - 1] + len(seq[query - 1])),
+            "answer_pos": (starts[query], starts[query] + len(seq[query])),
+        }
+        corrupt = " ".join(seq[:query] + [other] + seq[query + 1 :] + seq[:query])
+        return [
+            Pair(
+                clean=Sample(prompt=text, answer=seq[query], spans=spans, meta={"template": 0}),
+                corrupt_prompt=corrupt,
+                wrong=other,
+            )
+        ]
 
     return build_prompt_set("copy", tokenizer, (draw() for _ in iter(int, 1)), n=n)
 
@@ -362,14 +473,17 @@ def circuit_reuse(cfg: CircuitReuseConfig, run: Run) -> dict[str, Any]:
     model = _load(cfg.model, cfg.backend, cfg.dtype, run.device)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     tok = model.tokenizer
-    sets = {"ioi": make("ioi", tok, n=cfg.n_prompts, seed=run.seed, same_length=True),
-            cfg.second_task: _second_task(cfg.second_task, tok, cfg.n_prompts, run.seed, cfg.second_task_options)}
+    sets = {
+        "ioi": make("ioi", tok, n=cfg.n_prompts, seed=run.seed, same_length=True),
+        cfg.second_task: _second_task(cfg.second_task, tok, cfg.n_prompts, run.seed, cfg.second_task_options),
+    }
     test = _second_task(cfg.second_task, tok, cfg.n_eval, run.seed + 1, cfg.second_task_options)
     wanted = [*cfg.distractor_positions, *(p for ps_ in cfg.role_positions.values() for p in ps_)]
     missing = [p for p in wanted if p.split("+")[0].split("-")[0] not in test.positions]
     if missing:
-        raise ValueError(f"distractor positions {missing} are not positions of {cfg.second_task}: "
-                         f"{sorted(test.positions)}")
+        raise ValueError(
+            f"distractor positions {missing} are not positions of {cfg.second_task}: {sorted(test.positions)}"
+        )
     if cfg.accuracy_over == "options" and test.options is None:
         raise ValueError(f"{cfg.second_task} has no answer options; use accuracy_over: vocab")
     stages = merullo_stages(k=cfg.k)
@@ -382,26 +496,62 @@ def circuit_reuse(cfg: CircuitReuseConfig, run: Run) -> dict[str, Any]:
         return out
 
     scores = run.step("stage_scores", search)
-    per_task = {t: stage_sets({k: torch.tensor(v) for k, v in s.items()}, cfg.fraction,
-                              min_count=cfg.min_per_stage) for t, s in scores.items()}
+    per_task = {
+        t: stage_sets({k: torch.tensor(v) for k, v in s.items()}, cfg.fraction, min_count=cfg.min_per_stage)
+        for t, s in scores.items()
+    }
     ov = overlap(per_task["ioi"], per_task[cfg.second_task])
-    run.table([{"task": t, "stage": st, "layer": layer, "head": h, "normalised": torch.tensor(v)[layer, h].item(),
-                "in_top": (layer, h) in per_task[t][st]}
-               for t, s in scores.items() for st, v in s.items() for layer in range(L) for h in range(H)
-               if math.isfinite(torch.tensor(v)[layer, h].item())], "stage_scores")
-    run.figure(stages_figure({f"{t}: {st}": v for t, s in scores.items() for st, v in s.items()},
-                             title=f"Path-patching stages, IOI vs {cfg.second_task}"), "stage_scores")
+    run.table(
+        [
+            {
+                "task": t,
+                "stage": st,
+                "layer": layer,
+                "head": h,
+                "normalised": torch.tensor(v)[layer, h].item(),
+                "in_top": (layer, h) in per_task[t][st],
+            }
+            for t, s in scores.items()
+            for st, v in s.items()
+            for layer in range(L)
+            for h in range(H)
+            if math.isfinite(torch.tensor(v)[layer, h].item())
+        ],
+        "stage_scores",
+    )
+    run.figure(
+        stages_figure(
+            {f"{t}: {st}": v for t, s in scores.items() for st, v in s.items()},
+            title=f"Path-patching stages, IOI vs {cfg.second_task}",
+        ),
+        "stage_scores",
+    )
 
     # ---- intervention: the IOI-only heads look at the second task's distractors at the last token
     specific = sorted(ov.a - ov.b)
     ioi_eval = make("ioi", tok, n=cfg.n_eval, seed=run.seed + 1, same_length=True)
-    roles = {head_name(*h): classify(e, "END") for h, e in
-             zip(specific, attention_evidence(model, ioi_eval, specific).values(), strict=True)}
-    plain = [Intervention(layer=layer, head=h, kind="pattern", at="END", attend_to=cfg.distractor_positions,
-                          mix=cfg.mix) for layer, h in specific]
-    by_role = [Intervention(layer=layer, head=h, kind="pattern", at="END", mix=cfg.mix,
-                            attend_to=tuple(cfg.role_positions[roles[head_name(layer, h)]]))
-               for layer, h in specific if roles[head_name(layer, h)] in cfg.role_positions]
+    roles = {
+        head_name(*h): classify(e, "END")
+        for h, e in zip(specific, attention_evidence(model, ioi_eval, specific).values(), strict=True)
+    }
+    plain = [
+        Intervention(
+            layer=layer, head=h, kind="pattern", at="END", attend_to=cfg.distractor_positions, mix=cfg.mix
+        )
+        for layer, h in specific
+    ]
+    by_role = [
+        Intervention(
+            layer=layer,
+            head=h,
+            kind="pattern",
+            at="END",
+            mix=cfg.mix,
+            attend_to=tuple(cfg.role_positions[roles[head_name(layer, h)]]),
+        )
+        for layer, h in specific
+        if roles[head_name(layer, h)] in cfg.role_positions
+    ]
     ivs = by_role if cfg.role_positions else plain
 
     def acc(interventions: list[Intervention], over: str) -> float:
@@ -409,17 +559,28 @@ def circuit_reuse(cfg: CircuitReuseConfig, run: Run) -> dict[str, Any]:
 
     before = acc([], cfg.accuracy_over)
     d = ov.to_dict()
-    return {"second_task": cfg.second_task, "second_task_reason": cfg.second_task_reason,
-            "overlap": ov.overlap, "jaccard": ov.jaccard, "n_shared": d["n_shared"], "n_ioi": d["n_a"],
-            "n_second": d["n_b"], "ioi_heads": ",".join(d["a"]), "second_heads": ",".join(d["b"]),
-            "shared_heads": ",".join(d["shared"]), "intervened_heads": ",".join(head_name(*h) for h in specific),
-            **{f"overlap_{k}": v["overlap"] for k, v in ov.per_stage.items()},
-            "ioi_roles": ",".join(f"{k}={v}" for k, v in roles.items()),
-            "intervention": "by IOI role" if cfg.role_positions else "distractor attention",
-            "intervention_heads": ",".join(f"a{iv.layer}.{iv.head}->{'+'.join(iv.attend_to)}" for iv in ivs),
-            "cobj_acc_before": before, "cobj_acc_after": acc(ivs, cfg.accuracy_over) if ivs else before,
-            "acc_after_distractor_attention": acc(plain, cfg.accuracy_over) if plain else before,
-            "vocab_acc_before": acc([], "vocab"), "vocab_acc_after": acc(ivs, "vocab") if ivs else acc([], "vocab")}
+    return {
+        "second_task": cfg.second_task,
+        "second_task_reason": cfg.second_task_reason,
+        "overlap": ov.overlap,
+        "jaccard": ov.jaccard,
+        "n_shared": d["n_shared"],
+        "n_ioi": d["n_a"],
+        "n_second": d["n_b"],
+        "ioi_heads": ",".join(d["a"]),
+        "second_heads": ",".join(d["b"]),
+        "shared_heads": ",".join(d["shared"]),
+        "intervened_heads": ",".join(head_name(*h) for h in specific),
+        **{f"overlap_{k}": v["overlap"] for k, v in ov.per_stage.items()},
+        "ioi_roles": ",".join(f"{k}={v}" for k, v in roles.items()),
+        "intervention": "by IOI role" if cfg.role_positions else "distractor attention",
+        "intervention_heads": ",".join(f"a{iv.layer}.{iv.head}->{'+'.join(iv.attend_to)}" for iv in ivs),
+        "cobj_acc_before": before,
+        "cobj_acc_after": acc(ivs, cfg.accuracy_over) if ivs else before,
+        "acc_after_distractor_attention": acc(plain, cfg.accuracy_over) if plain else before,
+        "vocab_acc_before": acc([], "vocab"),
+        "vocab_acc_after": acc(ivs, "vocab") if ivs else acc([], "vocab"),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ demo
@@ -437,19 +598,35 @@ def circuits_demo(out: Path) -> None:
         return
     cfg = IOICircuitConfig(n_prompts=64, n_eval=96)
     model = _load(cfg.model, cfg.backend, cfg.dtype, "cpu")
-    ps, held_out = _ioi_prompts(model.tokenizer, cfg.n_prompts, 0), _ioi_prompts(model.tokenizer, cfg.n_eval, 1)
-    stages = tuple(replace(s, min_score=cfg.min_score) for s in ioi_stages(
-        k_mover=cfg.k_mover, k_inhibition=cfg.k_inhibition, k_induction=cfg.k_induction, k_previous=cfg.k_previous))
+    ps, held_out = (
+        _ioi_prompts(model.tokenizer, cfg.n_prompts, 0),
+        _ioi_prompts(model.tokenizer, cfg.n_eval, 1),
+    )
+    stages = tuple(
+        replace(s, min_score=cfg.min_score)
+        for s in ioi_stages(
+            k_mover=cfg.k_mover,
+            k_inhibition=cfg.k_inhibition,
+            k_induction=cfg.k_induction,
+            k_previous=cfg.k_previous,
+        )
+    )
     found = path_patch_search(model, prompts=ps, metric=LogitDiff, stages=stages).circuit()
     node = EvalConfig(level="node", ablation=cfg.ablation)
     circuit = _complete(model, found, ps, cfg, node)
     ev = evaluate_circuit(model, circuit, prompts=held_out, metric=LogitDiff, config=node)
     c_acc = circuit_values(model, [circuit], prompts=held_out, metric=Accuracy, config=node).mean().item()
-    title = (f"IOI circuit of organism/base: {len(circuit.heads)} of {model.cfg.n_layers * model.cfg.n_heads} "
-             f"heads, faithfulness {ev.faithfulness:.2f}, accuracy {c_acc:.2f}")
-    save_figure(circuit.figure(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, title=title),
-                out / "ioi_circuit")
+    title = (
+        f"IOI circuit of organism/base: {len(circuit.heads)} of {model.cfg.n_layers * model.cfg.n_heads} "
+        f"heads, faithfulness {ev.faithfulness:.2f}, accuracy {c_acc:.2f}"
+    )
+    save_figure(
+        circuit.figure(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, title=title),
+        out / "ioi_circuit",
+    )
     circuit.save(out / "ioi_circuit.json")
-    print(f"path patching: {', '.join(head_name(*h) for h in found.heads)}; completed for accuracy: "
-          f"{', '.join(head_name(*h) for h in circuit.heads)}. Faithfulness {ev.faithfulness:.2f} "
-          f"(LD {ev.circuit:.2f} of {ev.model:.2f}), circuit accuracy {c_acc:.2f}")
+    print(
+        f"path patching: {', '.join(head_name(*h) for h in found.heads)}; completed for accuracy: "
+        f"{', '.join(head_name(*h) for h in circuit.heads)}. Faithfulness {ev.faithfulness:.2f} "
+        f"(LD {ev.circuit:.2f} of {ev.model:.2f}), circuit accuracy {c_acc:.2f}"
+    )

@@ -81,8 +81,13 @@ class Graph:
     def from_model(cls, model: Any) -> Graph:
         c = model.cfg
         attn_only = bool(getattr(getattr(model, "tl", None), "cfg", None) and model.tl.cfg.attn_only)
-        return cls(n_layers=c.n_layers, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, has_mlp=not attn_only,
-                   parallel_attn_mlp=c.parallel_attn_mlp)
+        return cls(
+            n_layers=c.n_layers,
+            n_heads=c.n_heads,
+            n_kv_heads=c.n_kv_heads,
+            has_mlp=not attn_only,
+            parallel_attn_mlp=c.parallel_attn_mlp,
+        )
 
     # ---- sources
     @property
@@ -238,29 +243,55 @@ class Circuit:
         rows = []
         for n in self.nodes:
             m = _HEAD.match(n)
-            rows.append({"kind": "node", "name": n, "layer": int(m.group(1)) if m else None,
-                         "head": int(m.group(2)) if m else None, "group": self.group_of(n),
-                         "position": self.positions.get(n), "score": self.scores.get(n)})
+            rows.append(
+                {
+                    "kind": "node",
+                    "name": n,
+                    "layer": int(m.group(1)) if m else None,
+                    "head": int(m.group(2)) if m else None,
+                    "group": self.group_of(n),
+                    "position": self.positions.get(n),
+                    "score": self.scores.get(n),
+                }
+            )
         for e in self.edges:
-            rows.append({"kind": "edge", "name": f"{e[0]}->{e[1]}", "layer": None, "head": None,
-                         "group": None, "position": None, "score": self.scores.get(f"{e[0]}->{e[1]}")})
+            rows.append(
+                {
+                    "kind": "edge",
+                    "name": f"{e[0]}->{e[1]}",
+                    "layer": None,
+                    "head": None,
+                    "group": None,
+                    "position": None,
+                    "score": self.scores.get(f"{e[0]}->{e[1]}"),
+                }
+            )
         return pd.DataFrame(rows)
 
     # ---- JSON
     def to_dict(self) -> dict[str, Any]:
-        return {"nodes": list(self.nodes), "edges": [list(e) for e in self.edges], "scores": self.scores,
-                "groups": {k: list(v) for k, v in self.groups.items()}, "positions": self.positions,
-                "provenance": self.provenance}
+        return {
+            "nodes": list(self.nodes),
+            "edges": [list(e) for e in self.edges],
+            "scores": self.scores,
+            "groups": {k: list(v) for k, v in self.groups.items()},
+            "positions": self.positions,
+            "provenance": self.provenance,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Circuit:
         unknown = set(d) - {"nodes", "edges", "scores", "groups", "positions", "provenance"}
         if unknown:
             raise ValueError(f"unknown circuit keys {sorted(unknown)}")
-        return cls(nodes=tuple(d.get("nodes", ())), edges=tuple(tuple(e) for e in d.get("edges", ())),
-                   scores={k: float(v) for k, v in d.get("scores", {}).items()},
-                   groups={k: tuple(v) for k, v in d.get("groups", {}).items()},
-                   positions=dict(d.get("positions", {})), provenance=dict(d.get("provenance", {})))
+        return cls(
+            nodes=tuple(d.get("nodes", ())),
+            edges=tuple(tuple(e) for e in d.get("edges", ())),
+            scores={k: float(v) for k, v in d.get("scores", {}).items()},
+            groups={k: tuple(v) for k, v in d.get("groups", {}).items()},
+            positions=dict(d.get("positions", {})),
+            provenance=dict(d.get("provenance", {})),
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the circuit as JSON (atomically)."""
@@ -293,19 +324,25 @@ def _node_xy(name: str, n_layers: int, n_heads: int) -> tuple[float, float]:
     return int(_MLP.match(name).group(1)) + 0.5, (n_heads - 1) / 2
 
 
-def circuit_figure(circuit: Circuit, *, n_layers: int | None = None, n_heads: int | None = None,
-                   title: str | None = None):
+def circuit_figure(
+    circuit: Circuit, *, n_layers: int | None = None, n_heads: int | None = None, title: str | None = None
+):
     """The layered-graph figure of a circuit (house style, plotly)."""
     import plotly.graph_objects as go
 
     from interp.plotting.style import PALETTE, apply_style
 
     heads = circuit.heads
-    L = n_layers if n_layers is not None else max([h[0] + 1 for h in heads] + [m + 1 for m in circuit.mlps] + [1])
+    L = (
+        n_layers
+        if n_layers is not None
+        else max([h[0] + 1 for h in heads] + [m + 1 for m in circuit.mlps] + [1])
+    )
     H = n_heads if n_heads is not None else max([h[1] + 1 for h in heads] + [1])
     nodes = list(dict.fromkeys(["embed", *circuit.nodes, "logits"]))
     xy = {n: _node_xy(n, L, H) for n in nodes}
     fig = go.Figure()
+
     def mag(key: str) -> float:
         v = circuit.scores.get(key)
         return abs(v) if v is not None and math.isfinite(v) else 0.0
@@ -315,10 +352,21 @@ def circuit_figure(circuit: Circuit, *, n_layers: int | None = None, n_heads: in
     for (a, b), s in zip(circuit.edges, edge_scores, strict=True):
         (x0, y0), (x1, y1) = xy[node_of(a)], xy[node_of(b)]
         dest = b.rsplit(".", 1)[-1] if b.count(".") == 2 else ""
-        fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, hoverinfo="text",
-                                 text=f"{a} → {b}: {s:.3g}",
-                                 line={"width": 0.5 + 6 * s / top, "color": "#888",
-                                       "dash": {"q": "solid", "k": "dash", "v": "dot"}.get(dest, "solid")}))
+        fig.add_trace(
+            go.Scatter(
+                x=[x0, x1],
+                y=[y0, y1],
+                mode="lines",
+                showlegend=False,
+                hoverinfo="text",
+                text=f"{a} → {b}: {s:.3g}",
+                line={
+                    "width": 0.5 + 6 * s / top,
+                    "color": "#888",
+                    "dash": {"q": "solid", "k": "dash", "v": "dot"}.get(dest, "solid"),
+                },
+            )
+        )
     groups = list(circuit.groups) + [None]
     node_scores = [mag(n) for n in nodes]
     top_n = max(node_scores, default=0.0) or 1.0
@@ -327,18 +375,39 @@ def circuit_figure(circuit: Circuit, *, n_layers: int | None = None, n_heads: in
         if not members:
             continue
         sizes = [12 + 18 * mag(n) / top_n for n in members]
-        fig.add_trace(go.Scatter(
-            x=[xy[n][0] for n in members], y=[xy[n][1] for n in members], mode="markers+text", name=g or "other",
-            text=[n for n in members], textposition="top center", hovertext=[
-                f"{n}: score {circuit.scores.get(n, float('nan')):.3g}"
-                + (f", kept at {circuit.positions[n]}" if n in circuit.positions else "") for n in members],
-            hoverinfo="text", marker={"size": sizes, "color": PALETTE[i % len(PALETTE)] if g else "#666",
-                                      "symbol": ["square" if _MLP.match(n) else "circle" for n in members],
-                                      "line": {"width": 1, "color": "white"}}))
+        fig.add_trace(
+            go.Scatter(
+                x=[xy[n][0] for n in members],
+                y=[xy[n][1] for n in members],
+                mode="markers+text",
+                name=g or "other",
+                text=[n for n in members],
+                textposition="top center",
+                hovertext=[
+                    f"{n}: score {circuit.scores.get(n, float('nan')):.3g}"
+                    + (f", kept at {circuit.positions[n]}" if n in circuit.positions else "")
+                    for n in members
+                ],
+                hoverinfo="text",
+                marker={
+                    "size": sizes,
+                    "color": PALETTE[i % len(PALETTE)] if g else "#666",
+                    "symbol": ["square" if _MLP.match(n) else "circle" for n in members],
+                    "line": {"width": 1, "color": "white"},
+                },
+            )
+        )
     ticks = list(range(-1, L + 1))
-    fig.update_xaxes(tickmode="array", tickvals=ticks,
-                     ticktext=["embed", *[str(t) for t in range(L)], "logits"], range=[-1.5, L + 0.5])
+    fig.update_xaxes(
+        tickmode="array",
+        tickvals=ticks,
+        ticktext=["embed", *[str(t) for t in range(L)], "logits"],
+        range=[-1.5, L + 0.5],
+    )
     fig.update_yaxes(tickmode="array", tickvals=list(range(H)), range=[H - 0.2, -0.8])  # head 0 on top
-    fig.update_layout(title_text=title or circuit.provenance.get("title", "Circuit"),
-                      xaxis_title_text="layer", yaxis_title_text="head")
+    fig.update_layout(
+        title_text=title or circuit.provenance.get("title", "Circuit"),
+        xaxis_title_text="layer",
+        yaxis_title_text="head",
+    )
     return apply_style(fig, height=max(360, 60 * H + 140))

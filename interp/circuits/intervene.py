@@ -47,22 +47,28 @@ class Intervention:
             raise ValueError(f"source must be one of {SOURCES} or None, got {self.source!r}")
 
 
-def intervention_hooks(model: HookedModel, prompts: Any, interventions: list[Intervention]
-                       ) -> list[tuple[Site, Any]]:
+def intervention_hooks(
+    model: HookedModel, prompts: Any, interventions: list[Intervention]
+) -> list[tuple[Site, Any]]:
     """Hooks that apply `interventions` on the clean prompts of `prompts` (a PromptSet)."""
     B, T = prompts.clean.shape
     L, H = model.cfg.n_layers, model.cfg.n_heads
     dev = model.device
     for iv in interventions:  # check everything before any forward pass
         if not (0 <= iv.layer < L and 0 <= iv.head < H):
-            raise ValueError(f"head {iv.layer}.{iv.head} does not exist (layers 0..{L - 1}, heads 0..{H - 1})")
+            raise ValueError(
+                f"head {iv.layer}.{iv.head} does not exist (layers 0..{L - 1}, heads 0..{H - 1})"
+            )
     b = torch.arange(B, device=dev)
     need_src = sorted({iv.layer for iv in interventions if iv.kind == "output" and iv.source})
     src: dict[int, Tensor] = {}
     if need_src:
         with torch.no_grad():
-            _, cache = model.run_with_cache(prompts.corrupt.to(dev), [Site("z", layer) for layer in need_src],
-                                            attention_mask=prompts.attention_mask.to(dev))
+            _, cache = model.run_with_cache(
+                prompts.corrupt.to(dev),
+                [Site("z", layer) for layer in need_src],
+                attention_mask=prompts.attention_mask.to(dev),
+            )
         src = {layer: cache[f"blocks.{layer}.attn.hook_z"] for layer in need_src}
     hooks = []
     for iv in interventions:
@@ -85,8 +91,10 @@ def intervention_hooks(model: HookedModel, prompts: Any, interventions: list[Int
                 else:
                     p[b, iv.head, at] = (1 - iv.mix) * p[b, iv.head, at] + iv.mix * target.to(p.dtype)
                 return p
+
             hooks.append((Site("pattern", iv.layer), pattern))
         else:
+
             def output(z: Tensor, site: Site, iv=iv, at=at) -> Tensor:
                 z = z.clone()
                 if iv.source is None:
@@ -99,6 +107,7 @@ def intervention_hooks(model: HookedModel, prompts: Any, interventions: list[Int
                 else:
                     z[b, at, iv.head] = new[b, at]
                 return z
+
             hooks.append((Site("z", iv.layer), output))
     return hooks
 
@@ -107,12 +116,14 @@ def run_with_interventions(model: HookedModel, prompts: Any, interventions: list
     """Logits of the clean prompts with the interventions applied."""
     hooks = intervention_hooks(model, prompts, interventions)
     with torch.no_grad():
-        return model.run_with_hooks(prompts.clean.to(model.device), hooks,
-                                    attention_mask=prompts.attention_mask.to(model.device))
+        return model.run_with_hooks(
+            prompts.clean.to(model.device), hooks, attention_mask=prompts.attention_mask.to(model.device)
+        )
 
 
-def accuracy_with(model: HookedModel, prompts: Any, interventions: list[Intervention], *,
-                  over: str = "vocab") -> float:
+def accuracy_with(
+    model: HookedModel, prompts: Any, interventions: list[Intervention], *, over: str = "vocab"
+) -> float:
     """Top-1 accuracy (over the vocabulary, or the prompts' options) with the interventions applied."""
     from interp.metrics import Accuracy
 

@@ -50,15 +50,19 @@ class Stage:
 
     def __post_init__(self) -> None:
         if self.receivers not in RECEIVERS:
-            raise ValueError(f"stage {self.name!r}: receivers must be one of {RECEIVERS}, got {self.receivers!r}")
+            raise ValueError(
+                f"stage {self.name!r}: receivers must be one of {RECEIVERS}, got {self.receivers!r}"
+            )
         if self.select not in SELECT:
             raise ValueError(f"stage {self.name!r}: select must be one of {SELECT}, got {self.select!r}")
         if self.sign not in SIGNS:
             raise ValueError(f"stage {self.name!r}: sign must be one of {SIGNS}, got {self.sign!r}")
         for p in (self.sender_pos, self.receiver_pos):
             if p is not None and not POSITION_SPEC.match(p):
-                raise ValueError(f"stage {self.name!r}: position {p!r} must be a name with an optional offset "
-                                 "like 'S1+1', or None")
+                raise ValueError(
+                    f"stage {self.name!r}: position {p!r} must be a name with an optional offset "
+                    "like 'S1+1', or None"
+                )
         if self.k < 0:
             raise ValueError(f"stage {self.name!r}: k must be >= 0")
 
@@ -86,8 +90,13 @@ class SearchConfig:
             raise ValueError(f"convention must be one of {CONVENTIONS}; got {self.convention!r}")
 
 
-def ioi_stages(*, k_mover: int = 3, k_inhibition: int = 4, k_induction: int = 4, k_previous: int = 2,
-               ) -> tuple[Stage, ...]:
+def ioi_stages(
+    *,
+    k_mover: int = 3,
+    k_inhibition: int = 4,
+    k_induction: int = 4,
+    k_previous: int = 2,
+) -> tuple[Stage, ...]:
     """Wang et al. 2022's order: movers (logits at END) → S-inhibition (movers' queries at END) → induction /
     duplicate-token (S-inhibition values at S2) → previous-token (induction keys at S1+1)."""
     return (
@@ -115,12 +124,30 @@ def prakash_stages(*, k: tuple[int, int, int, int] = (20, 5, 10, 5)) -> tuple[St
     a, b, c, d = k
     return (
         Stage(name="value_fetcher", receivers="logits", sender_pos="END", k=a, sign="negative"),
-        Stage(name="position_transmitter", receivers="q", sender_pos="END", receiver_pos="END", k=b,
-              sign="negative"),
-        Stage(name="position_detector", receivers="v", sender_pos="query_label", receiver_pos="query_label",
-              k=c, sign="negative"),
-        Stage(name="structure_reader", receivers="v", sender_pos="prev_query_label",
-              receiver_pos="prev_query_label", k=d, sign="negative"),
+        Stage(
+            name="position_transmitter",
+            receivers="q",
+            sender_pos="END",
+            receiver_pos="END",
+            k=b,
+            sign="negative",
+        ),
+        Stage(
+            name="position_detector",
+            receivers="v",
+            sender_pos="query_label",
+            receiver_pos="query_label",
+            k=c,
+            sign="negative",
+        ),
+        Stage(
+            name="structure_reader",
+            receivers="v",
+            sender_pos="prev_query_label",
+            receiver_pos="prev_query_label",
+            k=d,
+            sign="negative",
+        ),
     )
 
 
@@ -179,16 +206,27 @@ class SearchResult:
                     scores[n] = val
                     if s.stage.sender_pos is not None:
                         positions[n] = s.stage.sender_pos
-                targets = ["logits"] if s.stage.receivers == "logits" else [
-                    f"{head_name(*r)}.{s.stage.receivers}" for r in s.receivers]
+                targets = (
+                    ["logits"]
+                    if s.stage.receivers == "logits"
+                    else [f"{head_name(*r)}.{s.stage.receivers}" for r in s.receivers]
+                )
                 for t in targets:
                     edges.append((n, t))
                     scores[f"{n}->{t}"] = val
-        return Circuit(nodes=tuple(nodes), edges=tuple(edges), scores=scores,
-                       groups={k: v for k, v in groups.items() if v}, positions=positions,
-                       provenance={"method": "path_patching", "convention": self.config.convention,
-                                   "stages": [asdict(s.stage) for s in self.stages],
-                                   "title": "Path-patching circuit"})
+        return Circuit(
+            nodes=tuple(nodes),
+            edges=tuple(edges),
+            scores=scores,
+            groups={k: v for k, v in groups.items() if v},
+            positions=positions,
+            provenance={
+                "method": "path_patching",
+                "convention": self.config.convention,
+                "stages": [asdict(s.stage) for s in self.stages],
+                "title": "Path-patching circuit",
+            },
+        )
 
     def to_frame(self):
         """One row per (stage, sender head): raw and normalised score, chosen or not."""
@@ -200,16 +238,24 @@ class SearchResult:
             for layer in range(L):
                 for h in range(H):
                     if torch.isfinite(s.scores[layer, h]):
-                        rows.append({"stage": s.stage.name, "layer": layer, "head": h,
-                                     "score": float(s.scores[layer, h]),
-                                     "normalised": float(s.normalised[layer, h]),
-                                     "chosen": (layer, h) in s.chosen})
+                        rows.append(
+                            {
+                                "stage": s.stage.name,
+                                "layer": layer,
+                                "head": h,
+                                "score": float(s.scores[layer, h]),
+                                "normalised": float(s.normalised[layer, h]),
+                                "chosen": (layer, h) in s.chosen,
+                            }
+                        )
         return pd.DataFrame(rows)
 
     def figure(self):
         """Per-stage heatmaps of normalised scores (layers down, heads across)."""
-        return stages_figure({s.stage.name: s.normalised for s in self.stages},
-                             title=f"Path-patching stages (normalised scores, {self.config.convention})")
+        return stages_figure(
+            {s.stage.name: s.normalised for s in self.stages},
+            title=f"Path-patching stages (normalised scores, {self.config.convention})",
+        )
 
 
 def stages_figure(scores: dict[str, Tensor | list], *, title: str = "Path-patching stages"):
@@ -221,28 +267,49 @@ def stages_figure(scores: dict[str, Tensor | list], *, title: str = "Path-patchi
     n = len(scores)
     fig = make_subplots(rows=1, cols=n, subplot_titles=list(scores), horizontal_spacing=0.04)
     for i, z in enumerate(scores.values(), 1):
-        fig.add_heatmap(z=torch.as_tensor(z).float().numpy(), colorscale=DIVERGING, zmin=-1, zmax=1, zmid=0,
-                        row=1, col=i, showscale=i == n, hovertemplate="layer %{y}, head %{x}: %{z:.3f}<extra></extra>")
+        fig.add_heatmap(
+            z=torch.as_tensor(z).float().numpy(),
+            colorscale=DIVERGING,
+            zmin=-1,
+            zmax=1,
+            zmid=0,
+            row=1,
+            col=i,
+            showscale=i == n,
+            hovertemplate="layer %{y}, head %{x}: %{z:.3f}<extra></extra>",
+        )
         fig.update_yaxes(autorange="reversed", title_text="layer" if i == 1 else None, row=1, col=i)
         fig.update_xaxes(title_text="head", row=1, col=i)
     fig.update_layout(title_text=title)
     return apply_style(fig, width=max(480, 260 * n), height=420)
 
 
-def _choose(stage: Stage, normalised: Tensor, senders: list[tuple[int, int]], taken: set[tuple[int, int]]
-            ) -> list[tuple[int, int]]:
+def _choose(
+    stage: Stage, normalised: Tensor, senders: list[tuple[int, int]], taken: set[tuple[int, int]]
+) -> list[tuple[int, int]]:
     oriented = {"positive": normalised, "negative": -normalised, "abs": normalised.abs()}[stage.sign]
-    cands = [(float(oriented[h]), h) for h in senders
-             if torch.isfinite(oriented[h]) and float(oriented[h]) > stage.min_score
-             and not (stage.exclude_chosen and h in taken)]
+    cands = [
+        (float(oriented[h]), h)
+        for h in senders
+        if torch.isfinite(oriented[h])
+        and float(oriented[h]) > stage.min_score
+        and not (stage.exclude_chosen and h in taken)
+    ]
     cands.sort(key=lambda x: (-x[0], x[1]))
     if stage.select == "top_k":
         return sorted(h for _, h in cands[: stage.k])
     return sorted(h for v, h in cands if v >= stage.threshold)
 
 
-def path_patch_search(model: HookedModel, *, prompts: Any, metric: Any, config: SearchConfig | None = None,
-                      stages: tuple[Stage, ...] | None = None, max_senders_per_pass: int = 64) -> SearchResult:
+def path_patch_search(
+    model: HookedModel,
+    *,
+    prompts: Any,
+    metric: Any,
+    config: SearchConfig | None = None,
+    stages: tuple[Stage, ...] | None = None,
+    max_senders_per_pass: int = 64,
+) -> SearchResult:
     """Run the stages of `config` (or `stages` with the default convention) on `prompts` (a PromptSet).
 
     Senders of a stage are every head in a layer before its deepest receiver; each stage's scores are
@@ -272,25 +339,42 @@ def path_patch_search(model: HookedModel, *, prompts: Any, metric: Any, config: 
             receivers = done[src].chosen
             if stage.receivers in ("k", "v") and model.cfg.n_kv_heads != H:
                 rep = H // model.cfg.n_kv_heads
-                recv = list(dict.fromkeys(Site(stage.receivers, layer, head=h // rep) for layer, h in receivers))
+                recv = list(
+                    dict.fromkeys(Site(stage.receivers, layer, head=h // rep) for layer, h in receivers)
+                )
             else:
                 recv = [Site(stage.receivers, layer, head=h) for layer, h in receivers]
             deepest = max((layer for layer, _ in receivers), default=0)
             senders = [(layer, h) for layer in range(deepest) for h in range(H)]
         if not senders:  # nothing can feed the receivers (no chosen heads, or they sit in layer 0)
             nan = torch.full((L, H), float("nan"))
-            res = StageResult(stage=stage, scores=nan, normalised=nan, chosen=[], receivers=receivers, baseline={})
+            res = StageResult(
+                stage=stage, scores=nan, normalised=nan, chosen=[], receivers=receivers, baseline={}
+            )
         else:
             pp: PathPatchResult = path_patch(
-                model, clean=prompts, metric=metric, receivers=recv, senders=senders, freeze=config.freeze,
+                model,
+                clean=prompts,
+                metric=metric,
+                receivers=recv,
+                senders=senders,
+                freeze=config.freeze,
                 sender_pos=resolve_position(prompts, stage.sender_pos),
                 receiver_pos=resolve_position(prompts, stage.receiver_pos),
-                convention=config.convention, max_senders_per_pass=max_senders_per_pass)
+                convention=config.convention,
+                max_senders_per_pass=max_senders_per_pass,
+            )
             top = pp.scores.nan_to_num().abs().max()
             normalised = pp.scores / top if float(top) > 0 else pp.scores * 0.0
             chosen = _choose(stage, normalised, senders, taken)
-            res = StageResult(stage=stage, scores=pp.scores, normalised=normalised, chosen=chosen,
-                              receivers=receivers, baseline=pp.baseline)
+            res = StageResult(
+                stage=stage,
+                scores=pp.scores,
+                normalised=normalised,
+                chosen=chosen,
+                receivers=receivers,
+                baseline=pp.baseline,
+            )
         taken |= set(res.chosen)
         done[stage.name] = res
         results.append(res)

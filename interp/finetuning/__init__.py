@@ -21,7 +21,22 @@ from interp.finetuning.tuco import (
 )
 
 __all__ = [
-    "CMAPResult", "CircuitEvaluation", "HeadGroup", "ModelPair", "PairMismatchError", "TuCoResult", "check_pair",
-    "cmap_input", "cmap_output", "cmap_sweep", "evaluate_circuit", "generate_scaled", "pair_mismatches",
-    "random_circuit", "scaled_logits", "tuco", "tuco_score", "tuco_scores",
+    "CMAPResult",
+    "CircuitEvaluation",
+    "HeadGroup",
+    "ModelPair",
+    "PairMismatchError",
+    "TuCoResult",
+    "check_pair",
+    "cmap_input",
+    "cmap_output",
+    "cmap_sweep",
+    "evaluate_circuit",
+    "generate_scaled",
+    "pair_mismatches",
+    "random_circuit",
+    "scaled_logits",
+    "tuco",
+    "tuco_score",
+    "tuco_scores",
 ]

@@ -72,8 +72,10 @@ class HeadGroup:
             raise ValueError(f"head group {self.name!r} is empty: give heads and/or components")
         bad = [c for c, _ in self.components if c not in GROUP_COMPONENTS]
         if bad:
-            raise SiteError(f"head group {self.name!r}: components {bad} are not whole-layer sites; valid: "
-                            f"{', '.join(GROUP_COMPONENTS)}")
+            raise SiteError(
+                f"head group {self.name!r}: components {bad} are not whole-layer sites; valid: "
+                f"{', '.join(GROUP_COMPONENTS)}"
+            )
 
     def validate(self, model: HookedModel) -> HeadGroup:
         """Raise if a layer, head or component does not exist in `model`."""
@@ -97,8 +99,10 @@ def random_circuit(groups: Sequence[HeadGroup], *, n_layers: int, n_heads: int, 
     """Groups with the same sizes and positions but randomly drawn heads (Prakash et al.'s random baseline)."""
     rng = random.Random(seed)
     every = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
-    return [HeadGroup(name=g.name, heads=tuple(sorted(rng.sample(every, g.size))), position=g.position)
-            for g in groups]
+    return [
+        HeadGroup(name=g.name, heads=tuple(sorted(rng.sample(every, g.size))), position=g.position)
+        for g in groups
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ engine
@@ -111,26 +115,37 @@ class MaskedWrite:
     where: Tensor
 
 
-def run_masked(model: HookedModel, tokens: Tensor, writes: Sequence[MaskedWrite], readout: Readout, *,
-               n_specs: int, attention_mask: Tensor | None = None, budget: int | None = None
-               ) -> Float[Tensor, "spec batch"]:
+def run_masked(
+    model: HookedModel,
+    tokens: Tensor,
+    writes: Sequence[MaskedWrite],
+    readout: Readout,
+    *,
+    n_specs: int,
+    attention_mask: Tensor | None = None,
+    budget: int | None = None,
+) -> Float[Tensor, "spec batch"]:
     """Per-spec metric values: `n_specs` patched runs stacked along the batch, chunked to the memory budget."""
     B, T = tokens.shape
     budget = budget or default_budget(model.device)
     per_spec = B * T * bytes_per_token(model, T) + B * T * model.cfg.d_vocab * 4
     for w in writes:
         if w.where.shape[0] != n_specs or w.where.shape[1:3] != (B, T):
-            raise ValueError(f"write at {w.site}: mask shape {tuple(w.where.shape)} is not [{n_specs}, {B}, {T}, ...]")
+            raise ValueError(
+                f"write at {w.site}: mask shape {tuple(w.where.shape)} is not [{n_specs}, {B}, {T}, ...]"
+            )
 
     def chunk(sl: slice) -> Tensor:
         C = sl.stop - sl.start
         hooks = []
         for w in writes:
+
             def hook(act: Tensor, site: Site, w: MaskedWrite = w) -> Tensor:
                 a = act.view(C, B, *act.shape[1:])  # [C, B, T, ...]
                 m = w.where[sl].to(act.device)
                 m = m.view(*m.shape, *([1] * (a.ndim - m.ndim)))  # broadcast over trailing dims
                 return torch.where(m, w.source.to(act.dtype)[None], a).view(act.shape)
+
             hooks.append((w.site, hook))
         mask = attention_mask.repeat(C, 1) if attention_mask is not None else None
         logits = model.run_with_hooks(tokens.repeat(C, 1), hooks, attention_mask=mask)
@@ -189,19 +204,35 @@ class CMAPResult:
 
         r, s = float(self.receiver.mean()), float(self.sender.mean())
         gap = s - r
-        rows = [{"group": g, "value": v, "receiver": r, "sender": s,
-                 "gap_closed": (v - r) / gap if gap != 0 else float("nan")} for g, v in self.scores().items()]
+        rows = [
+            {
+                "group": g,
+                "value": v,
+                "receiver": r,
+                "sender": s,
+                "gap_closed": (v - r) / gap if gap != 0 else float("nan"),
+            }
+            for g, v in self.scores().items()
+        ]
         return pd.DataFrame(rows)
 
     def figure(self, *, title: str | None = None):
         """A bar chart of the patched receiver per group, with the unpatched receiver and sender as bars too."""
         from interp.plotting import bar
 
-        names = [f"{self.models.get('receiver', 'receiver')} (unpatched)", *self.groups,
-                 f"{self.models.get('sender', 'sender')} (unpatched)"]
+        names = [
+            f"{self.models.get('receiver', 'receiver')} (unpatched)",
+            *self.groups,
+            f"{self.models.get('sender', 'sender')} (unpatched)",
+        ]
         vals = [float(self.receiver.mean()), *self.scores().values(), float(self.sender.mean())]
-        return bar(vals, labels=names, title=title or f"{self.kind.capitalize()} CMAP: {self.metric}",
-                   x_title="patched group", y_title=self.metric)
+        return bar(
+            vals,
+            labels=names,
+            title=title or f"{self.kind.capitalize()} CMAP: {self.metric}",
+            x_title="patched group",
+            y_title=self.metric,
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,13 +257,23 @@ class CircuitEvaluation:
         import pandas as pd
 
         faith = self.faithfulness()
-        return pd.DataFrame([{"circuit": c, "value": v, "model_value": float(self.model_value.mean()),
-                              "faithfulness": faith[c]} for c, v in self.scores().items()])
+        return pd.DataFrame(
+            [
+                {
+                    "circuit": c,
+                    "value": v,
+                    "model_value": float(self.model_value.mean()),
+                    "faithfulness": faith[c],
+                }
+                for c, v in self.scores().items()
+            ]
+        )
 
 
 # ------------------------------------------------------------------------------------------------ CMAP
-def _prepare(receiver: HookedModel, sender: HookedModel, prompts: Any, groups: Sequence[HeadGroup]
-             ) -> tuple[PromptSet, list[HeadGroup], list[Tensor | None]]:
+def _prepare(
+    receiver: HookedModel, sender: HookedModel, prompts: Any, groups: Sequence[HeadGroup]
+) -> tuple[PromptSet, list[HeadGroup], list[Tensor | None]]:
     check_pair(receiver, sender, _ROLES)
     prompts = _check_prompts(prompts)
     groups = list(groups)
@@ -248,8 +289,16 @@ def _prepare(receiver: HookedModel, sender: HookedModel, prompts: Any, groups: S
 
 
 @torch.no_grad()
-def cmap_output(receiver: HookedModel, sender: HookedModel, prompts: PromptSet, groups: Sequence[HeadGroup], *,
-                metric: Any, include_union: bool = True, budget: int | None = None) -> CMAPResult:
+def cmap_output(
+    receiver: HookedModel,
+    sender: HookedModel,
+    prompts: PromptSet,
+    groups: Sequence[HeadGroup],
+    *,
+    metric: Any,
+    include_union: bool = True,
+    budget: int | None = None,
+) -> CMAPResult:
     """Output CMAP: each group's head outputs (and components) at its position, taken from `sender`'s run on the
     same prompts, written into `receiver`'s run (Prakash et al. `cmap_out`). One stacked spec per group, plus
     every group at once ("all groups") when `include_union` and there are several groups."""
@@ -276,7 +325,9 @@ def cmap_output(receiver: HookedModel, sender: HookedModel, prompts: PromptSet, 
                 for gl, h in groups[i].heads:
                     if gl == layer:
                         where[c, :, :, h] |= pm
-        writes.append(MaskedWrite(site=Site("z", layer), source=cache[Site("z", layer).hook_name], where=where))
+        writes.append(
+            MaskedWrite(site=Site("z", layer), source=cache[Site("z", layer).hook_name], where=where)
+        )
     for comp, layer in comp_sites:
         where = torch.zeros(len(specs), B, T, dtype=torch.bool)
         for c, members in enumerate(specs):
@@ -285,17 +336,32 @@ def cmap_output(receiver: HookedModel, sender: HookedModel, prompts: PromptSet, 
                     where[c] |= _position_mask(positions[i], B, T)
         site = Site(comp, layer)
         writes.append(MaskedWrite(site=site, source=cache[site.hook_name], where=where))
-    values = run_masked(receiver, tokens, writes, readout, n_specs=len(specs), attention_mask=mask, budget=budget)
-    return CMAPResult(kind="output", groups=tuple(names), values=values.cpu(),
-                      receiver=readout.from_logits(receiver(tokens, attention_mask=mask)).cpu(),
-                      sender=readout.from_logits(sender_logits).cpu(), metric=readout.name,
-                      models={"receiver": receiver.name, "sender": sender.name})
+    values = run_masked(
+        receiver, tokens, writes, readout, n_specs=len(specs), attention_mask=mask, budget=budget
+    )
+    return CMAPResult(
+        kind="output",
+        groups=tuple(names),
+        values=values.cpu(),
+        receiver=readout.from_logits(receiver(tokens, attention_mask=mask)).cpu(),
+        sender=readout.from_logits(sender_logits).cpu(),
+        metric=readout.name,
+        models={"receiver": receiver.name, "sender": sender.name},
+    )
 
 
 @torch.no_grad()
-def cmap_input(receiver: HookedModel, sender: HookedModel, prompts: PromptSet, groups: Sequence[HeadGroup], *,
-               metric: Any, patch: Sequence[str] = ("q", "k", "v"), kv_through_position: bool = False,
-               budget: int | None = None) -> CMAPResult:
+def cmap_input(
+    receiver: HookedModel,
+    sender: HookedModel,
+    prompts: PromptSet,
+    groups: Sequence[HeadGroup],
+    *,
+    metric: Any,
+    patch: Sequence[str] = ("q", "k", "v"),
+    kv_through_position: bool = False,
+    budget: int | None = None,
+) -> CMAPResult:
     """Input CMAP: each group's heads get the sender's q at the group's position and/or its k/v at the positions
     before it (Prakash et al. `cmap_in`; `kv_through_position=True` includes the position itself, so the heads
     see all of the sender's keys and values); every head's output before the position, and the group's heads'
@@ -318,8 +384,9 @@ def cmap_input(receiver: HookedModel, sender: HookedModel, prompts: PromptSet, g
     layers = sorted({layer for g in groups for layer, _ in g.heads})
     src_sites = [Site(c, layer) for layer in layers for c in patch]
     sender_logits, src = sender.run_with_cache(tokens, src_sites, attention_mask=mask)
-    receiver_logits, own = receiver.run_with_cache(tokens, [Site("z", layer) for layer in range(L)],
-                                                   attention_mask=mask)
+    receiver_logits, own = receiver.run_with_cache(
+        tokens, [Site("z", layer) for layer in range(L)], attention_mask=mask
+    )
     n = len(groups)
     kv_rel = "le" if kv_through_position else "lt"
     writes = []
@@ -345,16 +412,30 @@ def cmap_input(receiver: HookedModel, sender: HookedModel, prompts: PromptSet, g
         site = Site("z", layer)
         writes.append(MaskedWrite(site=site, source=own[site.hook_name], where=where))
     values = run_masked(receiver, tokens, writes, readout, n_specs=n, attention_mask=mask, budget=budget)
-    return CMAPResult(kind="input", groups=tuple(g.name for g in groups), values=values.cpu(),
-                      receiver=readout.from_logits(receiver_logits).cpu(),
-                      sender=readout.from_logits(sender_logits).cpu(), metric=readout.name,
-                      models={"receiver": receiver.name, "sender": sender.name})
+    return CMAPResult(
+        kind="input",
+        groups=tuple(g.name for g in groups),
+        values=values.cpu(),
+        receiver=readout.from_logits(receiver_logits).cpu(),
+        sender=readout.from_logits(sender_logits).cpu(),
+        metric=readout.name,
+        models={"receiver": receiver.name, "sender": sender.name},
+    )
 
 
 @torch.no_grad()
-def cmap_sweep(receiver: HookedModel, sender: HookedModel, prompts: PromptSet, *, component: str, metric: Any,
-               per_head: bool | None = None, positions: str | Sequence[int] = "each", engine: str = "auto",
-               budget: int | None = None) -> PatchResult:
+def cmap_sweep(
+    receiver: HookedModel,
+    sender: HookedModel,
+    prompts: PromptSet,
+    *,
+    component: str,
+    metric: Any,
+    per_head: bool | None = None,
+    positions: str | Sequence[int] = "each",
+    engine: str = "auto",
+    budget: int | None = None,
+) -> PatchResult:
     """Component CMAP: patch one site of `sender` into `receiver` per cell (every layer x position [x head]).
 
     Same cells, axes and engines as `interp.patching.patch_sweep` (TL fast path with prefix reuse), with the
@@ -393,22 +474,35 @@ def cmap_sweep(receiver: HookedModel, sender: HookedModel, prompts: PromptSet, *
     if engine == "tl" or (engine == "auto" and receiver.backend == "tl"):
         vals = run_cells_tl(receiver, tokens, cells, component, sources, readout, budget=budget)
     else:
-        vals = run_cells_generic(receiver, tokens, cells, component, sources, readout, attention_mask=mask,
-                                 budget=budget)
+        vals = run_cells_generic(
+            receiver, tokens, cells, component, sources, readout, attention_mask=mask, budget=budget
+        )
     shape = (L, len(pos_list), n_heads) if per_head else (L, len(pos_list))
     axes = ("layer", "pos", "head") if per_head else ("layer", "pos")
     scores = vals.mean(-1).view(*shape).cpu()
     if positions == "all":
         scores, axes = scores[:, 0], tuple(a for a in axes if a != "pos")
     toks = receiver.to_str_tokens(tokens[0])
-    labels = {"layer": [str(i) for i in range(L)], "head": [str(h) for h in range(n_heads)],
-              "pos": ["all"] if positions == "all" else [f"{p}:{toks[p]}" for p in pos_list]}
-    base = {"clean": readout.from_logits(receiver(tokens, attention_mask=mask)).mean().item(),
-            "corrupt": readout.from_logits(sender_logits).mean().item()}
-    cfg = SweepConfig(component=component, per_head=per_head,
-                      positions=positions if isinstance(positions, str) else tuple(pos_list), direction="cmap",
-                      source=f"model:{sender.name}", mode="exact", metric=readout.name, backend=receiver.backend,
-                      seed=0)
+    labels = {
+        "layer": [str(i) for i in range(L)],
+        "head": [str(h) for h in range(n_heads)],
+        "pos": ["all"] if positions == "all" else [f"{p}:{toks[p]}" for p in pos_list],
+    }
+    base = {
+        "clean": readout.from_logits(receiver(tokens, attention_mask=mask)).mean().item(),
+        "corrupt": readout.from_logits(sender_logits).mean().item(),
+    }
+    cfg = SweepConfig(
+        component=component,
+        per_head=per_head,
+        positions=positions if isinstance(positions, str) else tuple(pos_list),
+        direction="cmap",
+        source=f"model:{sender.name}",
+        mode="exact",
+        metric=readout.name,
+        backend=receiver.backend,
+        seed=0,
+    )
     return PatchResult(scores=scores, axes=axes, labels=labels, config=cfg, baseline=base)
 
 
@@ -418,11 +512,14 @@ def mean_head_outputs(model: HookedModel, reference: PromptSet, width: int) -> d
     [width, head, d_head] (Prakash et al. take the mean per token position)."""
     ref = reference.to(model.device)
     if ref.clean.shape[1] < width:
-        raise ValueError(f"the reference prompts have {ref.clean.shape[1]} positions, fewer than the evaluated "
-                         f"prompts' {width}: use reference prompts at least as long")
+        raise ValueError(
+            f"the reference prompts have {ref.clean.shape[1]} positions, fewer than the evaluated "
+            f"prompts' {width}: use reference prompts at least as long"
+        )
     L = model.cfg.n_layers
-    _, cache = model.run_with_cache(ref.clean, [Site("z", layer) for layer in range(L)],
-                                    attention_mask=ref.attention_mask)
+    _, cache = model.run_with_cache(
+        ref.clean, [Site("z", layer) for layer in range(L)], attention_mask=ref.attention_mask
+    )
     m = ref.attention_mask[:, :width].float()  # [R, width]
     count = m.sum(0).clamp_min(1.0)[:, None, None]
     if bool((m.sum(0) == 0).any()):
@@ -435,9 +532,15 @@ def mean_head_outputs(model: HookedModel, reference: PromptSet, width: int) -> d
 
 
 @torch.no_grad()
-def evaluate_circuit(model: HookedModel, prompts: PromptSet,
-                     circuits: Mapping[str, Sequence[HeadGroup]] | Sequence[HeadGroup], *, metric: Any,
-                     reference: PromptSet, budget: int | None = None) -> CircuitEvaluation:
+def evaluate_circuit(
+    model: HookedModel,
+    prompts: PromptSet,
+    circuits: Mapping[str, Sequence[HeadGroup]] | Sequence[HeadGroup],
+    *,
+    metric: Any,
+    reference: PromptSet,
+    budget: int | None = None,
+) -> CircuitEvaluation:
     """`model`'s metric with only each circuit's heads kept at their groups' positions and every other head
     output (all positions) mean-ablated over `reference` in `model` itself (Prakash et al. §B).
 
@@ -453,7 +556,9 @@ def evaluate_circuit(model: HookedModel, prompts: PromptSet,
             g.validate(model)
             if g.components:
                 raise ValueError(f"circuit evaluation keeps heads only; group {g.name!r} has components")
-    positions = {name: [resolve_position(g.position, prompts) for g in groups] for name, groups in circuits.items()}
+    positions = {
+        name: [resolve_position(g.position, prompts) for g in groups] for name, groups in circuits.items()
+    }
     prompts = prompts.to(model.device)
     tokens, mask = prompts.clean, prompts.attention_mask
     B, T = tokens.shape
@@ -472,7 +577,14 @@ def evaluate_circuit(model: HookedModel, prompts: PromptSet,
                         where[c, :, :, h] &= ~keep  # ... except the circuit's heads at their positions
         src = means[layer][None].expand(B, -1, -1, -1)  # [B, T, head, d_head]
         writes.append(MaskedWrite(site=Site("z", layer), source=src, where=where))
-    values = run_masked(model, tokens, writes, readout, n_specs=len(names), attention_mask=mask, budget=budget)
+    values = run_masked(
+        model, tokens, writes, readout, n_specs=len(names), attention_mask=mask, budget=budget
+    )
     full = readout.from_logits(model(tokens, attention_mask=mask))
-    return CircuitEvaluation(circuits=tuple(names), values=values.cpu(), model_value=full.cpu(),
-                             metric=readout.name, model=model.name)
+    return CircuitEvaluation(
+        circuits=tuple(names),
+        values=values.cpu(),
+        model_value=full.cpu(),
+        metric=readout.name,
+        model=model.name,
+    )

@@ -90,8 +90,8 @@ def pretrain_tokens(tokenizer: Any, lengths: list[int], seed: int) -> tuple[Tens
     out = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros_like(out)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
+        out[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
     return out, mask
 
 
@@ -112,11 +112,15 @@ def tuco_experiment(cfg: TuCoExperimentConfig, run: Run) -> dict[str, Any]:
     forbidden = torch.tensor([bool(m["forbidden"]) for m in chat_ps.metadata])
     lengths = chat_ps.lengths.tolist()
     rng = random.Random(run.seed + 2)
-    pre_ids, pre_mask = pretrain_tokens(tok, [rng.choice(lengths) for _ in range(cfg.n_pretrain)], run.seed + 3)
+    pre_ids, pre_mask = pretrain_tokens(
+        tok, [rng.choice(lengths) for _ in range(cfg.n_pretrain)], run.seed + 3
+    )
 
     def scores() -> dict[str, Tensor]:
-        return {"chat": tuco_scores(ft, base, chat_ps, batch_size=cfg.batch_size),
-                "pretrain": tuco_scores(ft, base, pre_ids, attention_mask=pre_mask, batch_size=cfg.batch_size)}
+        return {
+            "chat": tuco_scores(ft, base, chat_ps, batch_size=cfg.batch_size),
+            "pretrain": tuco_scores(ft, base, pre_ids, attention_mask=pre_mask, batch_size=cfg.batch_size),
+        }
 
     s = run.step("scores", scores)
     chat_s, pre_s = s["chat"], s["pretrain"]
@@ -128,43 +132,92 @@ def tuco_experiment(cfg: TuCoExperimentConfig, run: Run) -> dict[str, Any]:
         return {"chat": a, "pretrain": b}
 
     prof = run.step("layer_profile", profile)
-    idx = {"forbidden": forbidden.nonzero().squeeze(-1)[: cfg.n_generate],
-           "allowed": (~forbidden).nonzero().squeeze(-1)[: cfg.n_generate]}
+    idx = {
+        "forbidden": forbidden.nonzero().squeeze(-1)[: cfg.n_generate],
+        "allowed": (~forbidden).nonzero().squeeze(-1)[: cfg.n_generate],
+    }
     refuse = torch.tensor(refusal_ids(tok))
 
     def refusals() -> dict[str, list[float]]:
         out: dict[str, list[float]] = {"forbidden": [], "allowed": []}
         for alpha in cfg.alphas:
             for kind, rows in idx.items():
-                gen = generate_scaled(ft, base, chat_ps.clean[rows], alpha, cfg.max_new_tokens,
-                                      attention_mask=chat_ps.attention_mask[rows])
+                gen = generate_scaled(
+                    ft,
+                    base,
+                    chat_ps.clean[rows],
+                    alpha,
+                    cfg.max_new_tokens,
+                    attention_mask=chat_ps.attention_mask[rows],
+                )
                 out[kind].append(float(torch.isin(gen.cpu(), refuse).any(-1).float().mean()))
         return out
 
     rates = run.step("refusals", refusals)
-    run.table({"prompt": chat_ps.prompts, "forbidden": forbidden.tolist(), "tuco": chat_s.tolist()}, "chat_tuco")
-    run.table({"alpha": list(cfg.alphas), "refusal_forbidden": rates["forbidden"],
-               "refusal_allowed": rates["allowed"]}, "refusal_by_alpha")
-    run.figure(histogram({"chat requests": chat_s, "pre-training text": pre_s}, x_title="TuCo",
-                         title="TuCo of chat-ft: chat vs pre-training text", bins=30), "tuco_chat_vs_pretrain")
-    run.figure(histogram({"forbidden topic": chat_s[forbidden], "allowed topic": chat_s[~forbidden]},
-                         x_title="TuCo", title="TuCo of chat-ft: forbidden vs allowed requests", bins=30),
-               "tuco_forbidden_vs_allowed")
-    run.figure(line({"forbidden requests": rates["forbidden"], "allowed requests": rates["allowed"]},
-                    x=list(cfg.alphas), x_title="alpha (FTC scale)", y_title="refusal rate",
-                    title="Refusals of the FTC alpha-scaled chat-ft"), "refusal_by_alpha")
-    run.figure(line({"chat requests": prof["chat"], "pre-training text": prof["pretrain"]},
-                    x=list(range(ft.cfg.n_layers)), x_title="layer", y_title="TuCo of components up to layer",
-                    title="Cumulative TuCo by layer (mean over prompts)"), "tuco_by_layer")
+    run.table(
+        {"prompt": chat_ps.prompts, "forbidden": forbidden.tolist(), "tuco": chat_s.tolist()}, "chat_tuco"
+    )
+    run.table(
+        {
+            "alpha": list(cfg.alphas),
+            "refusal_forbidden": rates["forbidden"],
+            "refusal_allowed": rates["allowed"],
+        },
+        "refusal_by_alpha",
+    )
+    run.figure(
+        histogram(
+            {"chat requests": chat_s, "pre-training text": pre_s},
+            x_title="TuCo",
+            title="TuCo of chat-ft: chat vs pre-training text",
+            bins=30,
+        ),
+        "tuco_chat_vs_pretrain",
+    )
+    run.figure(
+        histogram(
+            {"forbidden topic": chat_s[forbidden], "allowed topic": chat_s[~forbidden]},
+            x_title="TuCo",
+            title="TuCo of chat-ft: forbidden vs allowed requests",
+            bins=30,
+        ),
+        "tuco_forbidden_vs_allowed",
+    )
+    run.figure(
+        line(
+            {"forbidden requests": rates["forbidden"], "allowed requests": rates["allowed"]},
+            x=list(cfg.alphas),
+            x_title="alpha (FTC scale)",
+            y_title="refusal rate",
+            title="Refusals of the FTC alpha-scaled chat-ft",
+        ),
+        "refusal_by_alpha",
+    )
+    run.figure(
+        line(
+            {"chat requests": prof["chat"], "pre-training text": prof["pretrain"]},
+            x=list(range(ft.cfg.n_layers)),
+            x_title="layer",
+            y_title="TuCo of components up to layer",
+            title="Cumulative TuCo by layer (mean over prompts)",
+        ),
+        "tuco_by_layer",
+    )
     results: dict[str, Any] = {
         "auc_chat_vs_pretrain": auroc(pre_s, chat_s),
         "auc_forbidden_vs_allowed": auroc(chat_s[~forbidden], chat_s[forbidden]),
-        "tuco_chat_mean": float(chat_s.mean()), "tuco_pretrain_mean": float(pre_s.mean()),
-        "tuco_forbidden_mean": float(chat_s[forbidden].mean()), "tuco_allowed_mean": float(chat_s[~forbidden].mean()),
+        "tuco_chat_mean": float(chat_s.mean()),
+        "tuco_pretrain_mean": float(pre_s.mean()),
+        "tuco_forbidden_mean": float(chat_s[forbidden].mean()),
+        "tuco_allowed_mean": float(chat_s[~forbidden].mean()),
     }
     # alpha -> refusal rate, as objects keyed by the alpha's shortest decimal form ("0.5", "1")
-    results["refusal_rate_by_alpha"] = {f"{a:g}": r for a, r in zip(cfg.alphas, rates["forbidden"], strict=True)}
-    results["allowed_refusal_rate_by_alpha"] = {f"{a:g}": r for a, r in zip(cfg.alphas, rates["allowed"], strict=True)}
+    results["refusal_rate_by_alpha"] = {
+        f"{a:g}": r for a, r in zip(cfg.alphas, rates["forbidden"], strict=True)
+    }
+    results["allowed_refusal_rate_by_alpha"] = {
+        f"{a:g}": r for a, r in zip(cfg.alphas, rates["allowed"], strict=True)
+    }
     return results
 
 
@@ -176,9 +229,13 @@ class FinetuneCMAPConfig:
     base: str = "organism/base"  # where the circuit is found
     finetuned: str = "organism/ioi-ft"  # fine-tuned on hard IOI
     backend: str = "tl"
-    circuit_variant: str = "normal"  # IOI variant the circuit is found on (where the base model does the task)
+    circuit_variant: str = (
+        "normal"  # IOI variant the circuit is found on (where the base model does the task)
+    )
     variant: str = "hard"  # IOI variant the fine-tune improves: accuracies, circuit evaluation and CMAP
-    metric: str = "io_vs_s"  # "io_vs_s": IO's logit above S's (chance 0.5); "top1": IO top-1 over the vocabulary
+    metric: str = (
+        "io_vs_s"  # "io_vs_s": IO's logit above S's (chance 0.5); "top1": IO top-1 over the vocabulary
+    )
     n_prompts: int = 200  # held-out prompts per variant (one token length, for path patching)
     group_sizes: tuple[int, int, int] = (3, 2, 2)  # name movers, S-inhibition, duplicate/induction heads
     n_random: int = 5  # random circuits of the same group sizes (baseline)
@@ -191,8 +248,11 @@ def ioi_accuracy(prompts: Any, kind: str):
     if kind == "top1":
         return Accuracy.from_prompts(prompts)
     if kind == "io_vs_s":
-        return Accuracy(positions=prompts.end, target=torch.zeros(len(prompts), dtype=torch.long),
-                        token_ids=torch.stack([prompts.answer_ids, prompts.wrong_ids], 1))
+        return Accuracy(
+            positions=prompts.end,
+            target=torch.zeros(len(prompts), dtype=torch.long),
+            token_ids=torch.stack([prompts.answer_ids, prompts.wrong_ids], 1),
+        )
     raise ValueError(f"metric must be 'io_vs_s' or 'top1'; got {kind!r}")
 
 
@@ -202,7 +262,9 @@ def ioi_prompts(tokenizer: Any, n: int, seed: int, variant: str):
     return make("ioi", tokenizer, n=n, seed=seed, variant=variant, same_length=True)
 
 
-def find_ioi_groups(model: HookedModel, prompts: Any, sizes: tuple[int, int, int]) -> tuple[list[HeadGroup], dict]:
+def find_ioi_groups(
+    model: HookedModel, prompts: Any, sizes: tuple[int, int, int]
+) -> tuple[list[HeadGroup], dict]:
     """The IOI circuit's head groups by staged path patching (Wang et al. 2022; Prakash et al.'s procedure):
     name movers (direct effect at END), S-inhibition (END, through the name movers' queries), duplicate/induction
     heads (S2, through the S-inhibition heads' values). Returns the groups and each stage's score grid."""
@@ -225,16 +287,24 @@ def find_ioi_groups(model: HookedModel, prompts: Any, sizes: tuple[int, int, int
     nm = pick(nm_res, sizes[0])
     chosen |= set(nm)
     groups.append(HeadGroup(name="name movers", heads=tuple(nm), position="END"))
-    for name, key, comp, pos, k in (("S-inhibition", "s_inhibition", "q", "END", sizes[1]),
-                                    ("induction", "induction", "v", "S2", sizes[2])):
+    for name, key, comp, pos, k in (
+        ("S-inhibition", "s_inhibition", "q", "END", sizes[1]),
+        ("induction", "induction", "v", "S2", sizes[2]),
+    ):
         receivers = groups[-1].heads
         top_layer = max(layer for layer, _ in receivers)
         senders = [(layer, h) for layer in range(top_layer) for h in range(H) if (layer, h) not in chosen]
         if not senders or k == 0:
             continue
-        res = path_patch(model, clean=prompts, metric=metric, senders=senders, sender_pos=pos,
-                         receivers=[Site(comp, layer, head=h) for layer, h in receivers],
-                         receiver_pos=groups[-1].position)
+        res = path_patch(
+            model,
+            clean=prompts,
+            metric=metric,
+            senders=senders,
+            sender_pos=pos,
+            receivers=[Site(comp, layer, head=h) for layer, h in receivers],
+            receiver_pos=groups[-1].position,
+        )
         grids[key] = res.scores
         heads = pick(res, k)
         chosen |= set(heads)
@@ -258,70 +328,129 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
     def accuracies() -> dict[str, float]:
         with torch.no_grad():
             lb, lf = base(ps.clean), ft(ps.clean)
-            return {"base": float(acc(lb).mean()), "ft": float(acc(lf).mean()), "base_top1": float(top1(lb).mean()),
-                    "ft_top1": float(top1(lf).mean()),
-                    "base_circuit_task": float(acc_found_on(base(found_on.clean)).mean())}
+            return {
+                "base": float(acc(lb).mean()),
+                "ft": float(acc(lf).mean()),
+                "base_top1": float(top1(lb).mean()),
+                "ft_top1": float(top1(lf).mean()),
+                "base_circuit_task": float(acc_found_on(base(found_on.clean)).mean()),
+            }
 
     accs = run.step("accuracy", accuracies)
 
     def circuit() -> dict[str, Any]:
         groups, grids = find_ioi_groups(base, found_on, cfg.group_sizes)
-        return {"groups": [{"name": g.name, "heads": [list(h) for h in g.heads], "position": g.position}
-                           for g in groups], "grids": {k: v.tolist() for k, v in grids.items()}}
+        return {
+            "groups": [
+                {"name": g.name, "heads": [list(h) for h in g.heads], "position": g.position} for g in groups
+            ],
+            "grids": {k: v.tolist() for k, v in grids.items()},
+        }
 
     found = run.step("circuit", circuit)
-    groups = [HeadGroup(name=g["name"], heads=tuple(tuple(h) for h in g["heads"]), position=g["position"])
-              for g in found["groups"]]
+    groups = [
+        HeadGroup(name=g["name"], heads=tuple(tuple(h) for h in g["heads"]), position=g["position"])
+        for g in found["groups"]
+    ]
     L, H = base.cfg.n_layers, base.cfg.n_heads
-    randoms = {f"random {i}": random_circuit(groups, n_layers=L, n_heads=H, seed=run.seed + i)
-               for i in range(cfg.n_random)}
+    randoms = {
+        f"random {i}": random_circuit(groups, n_layers=L, n_heads=H, seed=run.seed + i)
+        for i in range(cfg.n_random)
+    }
 
     def evaluation() -> dict[str, Any]:
-        in_base = evaluate_circuit(base, ps, {"base circuit": groups, **randoms}, metric=acc, reference=reference)
+        in_base = evaluate_circuit(
+            base, ps, {"base circuit": groups, **randoms}, metric=acc, reference=reference
+        )
         in_ft = evaluate_circuit(ft, ps, {"base circuit": groups}, metric=acc, reference=reference)
-        on_task = evaluate_circuit(base, found_on, {"base circuit": groups, **randoms}, metric=acc_found_on,
-                                   reference=replace(found_on, clean=found_on.corrupt))
+        on_task = evaluate_circuit(
+            base,
+            found_on,
+            {"base circuit": groups, **randoms},
+            metric=acc_found_on,
+            reference=replace(found_on, clean=found_on.corrupt),
+        )
         out = cmap_output(base, ft, ps, groups, metric=acc)
         out_ld = cmap_output(base, ft, ps, groups, metric=LogitDiff)
         inp = cmap_input(base, ft, ps, groups, metric=acc)
-        sweep = {c: cmap_sweep(base, ft, ps, component=c, metric=LogitDiff).scores.tolist()
-                 for c in ("attn_out", "mlp_out")}
-        return {"in_base": in_base.scores(), "in_ft": in_ft.scores(), "on_task": on_task.scores(),
-                "cmap_out": out.scores(),
-                "cmap_out_logit_diff": out_ld.scores(), "cmap_in": inp.scores(), "sweep": sweep,
-                "ld": {"base": float(out_ld.receiver.mean()), "ft": float(out_ld.sender.mean())}}
+        sweep = {
+            c: cmap_sweep(base, ft, ps, component=c, metric=LogitDiff).scores.tolist()
+            for c in ("attn_out", "mlp_out")
+        }
+        return {
+            "in_base": in_base.scores(),
+            "in_ft": in_ft.scores(),
+            "on_task": on_task.scores(),
+            "cmap_out": out.scores(),
+            "cmap_out_logit_diff": out_ld.scores(),
+            "cmap_in": inp.scores(),
+            "sweep": sweep,
+            "ld": {"base": float(out_ld.receiver.mean()), "ft": float(out_ld.sender.mean())},
+        }
 
     ev = run.step("evaluation", evaluation)
     random_acc = sum(ev["in_base"][k] for k in randoms) / max(1, len(randoms))
     faith = ev["in_base"]["base circuit"] / accs["base"] if accs["base"] else float("nan")
     per_group = {k: v for k, v in ev["cmap_out"].items() if k != "all groups"}
     best = max(per_group, key=lambda k: per_group[k])
-    rows = [{"heads patched": name, "accuracy (base <- ft)": ev["cmap_out"][name],
-             "logit diff (base <- ft)": ev["cmap_out_logit_diff"][name],
-             "input CMAP accuracy": ev["cmap_in"].get(name, float("nan")),
-             "heads": "; ".join(f"{a}.{b}" for a, b in g.heads) if (g := _group(groups, name)) else "all"}
-            for name in ev["cmap_out"]]
+    rows = [
+        {
+            "heads patched": name,
+            "accuracy (base <- ft)": ev["cmap_out"][name],
+            "logit diff (base <- ft)": ev["cmap_out_logit_diff"][name],
+            "input CMAP accuracy": ev["cmap_in"].get(name, float("nan")),
+            "heads": "; ".join(f"{a}.{b}" for a, b in g.heads) if (g := _group(groups, name)) else "all",
+        }
+        for name in ev["cmap_out"]
+    ]
     run.table(rows, "cmap")
     run.table(found["groups"], "circuit")
     names = ["base (unpatched)", *ev["cmap_out"], "ft (unpatched)"]
-    run.figure(bar([accs["base"], *ev["cmap_out"].values(), accs["ft"]], labels=names, x_title="heads patched",
-                   y_title="accuracy", title="Output CMAP: fine-tuned head outputs patched into the base model"),
-               "cmap_output")
+    run.figure(
+        bar(
+            [accs["base"], *ev["cmap_out"].values(), accs["ft"]],
+            labels=names,
+            x_title="heads patched",
+            y_title="accuracy",
+            title="Output CMAP: fine-tuned head outputs patched into the base model",
+        ),
+        "cmap_output",
+    )
     for key, grid in found["grids"].items():
-        run.figure(heatmap(torch.nan_to_num(torch.tensor(grid)).numpy(), x_labels=[str(h) for h in range(H)],
-                           y_labels=[str(i) for i in range(L)], x_title="head", y_title="layer",
-                           title=f"Path patching: {key.replace('_', ' ')} stage"), f"path_patching_{key}")
+        run.figure(
+            heatmap(
+                torch.nan_to_num(torch.tensor(grid)).numpy(),
+                x_labels=[str(h) for h in range(H)],
+                y_labels=[str(i) for i in range(L)],
+                x_title="head",
+                y_title="layer",
+                title=f"Path patching: {key.replace('_', ' ')} stage",
+            ),
+            f"path_patching_{key}",
+        )
     tokens = base.to_str_tokens(ps.clean[0])
     for comp, grid in ev["sweep"].items():
-        run.figure(heatmap(torch.tensor(grid).numpy(), x_labels=[f"{i}:{t}" for i, t in enumerate(tokens)],
-                           y_labels=[str(i) for i in range(L)], x_title="position", y_title="layer",
-                           title=f"Component CMAP ({comp}, ft -> base): logit difference"), f"cmap_sweep_{comp}")
-    faith_task = ev["on_task"]["base circuit"] / accs["base_circuit_task"] if accs["base_circuit_task"] else None
+        run.figure(
+            heatmap(
+                torch.tensor(grid).numpy(),
+                x_labels=[f"{i}:{t}" for i, t in enumerate(tokens)],
+                y_labels=[str(i) for i in range(L)],
+                x_title="position",
+                y_title="layer",
+                title=f"Component CMAP ({comp}, ft -> base): logit difference",
+            ),
+            f"cmap_sweep_{comp}",
+        )
+    faith_task = (
+        ev["on_task"]["base circuit"] / accs["base_circuit_task"] if accs["base_circuit_task"] else None
+    )
     random_task = sum(ev["on_task"][k] for k in randoms) / max(1, len(randoms))
     return {
-        "base_acc": accs["base"], "ft_acc": accs["ft"],
+        "base_acc": accs["base"],
+        "ft_acc": accs["ft"],
         "base_circuit_faithfulness": faith,
-        "base_top1_acc": accs["base_top1"], "ft_top1_acc": accs["ft_top1"],
+        "base_top1_acc": accs["base_top1"],
+        "ft_top1_acc": accs["ft_top1"],
         f"base_acc_{cfg.circuit_variant}": accs["base_circuit_task"],
         f"base_circuit_faithfulness_{cfg.circuit_variant}": faith_task,
         f"random_circuit_acc_{cfg.circuit_variant}": random_task,
@@ -331,7 +460,8 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
         "cmap_best_group": best,
         "cmap_base_acc_after": per_group[best],
         "cmap_all_groups_acc": ev["cmap_out"].get("all groups", per_group[best]),
-        "base_logit_diff": ev["ld"]["base"], "ft_logit_diff": ev["ld"]["ft"],
+        "base_logit_diff": ev["ld"]["base"],
+        "ft_logit_diff": ev["ld"]["ft"],
         "circuit_heads": "; ".join(f"{g.name}: " + " ".join(f"{a}.{b}" for a, b in g.heads) for g in groups),
     }
 
@@ -363,20 +493,30 @@ def finetuning_demo(out: Path) -> None:
 
     missing = _available("organism/base", "organism/ioi-ft", "organism/chat-ft")
     if missing:
-        print(f"The fine-tuning demo needs the organisms {', '.join(missing)}: build them with `interp zoo build`.")
+        print(
+            f"The fine-tuning demo needs the organisms {', '.join(missing)}: build them with `interp zoo build`."
+        )
         return
-    base, ioi_ft, chat_ft = (_load(n, "tl", "cpu") for n in ("organism/base", "organism/ioi-ft", "organism/chat-ft"))
+    base, ioi_ft, chat_ft = (
+        _load(n, "tl", "cpu") for n in ("organism/base", "organism/ioi-ft", "organism/chat-ft")
+    )
     groups, _ = find_ioi_groups(base, ioi_prompts(base.tokenizer, 64, 8, "normal"), (3, 2, 2))
     ps = ioi_prompts(base.tokenizer, 64, 7, "hard")
     res = cmap_output(base, ioi_ft, ps, groups, metric=ioi_accuracy(ps, "io_vs_s"))
     frame = res.to_frame()
-    frame["heads"] = [" ".join(f"{a}.{b}" for a, b in g.heads) if (g := _group(groups, n)) else "all"
-                      for n in frame["group"]]
+    frame["heads"] = [
+        " ".join(f"{a}.{b}" for a, b in g.heads) if (g := _group(groups, n)) else "all"
+        for n in frame["group"]
+    ]
     frame.to_csv(out / "cmap.csv", index=False)
-    save_figure(res.figure(title="Output CMAP (hard IOI, IO vs S accuracy): ioi-ft head outputs -> base"),
-                out / "cmap")
-    table = Table(title="Output CMAP, hard IOI: IO-vs-S accuracy of organism/base with one head group from "
-                  "organism/ioi-ft")
+    save_figure(
+        res.figure(title="Output CMAP (hard IOI, IO vs S accuracy): ioi-ft head outputs -> base"),
+        out / "cmap",
+    )
+    table = Table(
+        title="Output CMAP, hard IOI: IO-vs-S accuracy of organism/base with one head group from "
+        "organism/ioi-ft"
+    )
     for col in ("group", "heads", "value", "gap_closed"):
         table.add_column(col)
     for _, r in frame.iterrows():
@@ -388,9 +528,21 @@ def finetuning_demo(out: Path) -> None:
     scores = tuco_scores(chat_ft, base, chat)
     pre_ids, pre_mask = pretrain_tokens(chat_ft.tokenizer, chat.lengths.tolist(), seed=2)
     pre = tuco_scores(chat_ft, base, pre_ids, attention_mask=pre_mask)
-    save_figure(histogram({"forbidden requests": scores[forbidden], "allowed requests": scores[~forbidden],
-                           "pre-training text": pre}, x_title="TuCo", bins=25,
-                          title="TuCo of organism/chat-ft against organism/base"), out / "tuco_histogram")
-    print(f"TuCo (chat-ft vs base): forbidden {float(scores[forbidden].mean()):.3f}, allowed "
-          f"{float(scores[~forbidden].mean()):.3f}, pre-training text {float(pre.mean()):.3f}; AUC chat vs "
-          f"pre-training {auroc(pre, scores):.2f}")
+    save_figure(
+        histogram(
+            {
+                "forbidden requests": scores[forbidden],
+                "allowed requests": scores[~forbidden],
+                "pre-training text": pre,
+            },
+            x_title="TuCo",
+            bins=25,
+            title="TuCo of organism/chat-ft against organism/base",
+        ),
+        out / "tuco_histogram",
+    )
+    print(
+        f"TuCo (chat-ft vs base): forbidden {float(scores[forbidden].mean()):.3f}, allowed "
+        f"{float(scores[~forbidden].mean()):.3f}, pre-training text {float(pre.mean()):.3f}; AUC chat vs "
+        f"pre-training {auroc(pre, scores):.2f}"
+    )

@@ -24,19 +24,30 @@ from interp.models.base import HookedModel
 class PairMismatchError(ValueError):
     """Two models that cannot be compared site by site; `mismatches` lists every reason."""
 
-    def __init__(self, first: str, second: str, mismatches: list[str],
-                 roles: tuple[str, str] = ("base", "fine-tuned")) -> None:
+    def __init__(
+        self, first: str, second: str, mismatches: list[str], roles: tuple[str, str] = ("base", "fine-tuned")
+    ) -> None:
         self.mismatches = mismatches
         lines = "\n".join(f"  - {m}" for m in mismatches)
-        super().__init__(f"{roles[0]} {first!r} and {roles[1]} {second!r} are not a compatible pair "
-                         f"({len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}; values are "
-                         f"{roles[0]} vs {roles[1]}):\n{lines}")
+        super().__init__(
+            f"{roles[0]} {first!r} and {roles[1]} {second!r} are not a compatible pair "
+            f"({len(mismatches)} mismatch{'es' if len(mismatches) != 1 else ''}; values are "
+            f"{roles[0]} vs {roles[1]}):\n{lines}"
+        )
 
 
 # ModelConfig fields compared one by one (label used in the message)
-_CONFIG_FIELDS = (("architecture", "architecture"), ("n_layers", "layers"), ("d_model", "d_model"),
-                  ("n_heads", "heads"), ("n_kv_heads", "kv heads"), ("d_head", "d_head"), ("d_mlp", "d_mlp"),
-                  ("d_vocab", "d_vocab (embedding rows)"), ("parallel_attn_mlp", "parallel attention/MLP"))
+_CONFIG_FIELDS = (
+    ("architecture", "architecture"),
+    ("n_layers", "layers"),
+    ("d_model", "d_model"),
+    ("n_heads", "heads"),
+    ("n_kv_heads", "kv heads"),
+    ("d_head", "d_head"),
+    ("d_mlp", "d_mlp"),
+    ("d_vocab", "d_vocab (embedding rows)"),
+    ("parallel_attn_mlp", "parallel attention/MLP"),
+)
 
 
 def _torch_modules(model: HookedModel) -> list[Any]:
@@ -93,12 +104,15 @@ def _vocab_mismatch(tok_a: Any, tok_b: Any) -> str | None:
     if only_b:
         parts.append(f"{len(only_b)} tokens only in the second (e.g. {only_b[:3]})")
     if moved:
-        parts.append(f"{len(moved)} tokens with different ids (e.g. {moved[0]!r}: {va[moved[0]]} vs {vb[moved[0]]})")
+        parts.append(
+            f"{len(moved)} tokens with different ids (e.g. {moved[0]!r}: {va[moved[0]]} vs {vb[moved[0]]})"
+        )
     return "vocabulary: " + "; ".join(parts)
 
 
-def pair_mismatches(base: HookedModel, finetuned: HookedModel,
-                    roles: tuple[str, str] = ("base", "fine-tuned")) -> list[str]:
+def pair_mismatches(
+    base: HookedModel, finetuned: HookedModel, roles: tuple[str, str] = ("base", "fine-tuned")
+) -> list[str]:
     """Every reason why `base` and `finetuned` cannot be compared site by site (empty when compatible)."""
     out: list[str] = []
     if base.backend != finetuned.backend:
@@ -124,12 +138,16 @@ def pair_mismatches(base: HookedModel, finetuned: HookedModel,
     for role, model in zip(roles, (base, finetuned), strict=True):
         lora = lora_modules(model)
         if lora:
-            out.append(f"{role} model has an unmerged LoRA adapter ({len(lora)} peft modules/params, e.g. "
-                       f"{lora[0]}): merge it first (peft `merge_and_unload()`)")
+            out.append(
+                f"{role} model has an unmerged LoRA adapter ({len(lora)} peft modules/params, e.g. "
+                f"{lora[0]}): merge it first (peft `merge_and_unload()`)"
+            )
     return out
 
 
-def check_pair(first: HookedModel, second: HookedModel, roles: tuple[str, str] = ("base", "fine-tuned")) -> None:
+def check_pair(
+    first: HookedModel, second: HookedModel, roles: tuple[str, str] = ("base", "fine-tuned")
+) -> None:
     """Raise one `PairMismatchError` listing every mismatch between two models (no compute)."""
     problems = pair_mismatches(first, second, roles)
     if problems:
@@ -146,8 +164,9 @@ class ModelPair:
     def __post_init__(self) -> None:
         for role, m in (("base", self.base), ("finetuned", self.finetuned)):
             if not isinstance(m, HookedModel):
-                raise TypeError(f"ModelPair.{role} must be a HookedModel (interp.load_model); got "
-                                f"{type(m).__name__}")
+                raise TypeError(
+                    f"ModelPair.{role} must be a HookedModel (interp.load_model); got {type(m).__name__}"
+                )
         check_pair(self.base, self.finetuned)
 
     @property
@@ -159,11 +178,19 @@ class ModelPair:
         return self.base.cfg.n_layers
 
     def __repr__(self) -> str:
-        return f"ModelPair(base={self.base.name!r}, finetuned={self.finetuned.name!r}, backend={self.backend})"
+        return (
+            f"ModelPair(base={self.base.name!r}, finetuned={self.finetuned.name!r}, backend={self.backend})"
+        )
 
 
-def perturbed_twin(src: str | Path, dst: str | Path, *, select: Callable[[str], bool] | None = None,
-                   scale: float = 0.02, seed: int = 1) -> Path:
+def perturbed_twin(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    select: Callable[[str], bool] | None = None,
+    scale: float = 0.02,
+    seed: int = 1,
+) -> Path:
     """A synthetic 'fine-tune' of HF checkpoint `src` saved to `dst`: the parameters whose names pass `select`
     (all when None) get seeded Gaussian noise of std `scale`. For tests and benchmarks of pair analyses."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -41,8 +41,9 @@ Scores = Float[Tensor, " batch"]
 
 
 # ------------------------------------------------------------------------------------------------ the formula
-def tuco_score(ptc: Float[Tensor, "layer *rest d_model"], ftc: Float[Tensor, "layer *rest d_model"]
-               ) -> Float[Tensor, "*rest"]:
+def tuco_score(
+    ptc: Float[Tensor, "layer *rest d_model"], ftc: Float[Tensor, "layer *rest d_model"]
+) -> Float[Tensor, "*rest"]:
     """TuCo of per-layer components: `||sum_l FTC||_1 / (||sum_l PTC||_1 + ||sum_l FTC||_1)` (Nuti et al. Def. 4.3).
 
     Components are summed over the layer axis (0) as vectors first and the L1 norm is taken after. Where both
@@ -56,8 +57,9 @@ def tuco_score(ptc: Float[Tensor, "layer *rest d_model"], ftc: Float[Tensor, "la
     return torch.where(denom > 0, f / denom.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(f))
 
 
-def last_token_index(attention_mask: Tensor | None, batch: int, seq_len: int, device: torch.device | None = None
-                     ) -> Int[Tensor, " batch"]:
+def last_token_index(
+    attention_mask: Tensor | None, batch: int, seq_len: int, device: torch.device | None = None
+) -> Int[Tensor, " batch"]:
     """Index of each row's last real token (right or left padding); `seq_len - 1` without a mask."""
     if attention_mask is None:
         return torch.full((batch,), seq_len - 1, dtype=torch.long, device=device)
@@ -102,7 +104,7 @@ class TuCoResult:
     def cumulative(self) -> Float[Tensor, "layer batch"]:
         """TuCo of the components summed up to and including each layer, at the last token (beta_l)."""
         p, f = self._at_last(self.ptc).float().cumsum(0), self._at_last(self.ftc).float().cumsum(0)
-        return torch.stack([tuco_score(p[i:i + 1], f[i:i + 1]) for i in range(p.shape[0])])
+        return torch.stack([tuco_score(p[i : i + 1], f[i : i + 1]) for i in range(p.shape[0])])
 
     def per_position(self) -> Float[Tensor, "batch pos"]:
         """TuCo at every position (padding positions are NaN when a mask was given)."""
@@ -115,8 +117,14 @@ class TuCoResult:
         """One row per prompt: TuCo, PreCo and the scored position."""
         import pandas as pd
 
-        return pd.DataFrame({"prompt": range(len(self.score)), "tuco": self.score.tolist(),
-                             "preco": self.preco.tolist(), "last": self.last.tolist()})
+        return pd.DataFrame(
+            {
+                "prompt": range(len(self.score)),
+                "tuco": self.score.tolist(),
+                "preco": self.preco.tolist(),
+                "last": self.last.tolist(),
+            }
+        )
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write `tuco.safetensors` (all tensors) to `folder`."""
@@ -128,7 +136,9 @@ class TuCoResult:
         if self.attention_mask is not None:
             tensors["attention_mask"] = self.attention_mask
         tmp = folder / "tuco.safetensors.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=self.models)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=self.models
+        )
         os.replace(tmp, folder / "tuco.safetensors")
         return folder
 
@@ -150,8 +160,9 @@ class _TLRoute:
         L = self.ft.cfg.n_layers
         names = [f"blocks.{i}.hook_resid_pre" for i in range(L)] + [f"blocks.{L - 1}.hook_resid_post"]
         wanted = set(names)
-        _, cache = self.ft.run_with_cache(tokens, names_filter=lambda n: n in wanted, return_type=None,
-                                          attention_mask=mask)
+        _, cache = self.ft.run_with_cache(
+            tokens, names_filter=lambda n: n in wanted, return_type=None, attention_mask=mask
+        )
         return torch.stack([cache[n] for n in names])
 
     def base_update(self, layer: int, x: Stream, mask: Tensor | None) -> Stream:
@@ -161,21 +172,29 @@ class _TLRoute:
     def new_state(self, batch: int) -> Any:
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache as KVCache
 
-        return (KVCache.init_cache(self.ft.cfg, self.ft.cfg.device, batch),
-                KVCache.init_cache(self.pt.cfg, self.pt.cfg.device, batch))
+        return (
+            KVCache.init_cache(self.ft.cfg, self.ft.cfg.device, batch),
+            KVCache.init_cache(self.pt.cfg, self.pt.cfg.device, batch),
+        )
 
-    def scaled(self, tokens: Tensor, mask: Tensor | None, alpha: float, state: Any = None
-               ) -> Float[Tensor, "batch pos vocab"]:
+    def scaled(
+        self, tokens: Tensor, mask: Tensor | None, alpha: float, state: Any = None
+    ) -> Float[Tensor, "batch pos vocab"]:
         ft, pt = self.ft, self.pt
         if state is not None and mask is None:
             mask = torch.ones_like(tokens)
-        x, _, short, full_mask = ft.input_to_embed(tokens, attention_mask=mask,
-                                                   past_kv_cache=None if state is None else state[0])
+        x, _, short, full_mask = ft.input_to_embed(
+            tokens, attention_mask=mask, past_kv_cache=None if state is None else state[0]
+        )
         for i in range(ft.cfg.n_layers):
             e_ft = None if state is None else state[0][i]
             e_pt = None if state is None else state[1][i]
-            out_ft = ft.blocks[i](x, shortformer_pos_embed=short, past_kv_cache_entry=e_ft, attention_mask=full_mask)
-            out_pt = pt.blocks[i](x, shortformer_pos_embed=short, past_kv_cache_entry=e_pt, attention_mask=full_mask)
+            out_ft = ft.blocks[i](
+                x, shortformer_pos_embed=short, past_kv_cache_entry=e_ft, attention_mask=full_mask
+            )
+            out_pt = pt.blocks[i](
+                x, shortformer_pos_embed=short, past_kv_cache_entry=e_pt, attention_mask=full_mask
+            )
             x = _mix(out_ft, out_pt, alpha)
         logits = ft.unembed(ft.ln_final(x) if ft.cfg.normalization_type is not None else x)
         cap = getattr(ft.cfg, "output_logits_soft_cap", -1.0) or -1.0
@@ -212,11 +231,16 @@ class _HFRoute:
         def recorder(i: int) -> Callable:
             def pre(module: Any, args: tuple, kwargs: dict) -> None:
                 calls[i] = (args, kwargs)
+
             return pre
 
-        handles = [layer.register_forward_pre_hook(recorder(i), with_kwargs=True)
-                   for i, layer in enumerate(self.ft_layers)]
-        handles.append(self.ft_layers[L - 1].register_forward_hook(lambda m, a, out: final.append(_first(out))))
+        handles = [
+            layer.register_forward_pre_hook(recorder(i), with_kwargs=True)
+            for i, layer in enumerate(self.ft_layers)
+        ]
+        handles.append(
+            self.ft_layers[L - 1].register_forward_hook(lambda m, a, out: final.append(_first(out)))
+        )
         try:
             self.ft_model.base_model(**self._inputs(tokens, mask), use_cache=False)
         finally:
@@ -239,8 +263,9 @@ class _HFRoute:
 
         return DynamicCache(config=self.ft_model.config), DynamicCache(config=self.pt_model.config)
 
-    def scaled(self, tokens: Tensor, mask: Tensor | None, alpha: float, state: Any = None
-               ) -> Float[Tensor, "batch pos vocab"]:
+    def scaled(
+        self, tokens: Tensor, mask: Tensor | None, alpha: float, state: Any = None
+    ) -> Float[Tensor, "batch pos vocab"]:
         from transformers.cache_utils import Cache
 
         pt_cache = None if state is None else state[1]
@@ -250,12 +275,17 @@ class _HFRoute:
 
         def mixer(i: int) -> Callable:
             def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
-                out_pt = self.pt_layers[i](*[swap(a) for a in args], **{k: swap(v) for k, v in kwargs.items()})
+                out_pt = self.pt_layers[i](
+                    *[swap(a) for a in args], **{k: swap(v) for k, v in kwargs.items()}
+                )
                 new = _mix(_first(output), _first(out_pt), alpha)
                 return new if isinstance(output, Tensor) else (new, *output[1:])
+
             return hook
 
-        handles = [layer.register_forward_hook(mixer(i), with_kwargs=True) for i, layer in enumerate(self.ft_layers)]
+        handles = [
+            layer.register_forward_hook(mixer(i), with_kwargs=True) for i, layer in enumerate(self.ft_layers)
+        ]
         try:
             inputs = self._inputs(tokens, mask)
             if state is not None:
@@ -280,7 +310,9 @@ def _route(pair: ModelPair) -> _TLRoute | _HFRoute:
         return _TLRoute(pair)
     if pair.backend == "nnsight":
         if getattr(pair.finetuned, "remote", False) or getattr(pair.base, "remote", False):
-            raise NotImplementedError("TuCo calls decoder layers directly and cannot run on remote (NDIF) models")
+            raise NotImplementedError(
+                "TuCo calls decoder layers directly and cannot run on remote (NDIF) models"
+            )
         return _HFRoute(pair)
     raise NotImplementedError(f"TuCo has no route for the {pair.backend!r} backend")
 
@@ -290,13 +322,20 @@ def _tokens_and_mask(tokens: Any, attention_mask: Tensor | None) -> tuple[Tensor
     if hasattr(tokens, "clean") and hasattr(tokens, "attention_mask"):  # a PromptSet
         return tokens.clean, tokens.attention_mask if attention_mask is None else attention_mask
     if not isinstance(tokens, Tensor):
-        raise TypeError(f"tokens must be a LongTensor [batch, pos] or a PromptSet; got {type(tokens).__name__}")
+        raise TypeError(
+            f"tokens must be a LongTensor [batch, pos] or a PromptSet; got {type(tokens).__name__}"
+        )
     return tokens, attention_mask
 
 
 @torch.no_grad()
-def tuco(finetuned: HookedModel, base: HookedModel, tokens: Int[Tensor, "batch pos"] | Any, *,
-         attention_mask: Int[Tensor, "batch pos"] | None = None) -> TuCoResult:
+def tuco(
+    finetuned: HookedModel,
+    base: HookedModel,
+    tokens: Int[Tensor, "batch pos"] | Any,
+    *,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+) -> TuCoResult:
     """The TuCo decomposition of `finetuned` against its pre-trained `base` on `tokens` (Nuti et al. 2025).
 
     Returns per-prompt TuCo at the last real token plus PTC/FTC for every layer and position. `tokens` may be a
@@ -315,19 +354,32 @@ def tuco(finetuned: HookedModel, base: HookedModel, tokens: Int[Tensor, "batch p
     last = last_token_index(mask, B, T, tokens.device)
     b = torch.arange(B, device=tokens.device)
     score = tuco_score(ptc[:, b, last], ftc[:, b, last])
-    return TuCoResult(score=score, ptc=ptc, ftc=ftc, x0=xs[0], last=last, attention_mask=mask,
-                      models={"finetuned": finetuned.name, "base": base.name})
+    return TuCoResult(
+        score=score,
+        ptc=ptc,
+        ftc=ftc,
+        x0=xs[0],
+        last=last,
+        attention_mask=mask,
+        models={"finetuned": finetuned.name, "base": base.name},
+    )
 
 
 @torch.no_grad()
-def tuco_scores(finetuned: HookedModel, base: HookedModel, tokens: Int[Tensor, "n pos"] | Any, *,
-                attention_mask: Int[Tensor, "n pos"] | None = None, batch_size: int = 32) -> Float[Tensor, " n"]:
+def tuco_scores(
+    finetuned: HookedModel,
+    base: HookedModel,
+    tokens: Int[Tensor, "n pos"] | Any,
+    *,
+    attention_mask: Int[Tensor, "n pos"] | None = None,
+    batch_size: int = 32,
+) -> Float[Tensor, " n"]:
     """Only the TuCo scores of many prompts, `batch_size` at a time (keeps no components in memory)."""
     tokens, attention_mask = _tokens_and_mask(tokens, attention_mask)
     out = []
     for i in range(0, tokens.shape[0], batch_size):
-        m = None if attention_mask is None else attention_mask[i:i + batch_size]
-        t = tokens[i:i + batch_size]
+        m = None if attention_mask is None else attention_mask[i : i + batch_size]
+        t = tokens[i : i + batch_size]
         if m is not None:  # trim trailing all-padding columns of the chunk
             width = int((last_token_index(m, *m.shape) + 1).max())
             t, m = t[:, :width], m[:, :width]
@@ -336,8 +388,14 @@ def tuco_scores(finetuned: HookedModel, base: HookedModel, tokens: Int[Tensor, "
 
 
 @torch.no_grad()
-def scaled_logits(finetuned: HookedModel, base: HookedModel, tokens: Int[Tensor, "batch pos"], alpha: float, *,
-                  attention_mask: Int[Tensor, "batch pos"] | None = None) -> Float[Tensor, "batch pos vocab"]:
+def scaled_logits(
+    finetuned: HookedModel,
+    base: HookedModel,
+    tokens: Int[Tensor, "batch pos"],
+    alpha: float,
+    *,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+) -> Float[Tensor, "batch pos vocab"]:
     """Logits of the FTC alpha-scaled model (Nuti et al. Def. 5.1): each layer adds PTC + alpha * FTC.
 
     Both blocks read the scaled stream; embedding, final norm and unembedding are the FT model's. alpha = 1 is
@@ -357,9 +415,15 @@ def _check_alpha(alpha: float) -> None:
 
 
 @torch.no_grad()
-def generate_scaled(finetuned: HookedModel, base: HookedModel, tokens: Int[Tensor, "batch pos"], alpha: float,
-                    max_new_tokens: int, *, attention_mask: Int[Tensor, "batch pos"] | None = None
-                    ) -> Int[Tensor, "batch new"]:
+def generate_scaled(
+    finetuned: HookedModel,
+    base: HookedModel,
+    tokens: Int[Tensor, "batch pos"],
+    alpha: float,
+    max_new_tokens: int,
+    *,
+    attention_mask: Int[Tensor, "batch pos"] | None = None,
+) -> Int[Tensor, "batch new"]:
     """Greedy continuation of each prompt by the FTC alpha-scaled model: the `max_new_tokens` new token ids.
 
     One key/value cache per block (FT and pre-trained), both built from the scaled stream (Nuti et al. §5).

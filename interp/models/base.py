@@ -77,8 +77,14 @@ class HookedModel(ABC):
     name: str
 
     # ---- tokenisation -------------------------------------------------------------------------------
-    def to_tokens(self, texts: str | Sequence[str], *, prepend_bos: bool = True, padding_side: str = "right",
-                  return_mask: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def to_tokens(
+        self,
+        texts: str | Sequence[str],
+        *,
+        prepend_bos: bool = True,
+        padding_side: str = "right",
+        return_mask: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Tokenise `texts` into a padded LongTensor `[batch, pos]` (BOS first, as TransformerLens does)."""
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -115,24 +121,40 @@ class HookedModel(ABC):
     def __call__(self, tokens: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
         return self.run_with_hooks(tokens, (), attention_mask=attention_mask)
 
-    def run_with_cache(self, tokens: Tensor, sites: Iterable[Site | str], *,
-                       attention_mask: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def run_with_cache(
+        self, tokens: Tensor, sites: Iterable[Site | str], *, attention_mask: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits plus the activations of `sites`, keyed by TL hook name (full tensors, not narrowed)."""
         cache: dict[str, Tensor] = {}
         logits = self.run_with_hooks(tokens, (), attention_mask=attention_mask, cache=sites, _cache_out=cache)
         return logits, cache
 
-    def run_with_hooks(self, tokens: Tensor, hooks: Hooks, *, attention_mask: Tensor | None = None,
-                       cache: Iterable[Site | str] = (), _cache_out: dict[str, Tensor] | None = None) -> Tensor:
+    def run_with_hooks(
+        self,
+        tokens: Tensor,
+        hooks: Hooks,
+        *,
+        attention_mask: Tensor | None = None,
+        cache: Iterable[Site | str] = (),
+        _cache_out: dict[str, Tensor] | None = None,
+    ) -> Tensor:
         """Logits of a forward pass in which each hook may read or replace its site's activation."""
         tokens = self._check_tokens(tokens, attention_mask)
         hook_list = [(self.check_site(as_site(s)), fn) for s, fn in hooks]
         cache_sites = [self.check_site(as_site(s)) for s in cache]
-        return self._run(tokens, hook_list, cache_sites, attention_mask, _cache_out if _cache_out is not None else {})
+        return self._run(
+            tokens, hook_list, cache_sites, attention_mask, _cache_out if _cache_out is not None else {}
+        )
 
     @abstractmethod
-    def _run(self, tokens: Tensor, hooks: list[tuple[Site, HookFn]], cache_sites: list[Site],
-             attention_mask: Tensor | None, cache_out: dict[str, Tensor]) -> Tensor: ...
+    def _run(
+        self,
+        tokens: Tensor,
+        hooks: list[tuple[Site, HookFn]],
+        cache_sites: list[Site],
+        attention_mask: Tensor | None,
+        cache_out: dict[str, Tensor],
+    ) -> Tensor: ...
 
     @property
     @abstractmethod
@@ -146,29 +168,41 @@ class HookedModel(ABC):
     def check_site(self, site: Site) -> Site:
         """Raise if `site` does not exist in this model or this backend cannot reach it."""
         if site.component not in self.supported_components:
-            raise SiteError(f"site {site} is not available on the {self.backend} backend for "
-                            f"{self.cfg.architecture}; available: {', '.join(self.supported_components)}")
-        return site.validate(n_layers=self.cfg.n_layers, n_heads=self.cfg.n_heads, n_kv_heads=self.cfg.n_kv_heads)
+            raise SiteError(
+                f"site {site} is not available on the {self.backend} backend for "
+                f"{self.cfg.architecture}; available: {', '.join(self.supported_components)}"
+            )
+        return site.validate(
+            n_layers=self.cfg.n_layers, n_heads=self.cfg.n_heads, n_kv_heads=self.cfg.n_kv_heads
+        )
 
     def _check_tokens(self, tokens: Tensor, attention_mask: Tensor | None) -> Tensor:
         if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.long, torch.int32, torch.int64):
-            raise TypeError(f"tokens must be an integer tensor [batch, pos]; got {type(tokens).__name__}"
-                            f"{'' if not isinstance(tokens, Tensor) else ' of dtype ' + str(tokens.dtype)}")
+            raise TypeError(
+                f"tokens must be an integer tensor [batch, pos]; got {type(tokens).__name__}"
+                f"{'' if not isinstance(tokens, Tensor) else ' of dtype ' + str(tokens.dtype)}"
+            )
         if tokens.ndim == 1:
             tokens = tokens[None]
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, pos]; got shape {tuple(tokens.shape)}")
         if attention_mask is not None and attention_mask.shape != tokens.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != tokens {tuple(tokens.shape)}")
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != tokens {tuple(tokens.shape)}"
+            )
         if int(tokens.max()) >= self.cfg.d_vocab or int(tokens.min()) < 0:
-            raise ValueError(f"token ids must lie in [0, {self.cfg.d_vocab}); got [{int(tokens.min())}, "
-                             f"{int(tokens.max())}]")
+            raise ValueError(
+                f"token ids must lie in [0, {self.cfg.d_vocab}); got [{int(tokens.min())}, "
+                f"{int(tokens.max())}]"
+            )
         return tokens.to(self.device)
 
     def __repr__(self) -> str:
         c = self.cfg
-        return (f"{type(self).__name__}({self.name!r}, {c.architecture}, layers={c.n_layers}, heads={c.n_heads}, "
-                f"d_model={c.d_model}, device={self.device})")
+        return (
+            f"{type(self).__name__}({self.name!r}, {c.architecture}, layers={c.n_layers}, heads={c.n_heads}, "
+            f"d_model={c.d_model}, device={self.device})"
+        )
 
 
 def apply_hook(fn: HookFn, act: Tensor, site: Site) -> Tensor:

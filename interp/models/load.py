@@ -12,8 +12,14 @@ import torch
 from interp.models.base import HookedModel, ModelConfig
 
 BACKENDS = ("tl", "nnsight")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -68,7 +74,8 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
         raise ModelLoadError(
             f"{name!r} is not a local folder, not a model organism (see interp.zoo.names()), and not in the "
             "Hugging Face cache, and the hub is unreachable (offline or HF_HUB_OFFLINE=1). Pass a local checkpoint "
-            "folder or an organism name such as 'organism/base'.")
+            "folder or an organism name such as 'organism/base'."
+        )
     try:
         return Path(snapshot_download(name, allow_patterns=patterns))
     except Exception as e:
@@ -81,10 +88,18 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def load_model(name_or_path: str | os.PathLike, *, backend: str = "tl", device: str | torch.device | None = None,
-               dtype: str | torch.dtype | None = None, process_weights: bool = False,
-               device_map: str | dict | None = None, remote: bool = False, trust_remote_code: bool = False,
-               **hf_kwargs: Any) -> HookedModel:
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    backend: str = "tl",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    process_weights: bool = False,
+    device_map: str | dict | None = None,
+    remote: bool = False,
+    trust_remote_code: bool = False,
+    **hf_kwargs: Any,
+) -> HookedModel:
     """Load a causal LM as a hooked model.
 
     `name_or_path`: a hub id (online), a local HF checkpoint folder, or an organism name (`"organism/base"`).
@@ -107,7 +122,9 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "tl", device: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-    load_kw: dict[str, Any] = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None, **hf_kwargs)
+    load_kw: dict[str, Any] = dict(
+        dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None, **hf_kwargs
+    )
     if backend == "nnsight":
         load_kw.setdefault("attn_implementation", "eager")  # attention patterns are readable
     if device_map is not None:
@@ -125,8 +142,9 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "tl", device: 
         from interp.models.tl import TLModel, build_hooked_transformer
 
         n_devices = torch.cuda.device_count() if device_map is not None and torch.cuda.is_available() else 1
-        tl = build_hooked_transformer(folder, hf, device=dev, dtype=dtype, process_weights=process_weights,
-                                      n_devices=max(1, n_devices))
+        tl = build_hooked_transformer(
+            folder, hf, device=dev, dtype=dtype, process_weights=process_weights, n_devices=max(1, n_devices)
+        )
         return TLModel(tl, tokenizer, cfg, name=name)
     from nnsight import LanguageModel
 

@@ -33,32 +33,92 @@ class ArchMap:
     mlp_out_module: str | None = None  # Gemma-2: the norm applied to the MLP output
 
 
-_LLAMA_LIKE = ArchMap(layers="model.layers", qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-                      qkv_layout="separate", o_proj="self_attn.o_proj", attn="self_attn", down_proj="mlp.down_proj",
-                      mlp="mlp", mlp_pre_norm="post_attention_layernorm")
+_LLAMA_LIKE = ArchMap(
+    layers="model.layers",
+    qkv=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    qkv_layout="separate",
+    o_proj="self_attn.o_proj",
+    attn="self_attn",
+    down_proj="mlp.down_proj",
+    mlp="mlp",
+    mlp_pre_norm="post_attention_layernorm",
+)
 
 ARCH_MAPS: dict[str, ArchMap] = {
-    "GPT2LMHeadModel": ArchMap(layers="transformer.h", qkv=("attn.c_attn",), qkv_layout="gpt2", o_proj="attn.c_proj",
-                               attn="attn", down_proj="mlp.c_proj", mlp="mlp", mlp_pre_norm="ln_2"),
-    "GPTNeoXForCausalLM": ArchMap(layers="gpt_neox.layers", qkv=("attention.query_key_value",), qkv_layout="neox",
-                                  o_proj="attention.dense", attn="attention", down_proj="mlp.dense_4h_to_h",
-                                  mlp="mlp", mlp_pre_norm=None),
+    "GPT2LMHeadModel": ArchMap(
+        layers="transformer.h",
+        qkv=("attn.c_attn",),
+        qkv_layout="gpt2",
+        o_proj="attn.c_proj",
+        attn="attn",
+        down_proj="mlp.c_proj",
+        mlp="mlp",
+        mlp_pre_norm="ln_2",
+    ),
+    "GPTNeoXForCausalLM": ArchMap(
+        layers="gpt_neox.layers",
+        qkv=("attention.query_key_value",),
+        qkv_layout="neox",
+        o_proj="attention.dense",
+        attn="attention",
+        down_proj="mlp.dense_4h_to_h",
+        mlp="mlp",
+        mlp_pre_norm=None,
+    ),
     "LlamaForCausalLM": _LLAMA_LIKE,
     "Qwen2ForCausalLM": _LLAMA_LIKE,
     "MistralForCausalLM": _LLAMA_LIKE,
-    "Gemma2ForCausalLM": ArchMap(layers="model.layers", qkv=_LLAMA_LIKE.qkv, qkv_layout="separate",
-                                 o_proj="self_attn.o_proj", attn="self_attn", down_proj="mlp.down_proj", mlp="mlp",
-                                 mlp_pre_norm="pre_feedforward_layernorm",
-                                 attn_out_module="post_attention_layernorm",
-                                 mlp_out_module="post_feedforward_layernorm"),
+    "Gemma2ForCausalLM": ArchMap(
+        layers="model.layers",
+        qkv=_LLAMA_LIKE.qkv,
+        qkv_layout="separate",
+        o_proj="self_attn.o_proj",
+        attn="self_attn",
+        down_proj="mlp.down_proj",
+        mlp="mlp",
+        mlp_pre_norm="pre_feedforward_layernorm",
+        attn_out_module="post_attention_layernorm",
+        mlp_out_module="post_feedforward_layernorm",
+    ),
 }
 
 # execution order of the access points inside one block (nnsight requires in-order access)
-_ORDER = ("resid_pre", "qkv", "z", "attn", "attn_out_module", "resid_mid", "mlp_post", "mlp_out", "resid_post")
-_POINT = {"resid_pre": "resid_pre", "q": "qkv", "k": "qkv", "v": "qkv", "z": "z", "pattern": "attn",
-          "resid_mid": "resid_mid", "mlp_post": "mlp_post", "mlp_out": "mlp_out", "resid_post": "resid_post"}
-SUPPORTED = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_post", "z", "q", "k", "v",
-             "pattern")
+_ORDER = (
+    "resid_pre",
+    "qkv",
+    "z",
+    "attn",
+    "attn_out_module",
+    "resid_mid",
+    "mlp_post",
+    "mlp_out",
+    "resid_post",
+)
+_POINT = {
+    "resid_pre": "resid_pre",
+    "q": "qkv",
+    "k": "qkv",
+    "v": "qkv",
+    "z": "z",
+    "pattern": "attn",
+    "resid_mid": "resid_mid",
+    "mlp_post": "mlp_post",
+    "mlp_out": "mlp_out",
+    "resid_post": "resid_post",
+}
+SUPPORTED = (
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn_out",
+    "mlp_out",
+    "mlp_post",
+    "z",
+    "q",
+    "k",
+    "v",
+    "pattern",
+)
 
 
 def _get(root: Any, path: str) -> Any:
@@ -72,11 +132,14 @@ class NNsightModel(HookedModel):
 
     backend = "nnsight"
 
-    def __init__(self, lm: Any, tokenizer: Any, cfg: ModelConfig, *, name: str, hf_model: Any,
-                 remote: bool = False) -> None:
+    def __init__(
+        self, lm: Any, tokenizer: Any, cfg: ModelConfig, *, name: str, hf_model: Any, remote: bool = False
+    ) -> None:
         if cfg.architecture not in ARCH_MAPS:
-            raise ValueError(f"the nnsight backend has no site map for {cfg.architecture}; supported: "
-                             f"{', '.join(ARCH_MAPS)} (the TL backend may support it)")
+            raise ValueError(
+                f"the nnsight backend has no site map for {cfg.architecture}; supported: "
+                f"{', '.join(ARCH_MAPS)} (the TL backend may support it)"
+            )
         self.lm = lm
         self.hf_model = hf_model
         self.tokenizer = tokenizer
@@ -113,11 +176,19 @@ class NNsightModel(HookedModel):
         return [torch.cat([parts["q"], parts["k"], parts["v"]], dim=-1).flatten(-2)]
 
     # ---- the traced forward ---------------------------------------------------------------------------
-    def _run(self, tokens: Tensor, hooks: list[tuple[Site, HookFn]], cache_sites: list[Site],
-             attention_mask: Tensor | None, cache_out: dict[str, Tensor]) -> Tensor:
+    def _run(
+        self,
+        tokens: Tensor,
+        hooks: list[tuple[Site, HookFn]],
+        cache_sites: list[Site],
+        attention_mask: Tensor | None,
+        cache_out: dict[str, Tensor],
+    ) -> Tensor:
         if any(s.component == "pattern" for s, _ in hooks):
-            raise SiteError("the nnsight backend reads attention patterns but cannot write them; "
-                            "use backend='tl' to patch 'pattern'")
+            raise SiteError(
+                "the nnsight backend reads attention patterns but cannot write them; "
+                "use backend='tl' to patch 'pattern'"
+            )
         mask = attention_mask if attention_mask is not None else torch.ones_like(tokens)
         mask = mask.to(tokens.device)
         inputs = {"input_ids": tokens, "attention_mask": mask}
@@ -143,7 +214,9 @@ class NNsightModel(HookedModel):
         wanted = {p: [(s, fn) for s, fn in items if self._point(s) == p] for p in _ORDER}
         resid_pre_needed = any(s.component == "resid_mid" and fn is not None for s, fn in items)
 
-        def visit(point: str, read: Callable[[], Tensor], write: Callable[[Tensor], None] | None) -> Tensor | None:
+        def visit(
+            point: str, read: Callable[[], Tensor], write: Callable[[Tensor], None] | None
+        ) -> Tensor | None:
             todo = wanted[point]
             if not todo:
                 return None
@@ -165,13 +238,19 @@ class NNsightModel(HookedModel):
         # q/k/v: projection outputs
         if wanted["qkv"] and m.qkv_layout == "separate":  # q, k, v projections run in that order
             c = self.cfg
-            for comp, path, heads in (("q", m.qkv[0], c.n_heads), ("k", m.qkv[1], c.n_kv_heads),
-                                      ("v", m.qkv[2], c.n_kv_heads)):
+            for comp, path, heads in (
+                ("q", m.qkv[0], c.n_heads),
+                ("k", m.qkv[1], c.n_kv_heads),
+                ("v", m.qkv[2], c.n_kv_heads),
+            ):
                 if any(s.component == comp for s, _ in wanted["qkv"]):
                     mod = _get(block, path)
                     wanted["_" + comp] = [(s, fn) for s, fn in wanted["qkv"] if s.component == comp]
-                    visit("_" + comp, lambda mod=mod, h=heads: mod.output.unflatten(-1, (h, c.d_head)),
-                          lambda t, mod=mod: setattr(mod, "output", t.flatten(-2)))
+                    visit(
+                        "_" + comp,
+                        lambda mod=mod, h=heads: mod.output.unflatten(-1, (h, c.d_head)),
+                        lambda t, mod=mod: setattr(mod, "output", t.flatten(-2)),
+                    )
         elif wanted["qkv"]:
             mods = [_get(block, p) for p in m.qkv]
             outs = [mod.output for mod in mods]
@@ -189,11 +268,17 @@ class NNsightModel(HookedModel):
                     mod.output = t
         # z: input of the output projection, [b, p, head, d_head]
         o_proj = _get(block, m.o_proj)
-        visit("z", lambda: o_proj.input.unflatten(-1, (self.cfg.n_heads, self.cfg.d_head)),
-              lambda t: setattr(o_proj, "input", t.flatten(-2)))
+        visit(
+            "z",
+            lambda: o_proj.input.unflatten(-1, (self.cfg.n_heads, self.cfg.d_head)),
+            lambda t: setattr(o_proj, "input", t.flatten(-2)),
+        )
         # attention module output: (attn_out, pattern); attn_out here unless a post-norm follows
-        attn_items = [(s, fn) for s, fn in items if s.component == "pattern" or
-                      (s.component == "attn_out" and m.attn_out_module is None)]
+        attn_items = [
+            (s, fn)
+            for s, fn in items
+            if s.component == "pattern" or (s.component == "attn_out" and m.attn_out_module is None)
+        ]
         mid_write = [(s, fn) for s, fn in wanted["resid_mid"] if fn is not None]
         if attn_items or (mid_write and m.attn_out_module is None):
             attn = _get(block, m.attn)
@@ -233,8 +318,13 @@ class NNsightModel(HookedModel):
         visit("mlp_post", lambda: down.input, lambda t: setattr(down, "input", t))
         mlp_mod = _get(block, m.mlp_out_module or m.mlp)
         visit("mlp_out", lambda: mlp_mod.output, lambda t: setattr(mlp_mod, "output", t))
-        visit("resid_post", lambda: _first(block.output),
-              lambda t: setattr(block, "output", t if isinstance(block.output, Tensor) else (t, *block.output[1:])))
+        visit(
+            "resid_post",
+            lambda: _first(block.output),
+            lambda t: setattr(
+                block, "output", t if isinstance(block.output, Tensor) else (t, *block.output[1:])
+            ),
+        )
 
     def _write_resid_mid(self, mid_write: list, resid_pre: Any, attn_out: Any, saved: dict) -> Any:
         """Edit resid_mid through the attention output: resid_mid' = resid_pre + (resid_mid' - resid_pre)."""

@@ -7,37 +7,90 @@ from pathlib import Path
 ARCHITECTURES = ("gpt2", "gpt_neox", "llama", "qwen2", "gemma2")
 
 
-def tiny_config(arch: str, *, vocab_size: int, n_layers: int = 2, n_heads: int = 4, d_model: int = 64,
-                n_ctx: int = 128, n_kv_heads: int | None = None):
+def tiny_config(
+    arch: str,
+    *,
+    vocab_size: int,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_model: int = 64,
+    n_ctx: int = 128,
+    n_kv_heads: int | None = None,
+):
     """A small `transformers` config of architecture `arch` (one of ARCHITECTURES)."""
     import transformers as tf
 
     d_head = d_model // n_heads
-    common = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False)
+    common = dict(
+        vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False
+    )
     if arch == "gpt2":
-        return tf.GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, n_positions=n_ctx, n_ctx=n_ctx,
-                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+        return tf.GPT2Config(
+            n_layer=n_layers,
+            n_head=n_heads,
+            n_embd=d_model,
+            n_positions=n_ctx,
+            n_ctx=n_ctx,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **common,
+        )
     if arch == "gpt_neox":
-        return tf.GPTNeoXConfig(num_hidden_layers=n_layers, num_attention_heads=n_heads, hidden_size=d_model,
-                                intermediate_size=4 * d_model, max_position_embeddings=n_ctx, rotary_pct=0.25,
-                                use_parallel_residual=True, hidden_dropout=0.0, attention_dropout=0.0, **common)
+        return tf.GPTNeoXConfig(
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            hidden_size=d_model,
+            intermediate_size=4 * d_model,
+            max_position_embeddings=n_ctx,
+            rotary_pct=0.25,
+            use_parallel_residual=True,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            **common,
+        )
     kv = n_kv_heads if n_kv_heads is not None else max(1, n_heads // 2)
     if arch == "llama":
-        return tf.LlamaConfig(num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=kv,
-                              hidden_size=d_model, intermediate_size=3 * d_model, max_position_embeddings=n_ctx,
-                              head_dim=d_head, **common)
+        return tf.LlamaConfig(
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=kv,
+            hidden_size=d_model,
+            intermediate_size=3 * d_model,
+            max_position_embeddings=n_ctx,
+            head_dim=d_head,
+            **common,
+        )
     if arch == "qwen2":
-        return tf.Qwen2Config(num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=kv,
-                              hidden_size=d_model, intermediate_size=3 * d_model, max_position_embeddings=n_ctx,
-                              use_sliding_window=False, **common)
+        return tf.Qwen2Config(
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=kv,
+            hidden_size=d_model,
+            intermediate_size=3 * d_model,
+            max_position_embeddings=n_ctx,
+            use_sliding_window=False,
+            **common,
+        )
     if arch == "gemma2":
-        return tf.Gemma2Config(num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=kv,
-                               hidden_size=d_model, intermediate_size=3 * d_model, max_position_embeddings=n_ctx,
-                               head_dim=d_head, sliding_window=n_ctx, query_pre_attn_scalar=d_head, **common)
+        return tf.Gemma2Config(
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=kv,
+            hidden_size=d_model,
+            intermediate_size=3 * d_model,
+            max_position_embeddings=n_ctx,
+            head_dim=d_head,
+            sliding_window=n_ctx,
+            query_pre_attn_scalar=d_head,
+            **common,
+        )
     raise ValueError(f"unknown tiny architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
 
 
-def build_tiny_checkpoint(arch: str, folder: str | Path, tokenizer, *, seed: int = 0, **config_kwargs) -> Path:
+def build_tiny_checkpoint(
+    arch: str, folder: str | Path, tokenizer, *, seed: int = 0, **config_kwargs
+) -> Path:
     """Write a randomly initialised `arch` model plus `tokenizer` as an HF checkpoint folder; return it."""
     import torch
     from transformers import AutoModelForCausalLM

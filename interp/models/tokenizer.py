@@ -9,7 +9,9 @@ BOS, EOS, PAD, UNK = "<|bos|>", "<|eos|>", "<|pad|>", "<|unk|>"
 SPECIAL_TOKENS = (BOS, EOS, PAD, UNK)
 
 
-def build_word_tokenizer(words: Iterable[str], *, save_to: str | Path | None = None, model_max_length: int = 1024):
+def build_word_tokenizer(
+    words: Iterable[str], *, save_to: str | Path | None = None, model_max_length: int = 1024
+):
     """A `PreTrainedTokenizerFast` whose tokens are whole words and punctuation marks.
 
     Text is split on whitespace and punctuation (`tokenizers` `Whitespace` pre-tokenizer), so `" Mary"` and
@@ -32,8 +34,14 @@ def build_word_tokenizer(words: Iterable[str], *, save_to: str | Path | None = N
         single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
-        model_max_length=model_max_length, padding_side="right", clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        model_max_length=model_max_length,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
     )
     if save_to is not None:
         fast.save_pretrained(str(save_to))

@@ -26,9 +26,18 @@ from interp.patching.sweep import (
 from interp.sites import HEAD_COMPONENTS, Site, SiteError
 
 
-def attribution_patch(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric: Any,
-                      component: str = "resid_pre", per_head: bool = False, positions: str = "each",
-                      direction: str = "denoise", qk_fix: bool = True) -> PatchResult:
+def attribution_patch(
+    model: HookedModel,
+    *,
+    clean: Any,
+    corrupt: Tensor | None = None,
+    metric: Any,
+    component: str = "resid_pre",
+    per_head: bool = False,
+    positions: str = "each",
+    direction: str = "denoise",
+    qk_fix: bool = True,
+) -> PatchResult:
     """First-order estimate of `patch_sweep` (same arguments and result layout) from one forward+backward."""
     clean_t, corrupt_t, prompts = _tokens_pair(clean, corrupt)
     if component not in SWEEP_COMPONENTS:
@@ -36,13 +45,17 @@ def attribution_patch(model: HookedModel, *, clean: Any, corrupt: Tensor | None 
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}; got {direction!r}")
     if (component in HEAD_COMPONENTS) != per_head:
-        raise ValueError(f"component {component!r} {'needs' if component in HEAD_COMPONENTS else 'has no'} "
-                         "per-head cells: set per_head accordingly")
+        raise ValueError(
+            f"component {component!r} {'needs' if component in HEAD_COMPONENTS else 'has no'} "
+            "per-head cells: set per_head accordingly"
+        )
     if positions not in ("each", "all"):
         raise ValueError("attribution_patch supports positions='each' or 'all'")
     if clean_t.shape != corrupt_t.shape:
-        raise ValueError(f"clean and corrupt tokens must have the same shape; got {tuple(clean_t.shape)} and "
-                         f"{tuple(corrupt_t.shape)}")
+        raise ValueError(
+            f"clean and corrupt tokens must have the same shape; got {tuple(clean_t.shape)} and "
+            f"{tuple(corrupt_t.shape)}"
+        )
     if model.backend != "tl":
         raise ValueError("attribution_patch needs gradients through hooks: load the model with backend='tl'")
     c = model.cfg
@@ -68,15 +81,18 @@ def attribution_patch(model: HookedModel, *, clean: Any, corrupt: Tensor | None 
 
     grad_sites = sites + ([Site("pattern", layer) for layer in range(L)] if fix else [])
     with torch.enable_grad():
-        logits = model.run_with_hooks(target, [(s, keep) for s in grad_sites],
-                                      cache=extra, _cache_out=(tgt_extra := {}))
+        logits = model.run_with_hooks(
+            target, [(s, keep) for s in grad_sites], cache=extra, _cache_out=(tgt_extra := {})
+        )
         values = readout.from_logits(logits)
         values.sum().backward()  # prompts are independent: row b of each gradient is ∂M_b/∂a_b
     base = values.detach().mean().item()
     per_layer = []
     for layer, s in enumerate(sites):
         if fix:
-            eff = _qk_effect(model, component, layer, src_cache, tgt_extra, acts[f"blocks.{layer}.attn.hook_pattern"])
+            eff = _qk_effect(
+                model, component, layer, src_cache, tgt_extra, acts[f"blocks.{layer}.attn.hook_pattern"]
+            )
         else:
             delta = src_cache[s.hook_name] - acts[s.hook_name].detach()
             eff = _reduce(delta * acts[s.hook_name].grad, component, per_head)
@@ -89,12 +105,23 @@ def attribution_patch(model: HookedModel, *, clean: Any, corrupt: Tensor | None 
     labels = {"layer": [str(i) for i in range(L)], "head": [str(h) for h in range(n_heads)]}
     if pos_list is not None:
         labels["pos"] = [f"{p}:{toks[p]}" for p in pos_list]
-    cfg = SweepConfig(component=component, per_head=per_head, positions=positions, direction=direction,
-                      source="run", mode="atp*" if fix else "atp", metric=readout.name, backend=model.backend,
-                      seed=0)
+    cfg = SweepConfig(
+        component=component,
+        per_head=per_head,
+        positions=positions,
+        direction=direction,
+        source="run",
+        mode="atp*" if fix else "atp",
+        metric=readout.name,
+        backend=model.backend,
+        seed=0,
+    )
     with torch.no_grad():
         other = readout.from_logits(model(src)).mean().item()
-    baseline = {"clean": other if direction == "denoise" else base, "corrupt": base if direction == "denoise" else other}
+    baseline = {
+        "clean": other if direction == "denoise" else base,
+        "corrupt": base if direction == "denoise" else other,
+    }
     return PatchResult(scores=scores, axes=axes, labels=labels, config=cfg, baseline=baseline)
 
 
@@ -131,7 +158,9 @@ def _scores(model, layer: int, q: Tensor, k: Tensor) -> Tensor:
     return s.masked_fill(~mask, float("-inf")).softmax(-1)
 
 
-def _qk_effect(model, component: str, layer: int, src_cache: dict, tgt_cache: dict, pattern: Tensor) -> Tensor:
+def _qk_effect(
+    model, component: str, layer: int, src_cache: dict, tgt_cache: dict, pattern: Tensor
+) -> Tensor:
     """AtP*: exact Δpattern for each query/key cell, dotted with ∂M/∂pattern -> [b, pos, head]."""
     q_t = _rot(model, layer, tgt_cache[f"blocks.{layer}.attn.hook_q"], "q")
     k_t = _rot(model, layer, tgt_cache[f"blocks.{layer}.attn.hook_k"], "k")

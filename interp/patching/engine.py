@@ -65,7 +65,9 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(i, min(n, i + size))
 
 
-def run_chunked(n_cells: int, per_cell_bytes: int, budget: int, fn: Callable[[slice], Tensor]) -> list[Tensor]:
+def run_chunked(
+    n_cells: int, per_cell_bytes: int, budget: int, fn: Callable[[slice], Tensor]
+) -> list[Tensor]:
     """Call fn on cell slices sized to the budget; on OOM halve the size and retry."""
     size = max(1, min(n_cells, budget // max(1, per_cell_bytes)))
     out: list[Tensor] = []
@@ -112,18 +114,35 @@ def write_cell(act: Tensor, rows: slice, cell: Cell, src: Tensor, component: str
     act[(rows, *dst)] = src[(slice(None), *idx)]
 
 
-def noop_cells(cells: list[Cell], component: str, sources: dict[int, Tensor], targets: dict[int, Tensor]) -> Tensor:
+def noop_cells(
+    cells: list[Cell], component: str, sources: dict[int, Tensor], targets: dict[int, Tensor]
+) -> Tensor:
     """Bool [n_cells]: cells whose source activation equals the target's exactly, so patching them changes nothing
     (their score is the target run's metric, no forward pass needed)."""
-    return torch.tensor([torch.equal(sources[c.layer][(slice(None), *_index(c, component))],
-                                     targets[c.layer][(slice(None), *_index(c, component))]) for c in cells],
-                        dtype=torch.bool)
+    return torch.tensor(
+        [
+            torch.equal(
+                sources[c.layer][(slice(None), *_index(c, component))],
+                targets[c.layer][(slice(None), *_index(c, component))],
+            )
+            for c in cells
+        ],
+        dtype=torch.bool,
+    )
 
 
 # --------------------------------------------------------------------------------------------- generic engine
-def run_cells_generic(model: HookedModel, tokens: Tensor, cells: list[Cell], component: str,
-                      sources: dict[int, Tensor], readout: Readout, *, attention_mask: Tensor | None = None,
-                      budget: int | None = None) -> Tensor:
+def run_cells_generic(
+    model: HookedModel,
+    tokens: Tensor,
+    cells: list[Cell],
+    component: str,
+    sources: dict[int, Tensor],
+    readout: Readout,
+    *,
+    attention_mask: Tensor | None = None,
+    budget: int | None = None,
+) -> Tensor:
     """Per-cell metric values [n_cells, batch]: full forwards with `C` cells stacked along the batch."""
     B, T = tokens.shape
     budget = budget or default_budget(model.device)
@@ -137,11 +156,13 @@ def run_cells_generic(model: HookedModel, tokens: Tensor, cells: list[Cell], com
             by_layer[cell.layer].append((i, cell))
         hooks = []
         for layer, items in by_layer.items():
+
             def hook(act: Tensor, site: Site, items=items, layer=layer) -> Tensor:
                 act = act.clone()
                 for i, cell in items:
                     write_cell(act, slice(i * B, (i + 1) * B), cell, sources[layer], component)
                 return act
+
             hooks.append((Site(component, layer), hook))
         mask = attention_mask.repeat(C, 1) if attention_mask is not None else None
         logits = model.run_with_hooks(tokens.repeat(C, 1), hooks, attention_mask=mask)
@@ -179,10 +200,12 @@ def cache_target(model, tokens: Tensor) -> TargetCache:
     names = {f"blocks.{i}.hook_resid_pre" for i in range(L)} | {f"blocks.{i}.attn.hook_k" for i in range(L)}
     names |= {f"blocks.{i}.attn.hook_v" for i in range(L)} | {f"blocks.{L - 1}.hook_resid_post"}
     _, cache = tl.run_with_cache(tokens, names_filter=lambda n: n in names, return_type=None)
-    return TargetCache(resid_pre=[cache[f"blocks.{i}.hook_resid_pre"] for i in range(L)],
-                       keys=[cache[f"blocks.{i}.attn.hook_k"] for i in range(L)],
-                       values=[cache[f"blocks.{i}.attn.hook_v"] for i in range(L)],
-                       final=cache[f"blocks.{L - 1}.hook_resid_post"])
+    return TargetCache(
+        resid_pre=[cache[f"blocks.{i}.hook_resid_pre"] for i in range(L)],
+        keys=[cache[f"blocks.{i}.attn.hook_k"] for i in range(L)],
+        values=[cache[f"blocks.{i}.attn.hook_v"] for i in range(L)],
+        final=cache[f"blocks.{L - 1}.hook_resid_post"],
+    )
 
 
 def unembed(tl, resid: Tensor, token_ids: Tensor | None) -> Tensor:
@@ -214,9 +237,20 @@ def _precision(fast: bool, device: torch.device):
             yield
 
 
-def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sources: dict[int, Tensor],
-                 readout: Readout, *, target: TargetCache | None = None, prefix_reuse: bool = True,
-                 prefix_groups: int | None = None, fast: bool = False, budget: int | None = None) -> Tensor:
+def run_cells_tl(
+    model,
+    tokens: Tensor,
+    cells: list[Cell],
+    component: str,
+    sources: dict[int, Tensor],
+    readout: Readout,
+    *,
+    target: TargetCache | None = None,
+    prefix_reuse: bool = True,
+    prefix_groups: int | None = None,
+    fast: bool = False,
+    budget: int | None = None,
+) -> Tensor:
     """Per-cell metric values [n_cells, batch] on the TL backend, starting each cell at its patched layer.
 
     Cells that recompute from the same position are stacked along the batch across layers: a cell patched at
@@ -241,7 +275,7 @@ def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sourc
         distinct = sorted(first)
         k = min(prefix_groups, len(distinct))
         for g in range(k):
-            bucket = distinct[g * len(distinct) // k:(g + 1) * len(distinct) // k]
+            bucket = distinct[g * len(distinct) // k : (g + 1) * len(distinct) // k]
             first.update({p: bucket[0] for p in bucket})
     groups: dict[int, list[int]] = defaultdict(list)
     for idx, p in enumerate(starts):
@@ -265,6 +299,7 @@ def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sourc
                     for i, cell in rows_at[layer]:
                         write_cell(act, slice(i * B, (i + 1) * B), cell, sources[layer], component, offset=p0)
                     return act
+
                 return hook
 
             resid: Tensor | None = None  # group is sorted by layer, so its first layer starts the run
@@ -277,8 +312,11 @@ def run_cells_tl(model, tokens: Tensor, cells: list[Cell], component: str, sourc
                     entry = None
                     if p0 > 0:
                         n = len(resid) // B
-                        entry = Entry(past_keys=target.keys[j][:, :p0].repeat(n, 1, 1, 1),
-                                      past_values=target.values[j][:, :p0].repeat(n, 1, 1, 1), frozen=True)
+                        entry = Entry(
+                            past_keys=target.keys[j][:, :p0].repeat(n, 1, 1, 1),
+                            past_values=target.values[j][:, :p0].repeat(n, 1, 1, 1),
+                            frozen=True,
+                        )
                     resid = tl.blocks[j](resid, past_kv_cache_entry=entry)
             resid = resid.float().view(C, B, n_new, -1)
             if readout.needs_full_logits:

@@ -39,20 +39,26 @@ def ioi_patching(cfg: IOIPatchingConfig, run: Run) -> dict[str, Any]:
     results: dict[str, Any] = {"model": cfg.model, "n_prompts": len(prompts)}
     for comp in cfg.components:
         res = patch_sweep(model, clean=prompts, metric=metric, component=comp)
-        run.figure(res.figure(title=f"IOI: patching {comp} (clean → corrupt), logit difference"), f"patch_{comp}")
+        run.figure(
+            res.figure(title=f"IOI: patching {comp} (clean → corrupt), logit difference"), f"patch_{comp}"
+        )
         run.table(res.to_frame(), f"patch_{comp}")
         results[f"{comp}_max"] = float(res.scores.max())
     results["ld_clean"], results["ld_corrupt"] = res.baseline["clean"], res.baseline["corrupt"]
     heads = patch_sweep(model, clean=prompts, metric=metric, component="z", per_head=True, positions="all")
     run.figure(heads.figure(title="IOI: patching each head's output at all positions"), "patch_heads")
     pp = path_patch(model, clean=prompts, metric=metric, receivers="logits", convention="logit_diff")
-    run.figure(pp.figure(title="IOI: path patching each head → logits (normalised: 1 = corrupt effect)"),
-               "path_patch_logits")
+    run.figure(
+        pp.figure(title="IOI: path patching each head → logits (normalised: 1 = corrupt effect)"),
+        "path_patch_logits",
+    )
     run.table(pp.to_frame(), "path_patch_logits")
     # score 1 = this head's corrupt output alone moves the logit difference all the way to the corrupt run's
     results["path_patch_top_heads"] = ", ".join(f"{a}.{b}" for a, b in pp.top(3))
     results["path_patch_top_score"] = float(torch.nan_to_num(pp.scores, nan=-1e9).max())
-    atp = attribution_patch(model, clean=prompts, metric=metric, component="z", per_head=True, positions="all")
+    atp = attribution_patch(
+        model, clean=prompts, metric=metric, component="z", per_head=True, positions="all"
+    )
     results["atp_spearman_heads"] = rank_correlation(atp.scores, heads.scores)
     return results
 
@@ -73,7 +79,11 @@ def patching_demo(out: Path) -> None:
     prompts = tasks.make("ioi", model.tokenizer, n=16, seed=0, template=0)
     res = patch_sweep(model, clean=prompts, metric=LogitDiff.from_prompts(prompts), component="resid_pre")
     res.save(out / "ioi_resid_pre")
-    save_figure(res.figure(title="organism/base, IOI: patching resid_pre (clean → corrupt), logit difference"),
-                out / "ioi_resid_pre")
-    print(f"IOI logit difference: clean {res.baseline['clean']:.2f}, corrupt {res.baseline['corrupt']:.2f}; "
-          f"strongest cell {res.scores.max():.2f}")
+    save_figure(
+        res.figure(title="organism/base, IOI: patching resid_pre (clean → corrupt), logit difference"),
+        out / "ioi_resid_pre",
+    )
+    print(
+        f"IOI logit difference: clean {res.baseline['clean']:.2f}, corrupt {res.baseline['corrupt']:.2f}; "
+        f"strongest cell {res.scores.max():.2f}"
+    )

@@ -44,16 +44,31 @@ class PathPatchResult:
     def to_frame(self):
         import pandas as pd
 
-        return pd.DataFrame([{"layer": layer, "head": h, "score": self.scores[layer, h].item(),
-                              "metric": self.values[i].item()} for i, (layer, h) in enumerate(self.senders)])
+        return pd.DataFrame(
+            [
+                {
+                    "layer": layer,
+                    "head": h,
+                    "score": self.scores[layer, h].item(),
+                    "metric": self.values[i].item(),
+                }
+                for i, (layer, h) in enumerate(self.senders)
+            ]
+        )
 
     def figure(self, *, title: str | None = None):
         from interp.plotting.figures import heatmap
 
         c = self.scores.shape
-        return heatmap(torch.nan_to_num(self.scores).numpy(), x_labels=[str(h) for h in range(c[1])],
-                       y_labels=[str(i) for i in range(c[0])], x_title="head", y_title="layer", signed=True,
-                       title=title or f"Path patching to {self.receivers} ({self.convention})")
+        return heatmap(
+            torch.nan_to_num(self.scores).numpy(),
+            x_labels=[str(h) for h in range(c[1])],
+            y_labels=[str(i) for i in range(c[0])],
+            x_title="head",
+            y_title="layer",
+            signed=True,
+            title=title or f"Path patching to {self.receivers} ({self.convention})",
+        )
 
 
 def _positions(pos: Any, prompts: Any, batch: int, device: torch.device) -> Tensor | None:
@@ -85,10 +100,20 @@ def _set_rows(act: Tensor, rows: slice, src: Tensor, head: int | None, pos: Tens
         act[r, pos, head] = src[b, pos, head]
 
 
-def path_patch(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric: Any,
-               receivers: str | Sequence[Site] = "logits", senders: str | Sequence[tuple[int, int]] = "all",
-               freeze: str = "heads", sender_pos: Any = None, receiver_pos: Any = None,
-               convention: str = "logit_diff", max_senders_per_pass: int = 64) -> PathPatchResult:
+def path_patch(
+    model: HookedModel,
+    *,
+    clean: Any,
+    corrupt: Tensor | None = None,
+    metric: Any,
+    receivers: str | Sequence[Site] = "logits",
+    senders: str | Sequence[tuple[int, int]] = "all",
+    freeze: str = "heads",
+    sender_pos: Any = None,
+    receiver_pos: Any = None,
+    convention: str = "logit_diff",
+    max_senders_per_pass: int = 64,
+) -> PathPatchResult:
     """Score each sender head's effect through the receivers.
 
     `receivers`: "logits" (direct effect) or sites such as `Site("q", 9, head=6)` / `Site("resid_pre", 5)`.
@@ -106,8 +131,10 @@ def path_patch(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None,
     if freeze not in FREEZE:
         raise ValueError(f"freeze must be one of {FREEZE}; got {freeze!r}")
     if clean_t.shape != corrupt_t.shape:
-        raise ValueError(f"clean and corrupt tokens must have the same shape; got {tuple(clean_t.shape)} and "
-                         f"{tuple(corrupt_t.shape)}")
+        raise ValueError(
+            f"clean and corrupt tokens must have the same shape; got {tuple(clean_t.shape)} and "
+            f"{tuple(corrupt_t.shape)}"
+        )
     c = model.cfg
     L, H = c.n_layers, c.n_heads
     recv: list[Site] = []
@@ -121,8 +148,13 @@ def path_patch(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None,
             recv.append(s)
     first_recv = min((s.layer for s in recv), default=L)
     if senders == "all":
-        send = [(layer, h) for layer in range(L) for h in range(H) if layer < first_recv or
-                (layer == first_recv and any(s.component.startswith("resid_post") for s in recv))]
+        send = [
+            (layer, h)
+            for layer in range(L)
+            for h in range(H)
+            if layer < first_recv
+            or (layer == first_recv and any(s.component.startswith("resid_post") for s in recv))
+        ]
     else:
         send = [(int(a), int(b)) for a, b in senders]
     for layer, h in send:
@@ -150,9 +182,12 @@ def path_patch(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None,
         m_corrupt = readout.from_logits(logits_corrupt)
         values = []
         for start in range(0, len(send), max_senders_per_pass):
-            group = send[start:start + max_senders_per_pass]
-            values.append(_patched_values(model, clean_t, group, clean_cache, corrupt_cache, recv, s_pos, r_pos,
-                                          freeze, readout))
+            group = send[start : start + max_senders_per_pass]
+            values.append(
+                _patched_values(
+                    model, clean_t, group, clean_cache, corrupt_cache, recv, s_pos, r_pos, freeze, readout
+                )
+            )
         vals = torch.cat(values)  # [S, B]
     if convention == "logit_diff":
         denom = m_corrupt.mean() - m_clean.mean()
@@ -164,9 +199,14 @@ def path_patch(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None,
     grid = torch.full((L, H), float("nan"))
     for i, (layer, h) in enumerate(send):
         grid[layer, h] = score[i].item()
-    return PathPatchResult(scores=grid, senders=send, values=vals.mean(-1).cpu(), convention=convention,
-                           baseline={"clean": m_clean.mean().item(), "corrupt": m_corrupt.mean().item()},
-                           receivers="logits" if not recv else ", ".join(str(s) for s in recv))
+    return PathPatchResult(
+        scores=grid,
+        senders=send,
+        values=vals.mean(-1).cpu(),
+        convention=convention,
+        baseline={"clean": m_clean.mean().item(), "corrupt": m_corrupt.mean().item()},
+        receivers="logits" if not recv else ", ".join(str(s) for s in recv),
+    )
 
 
 def _patched_values(model, clean_t, group, clean_cache, corrupt_cache, recv, s_pos, r_pos, freeze, readout):
@@ -183,6 +223,7 @@ def _patched_values(model, clean_t, group, clean_cache, corrupt_cache, recv, s_p
                 if sl == layer:
                     _set_rows(act, slice(i * B, (i + 1) * B), corrupt_cache[site.hook_name], sh, s_pos)
             return act
+
         return hook
 
     def freeze_mlp(act: Tensor, site: Site) -> Tensor:
@@ -200,6 +241,7 @@ def _patched_values(model, clean_t, group, clean_cache, corrupt_cache, recv, s_p
     # step 2: a clean run with only the receivers patched
     patch_hooks = []
     for site in recv:
+
         def rhook(act: Tensor, s: Site, rec=recorded[site.hook_name], head=site.head) -> Tensor:
             out = act.clone()
             if head is None and r_pos is None:
@@ -214,6 +256,7 @@ def _patched_values(model, clean_t, group, clean_cache, corrupt_cache, recv, s_p
                 else:
                     out[rows, p, head] = rec[rows, p, head]
             return out
+
         patch_hooks.append((Site(site.component, site.layer), rhook))
     logits = model.run_with_hooks(tokens, patch_hooks)
     return _values(readout, logits, S, B)

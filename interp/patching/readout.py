@@ -41,8 +41,10 @@ def as_readout(metric: Any, *, batch: int, seq_len: int, d_vocab: int, device: t
     returns the wrong shape fails at once with a clear message.
     """
     if not callable(metric):
-        raise TypeError(f"metric must be a metric object from interp.metrics or a callable from logits "
-                        f"[batch, pos, vocab] to [batch]; got {type(metric).__name__}")
+        raise TypeError(
+            f"metric must be a metric object from interp.metrics or a callable from logits "
+            f"[batch, pos, vocab] to [batch]; got {type(metric).__name__}"
+        )
     positions = getattr(metric, "positions", None)
     token_ids = getattr(metric, "token_ids", None)
     gathered = getattr(metric, "from_gathered", None) if positions is not None else None
@@ -50,8 +52,10 @@ def as_readout(metric: Any, *, batch: int, seq_len: int, d_vocab: int, device: t
     if positions is not None:
         positions = torch.as_tensor(positions, device=device).long()
         if positions.shape != (batch,):
-            raise ValueError(f"metric {name} reads positions of shape {tuple(positions.shape)}, but the prompts "
-                             f"have batch {batch}")
+            raise ValueError(
+                f"metric {name} reads positions of shape {tuple(positions.shape)}, but the prompts "
+                f"have batch {batch}"
+            )
         if int(positions.max()) >= seq_len or int(positions.min()) < 0:
             raise ValueError(f"metric {name} reads positions outside [0, {seq_len})")
     if token_ids is not None:
@@ -59,11 +63,15 @@ def as_readout(metric: Any, *, batch: int, seq_len: int, d_vocab: int, device: t
         if token_ids.ndim == 1:
             token_ids = token_ids[:, None]
         if token_ids.shape[0] != batch:
-            raise ValueError(f"metric {name} reads token ids for batch {token_ids.shape[0]}, prompts have {batch}")
+            raise ValueError(
+                f"metric {name} reads token ids for batch {token_ids.shape[0]}, prompts have {batch}"
+            )
     probe = torch.zeros(batch, seq_len, d_vocab, device=device)
     out = metric(probe)
     if not isinstance(out, Tensor) or out.shape != (batch,):
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"metric {name} must return one value per prompt, shape ({batch},); it returned {shape}. "
-                         "Return per-prompt values; the engines average over the batch.")
+        raise ValueError(
+            f"metric {name} must return one value per prompt, shape ({batch},); it returned {shape}. "
+            "Return per-prompt values; the engines average over the batch."
+        )
     return Readout(positions=positions, token_ids=token_ids, gathered=gathered, full=metric, name=name)

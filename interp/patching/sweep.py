@@ -17,7 +17,18 @@ from interp.patching.engine import Cell, noop_cells, run_cells_generic, run_cell
 from interp.patching.readout import as_readout
 from interp.sites import HEAD_COMPONENTS, Site, SiteError
 
-SWEEP_COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern")
+SWEEP_COMPONENTS = (
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn_out",
+    "mlp_out",
+    "z",
+    "q",
+    "k",
+    "v",
+    "pattern",
+)
 DIRECTIONS = ("denoise", "noise")
 SOURCES = ("run", "zero", "mean", "resample")
 MODES = ("exact", "fast")
@@ -55,7 +66,9 @@ class PatchResult:
         """A long-format pandas DataFrame: one row per cell with its axis labels and score."""
         import pandas as pd
 
-        idx = torch.cartesian_prod(*[torch.arange(n) for n in self.scores.shape]).reshape(-1, self.scores.ndim)
+        idx = torch.cartesian_prod(*[torch.arange(n) for n in self.scores.shape]).reshape(
+            -1, self.scores.ndim
+        )
         rows = {ax: [self.labels[ax][int(i)] for i in idx[:, k]] for k, ax in enumerate(self.axes)}
         rows.update({f"{ax}_index": idx[:, k].tolist() for k, ax in enumerate(self.axes)})
         rows["score"] = self.scores.reshape(-1).tolist()
@@ -71,8 +84,12 @@ class PatchResult:
             tmp = f.name
         save_file({"scores": self.scores.detach().cpu().contiguous()}, tmp)
         os.replace(tmp, folder / "scores.safetensors")
-        meta = {"axes": list(self.axes), "labels": self.labels, "config": asdict(self.config),
-                "baseline": self.baseline}
+        meta = {
+            "axes": list(self.axes),
+            "labels": self.labels,
+            "config": asdict(self.config),
+            "baseline": self.baseline,
+        }
         tmpj = folder / "result.json.tmp"
         tmpj.write_text(json.dumps(meta, indent=2))
         os.replace(tmpj, folder / "result.json")
@@ -87,8 +104,13 @@ class PatchResult:
         cfg = meta["config"]
         if isinstance(cfg["positions"], list):
             cfg["positions"] = tuple(cfg["positions"])
-        return cls(scores=load_file(folder / "scores.safetensors")["scores"], axes=tuple(meta["axes"]),
-                   labels=meta["labels"], config=SweepConfig(**cfg), baseline=meta["baseline"])
+        return cls(
+            scores=load_file(folder / "scores.safetensors")["scores"],
+            axes=tuple(meta["axes"]),
+            labels=meta["labels"],
+            config=SweepConfig(**cfg),
+            baseline=meta["baseline"],
+        )
 
     def figure(self, *, title: str | None = None, head: int | None = None):
         """A heatmap (layers down, positions or heads across); per-head-by-position sweeps sum over heads
@@ -101,9 +123,15 @@ class PatchResult:
             axes = axes[:2]
         x_ax = axes[1]
         what = f"{self.config.component}{' (head ' + str(head) + ')' if head is not None else ''}"
-        return heatmap(s.detach().cpu().numpy(), x_labels=self.labels[x_ax], y_labels=self.labels["layer"],
-                       title=title or f"Activation patching: {what}, {self.config.direction} ({self.config.metric})",
-                       x_title="token position" if x_ax == "pos" else "head", y_title="layer", signed=True)
+        return heatmap(
+            s.detach().cpu().numpy(),
+            x_labels=self.labels[x_ax],
+            y_labels=self.labels["layer"],
+            title=title or f"Activation patching: {what}, {self.config.direction} ({self.config.metric})",
+            x_title="token position" if x_ax == "pos" else "head",
+            y_title="layer",
+            signed=True,
+        )
 
 
 def _tokens_pair(clean: Any, corrupt: Any) -> tuple[Tensor, Tensor, Any]:
@@ -130,8 +158,9 @@ def _cells(component: str, per_head: bool, positions: Any, n_layers: int, n_head
             raise ValueError(f"positions {bad} are outside the prompts' length {seq_len}")
     heads = list(range(n_heads)) if per_head else [None]
     if pos_list is None and not per_head:
-        raise ValueError("positions='all' needs per_head=True (patching a whole layer at every position "
-                         "replaces the run)")
+        raise ValueError(
+            "positions='all' needs per_head=True (patching a whole layer at every position replaces the run)"
+        )
     cells = [Cell(layer, p, h) for layer in range(n_layers) for p in (pos_list or [None]) for h in heads]
     if pos_list is None:
         return cells, (n_layers, n_heads), ("layer", "head"), pos_list
@@ -140,15 +169,24 @@ def _cells(component: str, per_head: bool, positions: Any, n_layers: int, n_head
     return cells, (n_layers, len(pos_list)), ("layer", "pos"), pos_list
 
 
-def _sources(model: HookedModel, component: str, src_tokens: Tensor, tgt_tokens: Tensor, source: str,
-             seed: int, mask: Tensor | None) -> dict[int, Tensor]:
+def _sources(
+    model: HookedModel,
+    component: str,
+    src_tokens: Tensor,
+    tgt_tokens: Tensor,
+    source: str,
+    seed: int,
+    mask: Tensor | None,
+) -> dict[int, Tensor]:
     """Source activations per layer."""
     L = model.cfg.n_layers
     sites = [Site(component, layer) for layer in range(L)]
     if source == "zero":
         _, cache = model.run_with_cache(tgt_tokens[:1], sites)
-        return {i: torch.zeros_like(cache[s.hook_name]).expand(tgt_tokens.shape[0], *cache[s.hook_name].shape[1:])
-                for i, s in enumerate(sites)}
+        return {
+            i: torch.zeros_like(cache[s.hook_name]).expand(tgt_tokens.shape[0], *cache[s.hook_name].shape[1:])
+            for i, s in enumerate(sites)
+        }
     _, cache = model.run_with_cache(src_tokens, sites, attention_mask=mask)
     acts = {i: cache[s.hook_name] for i, s in enumerate(sites)}
     if source == "mean":
@@ -160,11 +198,25 @@ def _sources(model: HookedModel, component: str, src_tokens: Tensor, tgt_tokens:
     return acts
 
 
-def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None, metric: Any,
-                component: str = "resid_pre", per_head: bool = False, positions: str | list[int] = "each",
-                direction: str = "denoise", source: str = "run", mode: str = "exact", seed: int = 0,
-                prefix_reuse: bool = True, prefix_groups: int | None = None, memory_budget: int | None = None,
-                engine: str = "auto", skip_noops: bool = True) -> PatchResult:
+def patch_sweep(
+    model: HookedModel,
+    *,
+    clean: Any,
+    corrupt: Tensor | None = None,
+    metric: Any,
+    component: str = "resid_pre",
+    per_head: bool = False,
+    positions: str | list[int] = "each",
+    direction: str = "denoise",
+    source: str = "run",
+    mode: str = "exact",
+    seed: int = 0,
+    prefix_reuse: bool = True,
+    prefix_groups: int | None = None,
+    memory_budget: int | None = None,
+    engine: str = "auto",
+    skip_noops: bool = True,
+) -> PatchResult:
     """Activation patching over every (layer, position[, head]) cell, many cells per forward pass.
 
     `denoise` patches clean activations into the corrupt run; `noise` corrupt into clean (TransformerLens'
@@ -188,19 +240,24 @@ def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None
         raise ValueError(f"source must be one of {SOURCES}; got {source!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    if prefix_groups is not None and (not isinstance(prefix_groups, int) or isinstance(prefix_groups, bool)
-                                      or prefix_groups < 1):
+    if prefix_groups is not None and (
+        not isinstance(prefix_groups, int) or isinstance(prefix_groups, bool) or prefix_groups < 1
+    ):
         raise ValueError(f"prefix_groups must be None or an int >= 1; got {prefix_groups!r}")
     if engine not in ("auto", "tl", "generic"):
         raise ValueError(f"engine must be 'auto', 'tl' or 'generic'; got {engine!r}")
     if component in HEAD_COMPONENTS and not per_head:
         raise ValueError(f"component {component!r} is per head: pass per_head=True")
     if per_head and component not in HEAD_COMPONENTS:
-        raise ValueError(f"per_head=True needs a per-head component ({', '.join(HEAD_COMPONENTS)}); "
-                         f"{component!r} has no heads")
+        raise ValueError(
+            f"per_head=True needs a per-head component ({', '.join(HEAD_COMPONENTS)}); "
+            f"{component!r} has no heads"
+        )
     if clean_t.shape != corrupt_t.shape:
-        raise ValueError(f"clean and corrupt tokens must have the same shape; got {tuple(clean_t.shape)} and "
-                         f"{tuple(corrupt_t.shape)}")
+        raise ValueError(
+            f"clean and corrupt tokens must have the same shape; got {tuple(clean_t.shape)} and "
+            f"{tuple(corrupt_t.shape)}"
+        )
     if clean_t.ndim != 2:
         raise ValueError(f"tokens must be [batch, pos]; got shape {tuple(clean_t.shape)}")
     model.check_site(Site(component, 0))
@@ -223,15 +280,32 @@ def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None
     with torch.no_grad():
         sources = _sources(model, component, src, target, source, seed, None)
         targets = _sources(model, component, target, target, "run", seed, None)
-        per_prompt = {"clean": readout.from_logits(model(clean_t)), "corrupt": readout.from_logits(model(corrupt_t))}
+        per_prompt = {
+            "clean": readout.from_logits(model(clean_t)),
+            "corrupt": readout.from_logits(model(corrupt_t)),
+        }
         base = {k: v.mean().item() for k, v in per_prompt.items()}
         # cells whose source equals the target exactly are no-ops: their value is the target run's metric
-        skip = noop_cells(cells, component, sources, targets) if skip_noops else torch.zeros(len(cells), dtype=bool)
+        skip = (
+            noop_cells(cells, component, sources, targets)
+            if skip_noops
+            else torch.zeros(len(cells), dtype=bool)
+        )
         todo = [c for c, s in zip(cells, skip.tolist(), strict=True) if not s]
         vals = per_prompt["corrupt" if direction == "denoise" else "clean"].expand(len(cells), -1).clone()
         if todo and use_tl:
-            done = run_cells_tl(model, target, todo, component, sources, readout, prefix_reuse=prefix_reuse,
-                                prefix_groups=prefix_groups, fast=(mode == "fast"), budget=memory_budget)
+            done = run_cells_tl(
+                model,
+                target,
+                todo,
+                component,
+                sources,
+                readout,
+                prefix_reuse=prefix_reuse,
+                prefix_groups=prefix_groups,
+                fast=(mode == "fast"),
+                budget=memory_budget,
+            )
         elif todo:
             done = run_cells_generic(model, target, todo, component, sources, readout, budget=memory_budget)
         if todo:
@@ -241,7 +315,15 @@ def patch_sweep(model: HookedModel, *, clean: Any, corrupt: Tensor | None = None
     labels = {"layer": [str(i) for i in range(model.cfg.n_layers)], "head": [str(h) for h in range(n_heads)]}
     if pos_list is not None:
         labels["pos"] = [f"{p}:{toks[p]}" for p in pos_list]
-    cfg = SweepConfig(component=component, per_head=per_head,
-                      positions=positions if isinstance(positions, str) else tuple(positions), direction=direction,
-                      source=source, mode=mode, metric=readout.name, backend=model.backend, seed=seed)
+    cfg = SweepConfig(
+        component=component,
+        per_head=per_head,
+        positions=positions if isinstance(positions, str) else tuple(positions),
+        direction=direction,
+        source=source,
+        mode=mode,
+        metric=readout.name,
+        backend=model.backend,
+        seed=seed,
+    )
     return PatchResult(scores=scores, axes=axes, labels=labels, config=cfg, baseline=base)

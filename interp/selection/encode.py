@@ -45,7 +45,9 @@ class EncodeConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.sae_tokens < 1:
-            raise ValueError(f"batch_size and sae_tokens must be >= 1, got {self.batch_size}, {self.sae_tokens}")
+            raise ValueError(
+                f"batch_size and sae_tokens must be >= 1, got {self.batch_size}, {self.sae_tokens}"
+            )
 
     def with_(self, **overrides: Any) -> EncodeConfig:
         return dataclasses.replace(self, **overrides) if overrides else self
@@ -74,8 +76,10 @@ class SparseEmbeddings:
         if self.offsets.ndim != 1 or len(self.offsets) < 1 or int(self.offsets[0]) != 0:
             raise ValueError("offsets must be a 1-D tensor starting at 0")
         if int(self.offsets[-1]) != len(self.indices) or self.indices.shape != self.values.shape:
-            raise ValueError(f"offsets end at {int(self.offsets[-1])} but there are {len(self.indices)} indices and "
-                             f"{len(self.values)} values")
+            raise ValueError(
+                f"offsets end at {int(self.offsets[-1])} but there are {len(self.indices)} indices and "
+                f"{len(self.values)} values"
+            )
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -106,8 +110,12 @@ class SparseEmbeddings:
         return torch.segment_reduce(x, "sum", offsets=self.offsets, unsafe=True)
 
     def to(self, device: str | torch.device) -> SparseEmbeddings:
-        return dataclasses.replace(self, offsets=self.offsets.to(device), indices=self.indices.to(device),
-                                   values=self.values.to(device))
+        return dataclasses.replace(
+            self,
+            offsets=self.offsets.to(device),
+            indices=self.indices.to(device),
+            values=self.values.to(device),
+        )
 
     @classmethod
     def from_dense(cls, x: Float[Tensor, "n d_sae"]) -> SparseEmbeddings:
@@ -115,7 +123,9 @@ class SparseEmbeddings:
         rows, cols = x.nonzero(as_tuple=True)  # row-major: rows ascending, then columns
         counts = torch.bincount(rows, minlength=x.shape[0])
         offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        return cls(offsets=offsets, indices=cols.to(torch.int32), values=x[rows, cols].float(), d_sae=x.shape[1])
+        return cls(
+            offsets=offsets, indices=cols.to(torch.int32), values=x[rows, cols].float(), d_sae=x.shape[1]
+        )
 
     def to_dense(self) -> Float[Tensor, "n d_sae"]:
         """The dense [n, d_sae] matrix (small sets and tests only)."""
@@ -129,10 +139,13 @@ class SparseEmbeddings:
         counts = self.counts[rows]
         offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         starts = torch.repeat_interleave(self.offsets[rows], counts)
-        within = torch.arange(int(offsets[-1]), device=self.device) - torch.repeat_interleave(offsets[:-1], counts)
+        within = torch.arange(int(offsets[-1]), device=self.device) - torch.repeat_interleave(
+            offsets[:-1], counts
+        )
         take = starts + within
-        return SparseEmbeddings(offsets=offsets, indices=self.indices[take], values=self.values[take],
-                                d_sae=self.d_sae)
+        return SparseEmbeddings(
+            offsets=offsets, indices=self.indices[take], values=self.values[take], d_sae=self.d_sae
+        )
 
     @classmethod
     def concat(cls, parts: Sequence[SparseEmbeddings]) -> SparseEmbeddings:
@@ -140,11 +153,19 @@ class SparseEmbeddings:
         if not parts:
             raise ValueError("concat needs at least one SparseEmbeddings")
         if len({p.d_sae for p in parts}) != 1:
-            raise ValueError(f"cannot concatenate embeddings of different widths {sorted({p.d_sae for p in parts})}")
+            raise ValueError(
+                f"cannot concatenate embeddings of different widths {sorted({p.d_sae for p in parts})}"
+            )
         shift = torch.tensor([0] + [p.nnz for p in parts[:-1]]).cumsum(0).tolist()
-        offsets = torch.cat([parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, shift, strict=True)])
-        return cls(offsets=offsets, indices=torch.cat([p.indices for p in parts]),
-                   values=torch.cat([p.values for p in parts]), d_sae=parts[0].d_sae)
+        offsets = torch.cat(
+            [parts[0].offsets[:1]] + [p.offsets[1:] + s for p, s in zip(parts, shift, strict=True)]
+        )
+        return cls(
+            offsets=offsets,
+            indices=torch.cat([p.indices for p in parts]),
+            values=torch.cat([p.values for p in parts]),
+            d_sae=parts[0].d_sae,
+        )
 
     def mean(self, rows: Sequence[int] | Tensor | None = None) -> Float[Tensor, " d_sae"]:
         """The dense mean of the rows (all, or `rows`): MoNA's task prototype (Eq. 8)."""
@@ -161,8 +182,11 @@ class SparseEmbeddings:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tensors = {"offsets": self.offsets.cpu().contiguous(), "indices": self.indices.cpu().contiguous(),
-                   "values": self.values.cpu().contiguous()}
+        tensors = {
+            "offsets": self.offsets.cpu().contiguous(),
+            "indices": self.indices.cpu().contiguous(),
+            "values": self.values.cpu().contiguous(),
+        }
         save_file(tensors, str(tmp), metadata={"d_sae": str(self.d_sae)})
         os.replace(tmp, path)
         return path
@@ -173,13 +197,18 @@ class SparseEmbeddings:
 
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             d_sae = int(f.metadata()["d_sae"])
-            return cls(offsets=f.get_tensor("offsets"), indices=f.get_tensor("indices"),
-                       values=f.get_tensor("values"), d_sae=d_sae)
+            return cls(
+                offsets=f.get_tensor("offsets"),
+                indices=f.get_tensor("indices"),
+                values=f.get_tensor("values"),
+                d_sae=d_sae,
+            )
 
 
 # ------------------------------------------------------------------------------------------ batching
-def tokenize_texts(tokenizer: Any, texts: Sequence[str], *, prepend_bos: bool = True,
-                   max_length: int | None = None) -> list[list[int]]:
+def tokenize_texts(
+    tokenizer: Any, texts: Sequence[str], *, prepend_bos: bool = True, max_length: int | None = None
+) -> list[list[int]]:
     """Token ids of each text (BOS first when the tokenizer has one), cut to `max_length` tokens."""
     bos = tokenizer.bos_token_id if prepend_bos else None
     rows = []
@@ -189,12 +218,16 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], *, prepend_bos: bool = 
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         ids = ([bos] if bos is not None else []) + ids
         if not ids:
-            raise ValueError(f"texts[{i}] is empty and the tokenizer has no BOS token: it has no tokens to encode")
+            raise ValueError(
+                f"texts[{i}] is empty and the tokenizer has no BOS token: it has no tokens to encode"
+            )
         rows.append(ids[:max_length] if max_length else ids)
     return rows
 
 
-def length_batches(lengths: Sequence[int], *, batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+def length_batches(
+    lengths: Sequence[int], *, batch_size: int, max_tokens: int | None = None
+) -> list[list[int]]:
     """Indices grouped into batches of similar length (sorted by (length, index)), each at most `batch_size`
     rows and, when given, `max_tokens` padded tokens."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
@@ -202,7 +235,9 @@ def length_batches(lengths: Sequence[int], *, batch_size: int, max_tokens: int |
     current: list[int] = []
     for i in order:
         # sorted by length: row i is the longest of the batch it would join
-        if current and (len(current) >= batch_size or (max_tokens and lengths[i] * (len(current) + 1) > max_tokens)):
+        if current and (
+            len(current) >= batch_size or (max_tokens and lengths[i] * (len(current) + 1) > max_tokens)
+        ):
             batches.append(current)
             current = []
         current.append(i)
@@ -222,8 +257,9 @@ def _pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tens
 
 
 @torch.no_grad()
-def site_activations(model: Any, site: Site, tokens: Int[Tensor, "batch pos"],
-                     attention_mask: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos width"]:
+def site_activations(
+    model: Any, site: Site, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos width"]:
     """The activation at `site`, one vector per token (heads concatenated for z).
 
     On the TransformerLens backend the forward stops right after the block that holds `site` (`stop_at_layer`);
@@ -238,21 +274,32 @@ def site_activations(model: Any, site: Site, tokens: Int[Tensor, "batch pos"],
             def save(act: Tensor, hook: Any) -> None:
                 captured["act"] = act
 
-            stop = {"embed": 0, "pos_embed": 0, "resid_final": None}.get(site.component, (site.layer or 0) + 1)
-            model.tl.run_with_hooks(tokens, attention_mask=attention_mask, stop_at_layer=stop, return_type=None,
-                                    fwd_hooks=[(site.hook_name, save)])
+            stop = {"embed": 0, "pos_embed": 0, "resid_final": None}.get(
+                site.component, (site.layer or 0) + 1
+            )
+            model.tl.run_with_hooks(
+                tokens,
+                attention_mask=attention_mask,
+                stop_at_layer=stop,
+                return_type=None,
+                fwd_hooks=[(site.hook_name, save)],
+            )
             act = captured["act"]
     else:
         _, cache = model.run_with_cache(tokens, [site], attention_mask=attention_mask)
         act = cache[site.hook_name]
-    return act.flatten(2) if act.ndim == 4 else act  # z: [batch, pos, head, d_head] -> [batch, pos, head*d_head]
+    return (
+        act.flatten(2) if act.ndim == 4 else act
+    )  # z: [batch, pos, head, d_head] -> [batch, pos, head*d_head]
 
 
-def _site_batches(model: Any, site: Site, texts: Sequence[str], cfg: EncodeConfig
-                  ) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+def _site_batches(
+    model: Any, site: Site, texts: Sequence[str], cfg: EncodeConfig
+) -> Iterator[tuple[list[int], Tensor, Tensor]]:
     """(original indices, activations [b, pos, width], float mask [b, pos]) for length-grouped batches."""
-    rows = tokenize_texts(model.tokenizer, texts, prepend_bos=cfg.prepend_bos,
-                          max_length=cfg.max_length or model.cfg.n_ctx)
+    rows = tokenize_texts(
+        model.tokenizer, texts, prepend_bos=cfg.prepend_bos, max_length=cfg.max_length or model.cfg.n_ctx
+    )
     tok = model.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     skip_first = cfg.prepend_bos and not cfg.pool_bos and tok.bos_token_id is not None
@@ -272,8 +319,12 @@ def _check_inputs(texts: Sequence[str], what: str = "texts") -> None:
         raise ValueError(f"{what} is empty: nothing to encode")
 
 
-def pool_tokens(values: Float[Tensor, "batch pos k"], indices: Int[Tensor, "batch pos k"],
-                mask: Float[Tensor, "batch pos"], d_sae: int) -> Float[Tensor, "batch d_sae"]:
+def pool_tokens(
+    values: Float[Tensor, "batch pos k"],
+    indices: Int[Tensor, "batch pos k"],
+    mask: Float[Tensor, "batch pos"],
+    d_sae: int,
+) -> Float[Tensor, "batch d_sae"]:
     """The mean over each sample's real tokens of its sparse token activations (MoNA Eq. 7)."""
     b = values.shape[0]
     weighted = (values * mask[..., None]).reshape(b, -1)  # (b, pos*k); pads weigh 0
@@ -283,8 +334,9 @@ def pool_tokens(values: Float[Tensor, "batch pos k"], indices: Int[Tensor, "batc
 
 
 @torch.no_grad()
-def encode_texts(model: Any, sae: SparseCoder, texts: Sequence[str], config: EncodeConfig | None = None,
-                 **options: Any) -> SparseEmbeddings:
+def encode_texts(
+    model: Any, sae: SparseCoder, texts: Sequence[str], config: EncodeConfig | None = None, **options: Any
+) -> SparseEmbeddings:
     """MoNA sample embeddings: mean over each text's tokens of TopK SAE activations at the SAE's hook.
 
     Runs `model` only up to that hook, on its device, in length-grouped batches; rows come back in the order of
@@ -299,8 +351,8 @@ def encode_texts(model: Any, sae: SparseCoder, texts: Sequence[str], config: Enc
     for idx, acts, mask in _site_batches(model, site, texts, cfg):
         rows = max(1, cfg.sae_tokens // acts.shape[1])  # samples per SAE call
         for r in range(0, len(idx), rows):
-            values, indices = sae.encode_topk(acts[r: r + rows])
-            pooled = pool_tokens(values.float(), indices, mask[r: r + rows], sae.d_sae)
+            values, indices = sae.encode_topk(acts[r : r + rows])
+            pooled = pool_tokens(values.float(), indices, mask[r : r + rows], sae.d_sae)
             parts.append(SparseEmbeddings.from_dense(pooled).to("cpu"))
         order += idx
     merged = SparseEmbeddings.concat(parts)
@@ -310,8 +362,9 @@ def encode_texts(model: Any, sae: SparseCoder, texts: Sequence[str], config: Enc
 
 
 @torch.no_grad()
-def mean_activations(model: Any, site: Site | str, texts: Sequence[str], config: EncodeConfig | None = None,
-                     **options: Any) -> Float[Tensor, "n width"]:
+def mean_activations(
+    model: Any, site: Site | str, texts: Sequence[str], config: EncodeConfig | None = None, **options: Any
+) -> Float[Tensor, "n width"]:
     """The mean raw activation at `site` over each text's real tokens (MoNA's "w/o SAE" ablation), on CPU."""
     from interp.sites import as_site
 
@@ -376,9 +429,16 @@ def shard_path(out_dir: Path, shard: int) -> Path:
     return out_dir / f"shard-{shard:05d}.safetensors"
 
 
-def encode_dataset(model: Any, sae: SparseCoder, texts: Sequence[str], out_dir: str | Path,
-                   config: EncodeConfig | None = None, *, shard_size: int = 4096, **options: Any
-                   ) -> SparseEmbeddings:
+def encode_dataset(
+    model: Any,
+    sae: SparseCoder,
+    texts: Sequence[str],
+    out_dir: str | Path,
+    config: EncodeConfig | None = None,
+    *,
+    shard_size: int = 4096,
+    **options: Any,
+) -> SparseEmbeddings:
     """`encode_texts` over a dataset in shards of `shard_size` texts, resumable and data-parallel.
 
     Each shard is written atomically to `out_dir/shard-NNNNN.safetensors`; shards already there are skipped, so an
@@ -395,16 +455,27 @@ def encode_dataset(model: Any, sae: SparseCoder, texts: Sequence[str], out_dir: 
     out.mkdir(parents=True, exist_ok=True)
     rank, world = dist_info()
     n_shards = -(-len(texts) // shard_size)
-    manifest = {"n_texts": len(texts), "shard_size": shard_size, "n_shards": n_shards,
-                "texts_sha256": _fingerprint(texts), "sae": sae.name, "hook_name": sae.hook_name,
-                "d_sae": sae.d_sae, "k": sae.k, "model": getattr(model, "name", "?"), **cfg.result_keys}
+    manifest = {
+        "n_texts": len(texts),
+        "shard_size": shard_size,
+        "n_shards": n_shards,
+        "texts_sha256": _fingerprint(texts),
+        "sae": sae.name,
+        "hook_name": sae.hook_name,
+        "d_sae": sae.d_sae,
+        "k": sae.k,
+        "model": getattr(model, "name", "?"),
+        **cfg.result_keys,
+    }
     mpath = out / MANIFEST
     if mpath.exists():
         old = json.loads(mpath.read_text())
         changed = sorted(k for k in manifest if old.get(k) != manifest[k])
         if changed:
-            raise ValueError(f"{out} holds an encoding of other inputs ({', '.join(changed)} differ); use another "
-                             "folder or delete it")
+            raise ValueError(
+                f"{out} holds an encoding of other inputs ({', '.join(changed)} differ); use another "
+                "folder or delete it"
+            )
     elif rank == 0:
         tmp = mpath.with_name(f".{MANIFEST}.tmp")
         tmp.write_text(json.dumps(manifest, indent=1))
@@ -415,7 +486,7 @@ def encode_dataset(model: Any, sae: SparseCoder, texts: Sequence[str], out_dir: 
             path = shard_path(out, shard)
             if path.exists():
                 continue
-            chunk = texts[shard * shard_size: (shard + 1) * shard_size]
+            chunk = texts[shard * shard_size : (shard + 1) * shard_size]
             emb = encode_texts(model, sae, chunk, cfg)
             emb.save(path)
         _barrier()
@@ -423,7 +494,9 @@ def encode_dataset(model: Any, sae: SparseCoder, texts: Sequence[str], out_dir: 
             missing = [s for s in range(n_shards) if not shard_path(out, s).exists()]
             if missing:
                 raise RuntimeError(f"shards {missing[:5]}... of {out} are missing after every rank finished")
-            SparseEmbeddings.concat([SparseEmbeddings.load(shard_path(out, s)) for s in range(n_shards)]).save(merged)
+            SparseEmbeddings.concat(
+                [SparseEmbeddings.load(shard_path(out, s)) for s in range(n_shards)]
+            ).save(merged)
         _barrier()
     return SparseEmbeddings.load(merged)
 
@@ -459,10 +532,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     texts = read_texts(args.texts, key=args.text_key)
     model = load_model(args.model, backend="tl", device=device, dtype=args.dtype)
     sae = load_sae(args.sae, sae_id=args.sae_id, device=device)
-    emb = encode_dataset(model, sae, texts, args.out, shard_size=args.shard_size, batch_size=args.batch_size,
-                         pool_bos=not args.skip_bos)
+    emb = encode_dataset(
+        model,
+        sae,
+        texts,
+        args.out,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        pool_bos=not args.skip_bos,
+    )
     if rank == 0:
-        print(f"encoded {len(emb)} texts ({emb.nnz} non-zeros, d_sae={emb.d_sae}) on {world} rank(s) into {args.out}")
+        print(
+            f"encoded {len(emb)} texts ({emb.nnz} non-zeros, d_sae={emb.d_sae}) on {world} rank(s) into {args.out}"
+        )
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -33,7 +33,9 @@ class DataSelectionConfig:
     """Parameters of `sae_data_selection` (defaults: the organisms, CPU, about 6 minutes)."""
 
     model: str = "organism/base"  # organism, local folder or hub id; "tiny:gpt2" = random stand-in
-    sae: str = "sae/base-resid-L2"  # zoo name, folder, sae-lens release or hub repo; "random" = random TopK SAE
+    sae: str = (
+        "sae/base-resid-L2"  # zoo name, folder, sae-lens release or hub repo; "random" = random TopK SAE
+    )
     sae_id: str | None = None  # SAE id within a release / folder within a hub repo (online)
     dtype: str = "float32"  # the selection model's weights (bfloat16 for 8B models on a GPU)
     sae_layer: int | None = None  # layer of a random SAE's resid_post (default: the penultimate block)
@@ -41,16 +43,37 @@ class DataSelectionConfig:
     sae_k: int = 16  # k of a random SAE
     pool_source: Literal["organisms", "hf"] = "organisms"
     target_family: str = "context_prior"
-    families: tuple[str, ...] = ("ioi", "ioi_hard", "entity_tracking", "colored_objects", "facts", "filler",
-                                 "repeat", "chat", "chat_refusal", "shuffled_context_prior")
+    families: tuple[str, ...] = (
+        "ioi",
+        "ioi_hard",
+        "entity_tracking",
+        "colored_objects",
+        "facts",
+        "filler",
+        "repeat",
+        "chat",
+        "chat_refusal",
+        "shuffled_context_prior",
+    )
     pool_size: int = 4000
     target_share: float = 0.05  # share of the pool drawn from the target family
     n_targets: int = 8  # target examples (drawn apart from the pool)
     ratios: tuple[float, ...] = (0.01, 0.05, 0.10)
     main_ratio: float = 0.05  # MoNA's main setting
-    methods: tuple[str, ...] = ("sae_jaccard", "sae_cosine", "sae_euclidean", "raw_cosine", "bm25", "random",
-                                "dense_minilm")  # dense_minilm is skipped where its package is missing
-    random_seeds: tuple[int, ...] = (0, 1, 2)  # precision of `random` is the mean over these (as in the paper)
+    methods: tuple[str, ...] = (
+        "sae_jaccard",
+        "sae_cosine",
+        "sae_euclidean",
+        "raw_cosine",
+        "bm25",
+        "random",
+        "dense_minilm",
+    )  # dense_minilm is skipped where its package is missing
+    random_seeds: tuple[int, ...] = (
+        0,
+        1,
+        2,
+    )  # precision of `random` is the mean over these (as in the paper)
     batch_size: int = 64
     pool_bos: bool = True  # count BOS in each sample's mean (False: the zoo SAE never saw BOS activations)
     shard_size: int = 1000
@@ -62,7 +85,9 @@ class DataSelectionConfig:
     target_metric: str = "context_prior.pair_accuracy"
     # pool_source: hf (online; precision only)
     hf_pool: str = "teknium/OpenHermes-2.5"
-    hf_pool_label_field: str = "source"  # a pool row is a target-family row when this field equals hf_target_label
+    hf_pool_label_field: str = (
+        "source"  # a pool row is a target-family row when this field equals hf_target_label
+    )
     hf_target_label: str = "metamath"
     hf_targets: str = "openai/gsm8k"
     hf_targets_config: str | None = "main"
@@ -129,7 +154,9 @@ def _hf_text(row: Mapping[str, Any], tokenizer: Any) -> str:
     """A dataset row as one formatted sample: chat turns through the tokenizer's chat template when it has one."""
     if "conversations" in row:  # OpenHermes: [{"from": "human"|"gpt"|"system", "value": ...}]
         roles = {"human": "user", "gpt": "assistant", "system": "system"}
-        msgs = [{"role": roles.get(t["from"], t["from"]), "content": t["value"]} for t in row["conversations"]]
+        msgs = [
+            {"role": roles.get(t["from"], t["from"]), "content": t["value"]} for t in row["conversations"]
+        ]
         if getattr(tokenizer, "chat_template", None):
             return tokenizer.apply_chat_template(msgs, tokenize=False)
         return "\n".join(f"{m['role']}: {m['content']}" for m in msgs)
@@ -144,9 +171,14 @@ def hf_pool(cfg: DataSelectionConfig, seed: int, tokenizer: Any) -> tuple[list[P
     from datasets import load_dataset
 
     pool_ds = load_dataset(cfg.hf_pool, split="train").shuffle(seed=seed).select(range(cfg.pool_size))
-    tgt_ds = load_dataset(cfg.hf_targets, cfg.hf_targets_config, split=cfg.hf_targets_split
-                          ).shuffle(seed=seed).select(range(cfg.n_targets))
-    pool = [PoolItem(text=_hf_text(r, tokenizer), family=str(r.get(cfg.hf_pool_label_field))) for r in pool_ds]
+    tgt_ds = (
+        load_dataset(cfg.hf_targets, cfg.hf_targets_config, split=cfg.hf_targets_split)
+        .shuffle(seed=seed)
+        .select(range(cfg.n_targets))
+    )
+    pool = [
+        PoolItem(text=_hf_text(r, tokenizer), family=str(r.get(cfg.hf_pool_label_field))) for r in pool_ds
+    ]
     targets = [PoolItem(text=_hf_text(r, tokenizer), family=cfg.hf_target_label) for r in tgt_ds]
     return pool, targets
 
@@ -175,8 +207,9 @@ def load_selection_sae(cfg: DataSelectionConfig, model: Any) -> Any:
 
     if cfg.sae == "random":
         layer = cfg.sae_layer if cfg.sae_layer is not None else max(0, model.cfg.n_layers - 2)
-        return random_topk_sae(model.cfg.d_model, cfg.sae_d, cfg.sae_k, f"blocks.{layer}.hook_resid_post",
-                               seed=0).to(model.device)
+        return random_topk_sae(
+            model.cfg.d_model, cfg.sae_d, cfg.sae_k, f"blocks.{layer}.hook_resid_post", seed=0
+        ).to(model.device)
     return load_sae(cfg.sae, sae_id=cfg.sae_id, device=model.device)
 
 
@@ -201,8 +234,14 @@ def _check(cfg: DataSelectionConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ steps
-def _score_all(cfg: DataSelectionConfig, run: Run, model: Any, sae: Any, pool: Sequence[PoolItem],
-               targets: Sequence[PoolItem]) -> dict[str, list[float]]:
+def _score_all(
+    cfg: DataSelectionConfig,
+    run: Run,
+    model: Any,
+    sae: Any,
+    pool: Sequence[PoolItem],
+    targets: Sequence[PoolItem],
+) -> dict[str, list[float]]:
     """Scores of every method (random: one entry per seed), the pool SAE-encoded once in resumable shards."""
     from interp.selection.baselines import dense_embedding_available, make_selector
     from interp.selection.encode import EncodeConfig, encode_dataset
@@ -219,7 +258,9 @@ def _score_all(cfg: DataSelectionConfig, run: Run, model: Any, sae: Any, pool: S
             continue
         seeds = cfg.random_seeds if method == "random" else (run.seed,)
         for seed in seeds:
-            sel = make_selector(method, model=model, sae=sae, seed=seed, encode=encode, pool_embeddings=pool_emb)
+            sel = make_selector(
+                method, model=model, sae=sae, seed=seed, encode=encode, pool_embeddings=pool_emb
+            )
             key = f"random@{seed}" if method == "random" else method
             scores[key] = sel.score(texts, tgt).tolist()
     return scores
@@ -231,20 +272,25 @@ def _selections(scores: Mapping[str, list[float]], ratio: float) -> dict[str, An
     return {k: select_top(torch.tensor(v), ratio=ratio, method=k.split("@")[0]) for k, v in scores.items()}
 
 
-def precision_table(scores: Mapping[str, list[float]], labels: Sequence[bool], ratios: Sequence[float]
-                    ) -> list[dict[str, Any]]:
+def precision_table(
+    scores: Mapping[str, list[float]], labels: Sequence[bool], ratios: Sequence[float]
+) -> list[dict[str, Any]]:
     """One row per (method, ratio): precision, the random method averaged over its seeds."""
     rows = []
     for ratio in ratios:
         by_method: dict[str, list[float]] = {}
         for key, sel in _selections(scores, ratio).items():
             by_method.setdefault(key.split("@")[0], []).append(sel.precision(labels))
-        rows += [{"method": m, "ratio": ratio, "precision": sum(p) / len(p), "n_selected": len(sel)}
-                 for m, p in by_method.items()]
+        rows += [
+            {"method": m, "ratio": ratio, "precision": sum(p) / len(p), "n_selected": len(sel)}
+            for m, p in by_method.items()
+        ]
     return rows
 
 
-def _finetune(cfg: DataSelectionConfig, folder: str, items: Sequence[PoolItem], seed: int) -> dict[str, float]:
+def _finetune(
+    cfg: DataSelectionConfig, folder: str, items: Sequence[PoolItem], seed: int
+) -> dict[str, float]:
     """Fine-tune a fresh copy of the model answer-only on `items` (sampled with replacement by the zoo loop);
     return the battery entry `eval_task` on held-out prompts (no items: the model as it is)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -264,8 +310,15 @@ def _finetune(cfg: DataSelectionConfig, folder: str, items: Sequence[PoolItem], 
             def sample(self, rng: random.Random) -> Example:
                 return rng.choice(examples)
 
-        tcfg = TrainConfig(steps=cfg.finetune_steps, batch_size=cfg.finetune_batch_size, lr=cfg.finetune_lr,
-                           warmup=0.05, final_lr=0.1, seed=seed, eval_every=10**9)
+        tcfg = TrainConfig(
+            steps=cfg.finetune_steps,
+            batch_size=cfg.finetune_batch_size,
+            lr=cfg.finetune_lr,
+            warmup=0.05,
+            final_lr=0.1,
+            seed=seed,
+            eval_every=10**9,
+        )
         torch.manual_seed(seed)
         train(model, tok, Subset(), tcfg, log=lambda msg: None)  # type: ignore[arg-type]
     return BATTERY[cfg.eval_task](model.eval(), tok)
@@ -283,9 +336,15 @@ def sae_data_selection(cfg: DataSelectionConfig, run: Run) -> dict[str, Any]:
     sae.check_model(model)
 
     def build_pool() -> dict[str, Any]:
-        pool, targets = (organism_pool(cfg, run.seed) if cfg.pool_source == "organisms"
-                         else hf_pool(cfg, run.seed, model.tokenizer))
-        return {"pool": [dataclasses.asdict(p) for p in pool], "targets": [dataclasses.asdict(t) for t in targets]}
+        pool, targets = (
+            organism_pool(cfg, run.seed)
+            if cfg.pool_source == "organisms"
+            else hf_pool(cfg, run.seed, model.tokenizer)
+        )
+        return {
+            "pool": [dataclasses.asdict(p) for p in pool],
+            "targets": [dataclasses.asdict(t) for t in targets],
+        }
 
     data = run.step("pool", build_pool)
     pool, targets = [PoolItem(**p) for p in data["pool"]], [PoolItem(**t) for t in data["targets"]]
@@ -304,12 +363,24 @@ def sae_data_selection(cfg: DataSelectionConfig, run: Run) -> dict[str, Any]:
 
     from interp.plotting import bar
 
-    run.figure(bar({"precision": list(precision.values())}, labels=list(precision), x_title="method",
-                   y_title=f"precision at ratio {cfg.main_ratio}", title="Share of selected samples from the "
-                   f"target family ({cfg.target_family if cfg.pool_source == 'organisms' else target_label})"),
-               "precision")
-    out: dict[str, Any] = {"precision": precision, "pool_size": len(pool), "n_targets": len(targets),
-                           "main_ratio": cfg.main_ratio, "target_share": sum(labels) / len(labels)}
+    run.figure(
+        bar(
+            {"precision": list(precision.values())},
+            labels=list(precision),
+            x_title="method",
+            y_title=f"precision at ratio {cfg.main_ratio}",
+            title="Share of selected samples from the "
+            f"target family ({cfg.target_family if cfg.pool_source == 'organisms' else target_label})",
+        ),
+        "precision",
+    )
+    out: dict[str, Any] = {
+        "precision": precision,
+        "pool_size": len(pool),
+        "n_targets": len(targets),
+        "main_ratio": cfg.main_ratio,
+        "target_share": sum(labels) / len(labels),
+    }
     if cfg.downstream_methods and cfg.pool_source == "organisms":
         acc: dict[str, float] = {}
         downstream_rows = []
@@ -320,24 +391,42 @@ def sae_data_selection(cfg: DataSelectionConfig, run: Run) -> dict[str, Any]:
             chosen = [] if method == "base" else [pool[i] for i in main[key].indices.tolist()]
             scores_ft = run.step(f"finetune_{method}", lambda c=chosen: _finetune(cfg, folder, c, run.seed))
             acc[method] = round(scores_ft[cfg.target_metric], 4)
-            downstream_rows.append({"method": method, "n_train": len(chosen),
-                                    "precision": sum(p.family == target_label for p in chosen) / max(1, len(chosen)),
-                                    **scores_ft})
+            downstream_rows.append(
+                {
+                    "method": method,
+                    "n_train": len(chosen),
+                    "precision": sum(p.family == target_label for p in chosen) / max(1, len(chosen)),
+                    **scores_ft,
+                }
+            )
         run.table(downstream_rows, "downstream")
         out["downstream_acc"] = acc
         out["downstream_metric"] = cfg.target_metric
         print("downstream", cfg.target_metric, acc)
-        run.figure(bar({"accuracy": list(acc.values())}, labels=list(acc), x_title="fine-tuned on the selection of",
-                       y_title=cfg.target_metric, title="Target-task accuracy after an answer-only fine-tune"),
-                   "downstream")
+        run.figure(
+            bar(
+                {"accuracy": list(acc.values())},
+                labels=list(acc),
+                x_title="fine-tuned on the selection of",
+                y_title=cfg.target_metric,
+                title="Target-task accuracy after an answer-only fine-tune",
+            ),
+            "downstream",
+        )
     return out
 
 
 # ------------------------------------------------------------------------------------------------ demo
 def demo_config(zoo_ready: bool) -> dict[str, Any]:
     """A small precision-only config: on the organisms when they are built, else on random stand-ins."""
-    small = {"experiment": "sae_data_selection", "pool_size": 400, "ratios": [0.05], "main_ratio": 0.05,
-             "downstream_methods": [], "methods": ["sae_jaccard", "sae_cosine", "raw_cosine", "bm25", "random"]}
+    small = {
+        "experiment": "sae_data_selection",
+        "pool_size": 400,
+        "ratios": [0.05],
+        "main_ratio": 0.05,
+        "downstream_methods": [],
+        "methods": ["sae_jaccard", "sae_cosine", "raw_cosine", "bm25", "random"],
+    }
     return small if zoo_ready else {**small, "model": "tiny:gpt2", "sae": "random"}
 
 
@@ -360,8 +449,10 @@ def data_selection_demo(out: Path) -> None:
 
     ready = zoo_has(DataSelectionConfig.model, DataSelectionConfig.sae)
     if not ready:
-        print("organism/base or its SAE is not built: using a tiny random model and a random SAE (numbers are "
-              "not meaningful)")
+        print(
+            "organism/base or its SAE is not built: using a tiny random model and a random SAE (numbers are "
+            "not meaningful)"
+        )
     results = run_experiment(demo_config(ready), out / "run")
     precision = results["precision"]
     table = "\n".join(f"{m:<14}{p:.3f}" for m, p in precision.items())

@@ -29,8 +29,15 @@ SAE_LENS_WEIGHTS = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"
 # components whose activation is one vector per token, and the model dimension that is its width
 _WIDTH_OF: dict[str, str] = {
-    "resid_pre": "d_model", "resid_mid": "d_model", "resid_post": "d_model", "attn_out": "d_model",
-    "mlp_out": "d_model", "embed": "d_model", "pos_embed": "d_model", "resid_final": "d_model", "mlp_post": "d_mlp",
+    "resid_pre": "d_model",
+    "resid_mid": "d_model",
+    "resid_post": "d_model",
+    "attn_out": "d_model",
+    "mlp_out": "d_model",
+    "embed": "d_model",
+    "pos_embed": "d_model",
+    "resid_final": "d_model",
+    "mlp_post": "d_mlp",
     "z": "n_heads*d_head",  # hook_z SAEs read the heads concatenated
 }
 
@@ -63,14 +70,18 @@ class SparseCoder:
     def __post_init__(self) -> None:
         d_in, d_sae = self.W_enc.shape
         if self.b_enc.shape != (d_sae,) or self.b_dec.shape != (d_in,):
-            raise SAELoadError(f"SAE {self.name}: W_enc {tuple(self.W_enc.shape)}, b_enc {tuple(self.b_enc.shape)} "
-                               f"and b_dec {tuple(self.b_dec.shape)} do not fit together ([d_in, d_sae], [d_sae], [d_in])")
+            raise SAELoadError(
+                f"SAE {self.name}: W_enc {tuple(self.W_enc.shape)}, b_enc {tuple(self.b_enc.shape)} "
+                f"and b_dec {tuple(self.b_dec.shape)} do not fit together ([d_in, d_sae], [d_sae], [d_in])"
+            )
         if self.dense_encode is None and (self.k is None or not 0 < self.k <= d_sae):
             raise SAELoadError(f"SAE {self.name}: TopK needs 0 < k <= d_sae={d_sae}, got k={self.k}")
         try:
             from_hook_name(self.hook_name)
         except SiteError as e:
-            raise SAELoadError(f"SAE {self.name} reads hook {self.hook_name!r}, which is not a known hook: {e}") from e
+            raise SAELoadError(
+                f"SAE {self.name} reads hook {self.hook_name!r}, which is not a known hook: {e}"
+            ) from e
 
     @property
     def d_in(self) -> int:
@@ -104,8 +115,9 @@ class SparseCoder:
         return torch.relu(x @ self.W_enc + self.b_enc)
 
     @torch.no_grad()
-    def encode_topk(self, x: Float[Tensor, "... d_in"]
-                    ) -> tuple[Float[Tensor, "... k"], Int[Tensor, "... k"]]:
+    def encode_topk(
+        self, x: Float[Tensor, "... d_in"]
+    ) -> tuple[Float[Tensor, "... k"], Int[Tensor, "... k"]]:
         """The (values, feature indices) of each token's active latents, k per token (values >= 0, some may be 0).
 
         TopK SAEs: `TopK(ReLU(W_enc (x - b_dec) + b_enc))` (MoNA Eq. 6, sparsify's formula). Other sae-lens
@@ -124,8 +136,9 @@ class SparseCoder:
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         """The dense latent activations (zeros off the top k); for tests and small inputs."""
         values, indices = self.encode_topk(x)
-        return torch.zeros(*x.shape[:-1], self.d_sae, dtype=values.dtype, device=values.device
-                           ).scatter_(-1, indices, values)
+        return torch.zeros(*x.shape[:-1], self.d_sae, dtype=values.dtype, device=values.device).scatter_(
+            -1, indices, values
+        )
 
     # ---- checks --------------------------------------------------------------------------------------
     def check_model(self, model: Any) -> Site:
@@ -134,21 +147,29 @@ class SparseCoder:
         try:
             model.check_site(site)
         except SiteError as e:
-            raise SAESiteError(f"SAE {self.name} reads {self.hook_name}, which {model.name} does not have: {e}") from e
+            raise SAESiteError(
+                f"SAE {self.name} reads {self.hook_name}, which {model.name} does not have: {e}"
+            ) from e
         if site.component not in _WIDTH_OF:
-            raise SAESiteError(f"SAE {self.name} reads {self.hook_name} ({site.component}); sample embeddings need a "
-                               f"per-token vector site: {', '.join(_WIDTH_OF)}")
+            raise SAESiteError(
+                f"SAE {self.name} reads {self.hook_name} ({site.component}); sample embeddings need a "
+                f"per-token vector site: {', '.join(_WIDTH_OF)}"
+            )
         width = site_width(model, site)
         if width != self.d_in:
-            raise SAESiteError(f"SAE {self.name} has d_in={self.d_in} but hook {self.hook_name} of {model.name} has "
-                               f"width {width} ({_WIDTH_OF[site.component]}): this SAE was trained on another model "
-                               "or another site")
+            raise SAESiteError(
+                f"SAE {self.name} has d_in={self.d_in} but hook {self.hook_name} of {model.name} has "
+                f"width {width} ({_WIDTH_OF[site.component]}): this SAE was trained on another model "
+                "or another site"
+            )
         return site
 
     def __repr__(self) -> str:
         kind = f"TopK k={self.k}" if self.dense_encode is None else "sae-lens encode"
-        return (f"SparseCoder({self.name!r}, {self.hook_name}, d_in={self.d_in}, d_sae={self.d_sae}, {kind}, "
-                f"device={self.device})")
+        return (
+            f"SparseCoder({self.name!r}, {self.hook_name}, d_in={self.d_in}, d_sae={self.d_sae}, {kind}, "
+            f"device={self.device})"
+        )
 
 
 def site_width(model: Any, site: Site) -> int:
@@ -160,14 +181,21 @@ def site_width(model: Any, site: Site) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def random_topk_sae(d_in: int, d_sae: int, k: int, hook_name: str, *, seed: int = 0,
-                    name: str = "random-topk") -> SparseCoder:
+def random_topk_sae(
+    d_in: int, d_sae: int, k: int, hook_name: str, *, seed: int = 0, name: str = "random-topk"
+) -> SparseCoder:
     """A random TopK SAE (unit-norm encoder rows, small biases): for tests, benchmarks and offline fallbacks."""
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(d_in, d_sae, generator=g)
     W = W / W.norm(dim=0, keepdim=True)
-    return SparseCoder(W_enc=W, b_enc=0.01 * torch.randn(d_sae, generator=g), b_dec=0.1 * torch.randn(d_in, generator=g),
-                       k=k, hook_name=hook_name, name=name)
+    return SparseCoder(
+        W_enc=W,
+        b_enc=0.01 * torch.randn(d_sae, generator=g),
+        b_dec=0.1 * torch.randn(d_in, generator=g),
+        k=k,
+        hook_name=hook_name,
+        name=name,
+    )
 
 
 def save_sparsify(coder: SparseCoder, folder: str | Path, *, W_dec: Tensor | None = None) -> Path:
@@ -180,10 +208,22 @@ def save_sparsify(coder: SparseCoder, folder: str | Path, *, W_dec: Tensor | Non
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     W_dec = W_dec if W_dec is not None else coder.W_enc.T.clone()
-    save_file({"encoder.weight": coder.W_enc.T.contiguous().cpu(), "encoder.bias": coder.b_enc.contiguous().cpu(),
-               "W_dec": W_dec.contiguous().cpu(), "b_dec": coder.b_dec.contiguous().cpu()}, str(folder / SPARSIFY_WEIGHTS))
-    cfg = {"d_in": coder.d_in, "num_latents": coder.d_sae, "k": coder.k, "hook_name": coder.hook_name,
-           "normalize_decoder": True}
+    save_file(
+        {
+            "encoder.weight": coder.W_enc.T.contiguous().cpu(),
+            "encoder.bias": coder.b_enc.contiguous().cpu(),
+            "W_dec": W_dec.contiguous().cpu(),
+            "b_dec": coder.b_dec.contiguous().cpu(),
+        },
+        str(folder / SPARSIFY_WEIGHTS),
+    )
+    cfg = {
+        "d_in": coder.d_in,
+        "num_latents": coder.d_sae,
+        "k": coder.k,
+        "hook_name": coder.hook_name,
+        "normalize_decoder": True,
+    }
     (folder / CFG_FILE).write_text(json.dumps(cfg, indent=1))
     return folder
 
@@ -221,7 +261,9 @@ def load_sparsify(folder: str | Path, *, hook_name: str | None = None) -> Sparse
         if d_in is not None and W_enc.shape[0] != d_in and W_enc.shape[1] == d_in:
             W_enc = W_enc.T
     else:
-        raise SAELoadError(f"{folder / SPARSIFY_WEIGHTS} has neither encoder.weight nor W_enc; keys: {sorted(state)}")
+        raise SAELoadError(
+            f"{folder / SPARSIFY_WEIGHTS} has neither encoder.weight nor W_enc; keys: {sorted(state)}"
+        )
     d_in, d_sae = W_enc.shape
     if cfg.get("d_in") not in (None, d_in):
         raise SAELoadError(f"{folder}: cfg.json says d_in={cfg['d_in']} but the encoder has d_in={d_in}")
@@ -229,10 +271,18 @@ def load_sparsify(folder: str | Path, *, hook_name: str | None = None) -> Sparse
     b_dec = state.get("b_dec", torch.zeros(d_in))
     hook = hook_name or _sparsify_hook(folder, cfg)
     if hook is None:
-        raise SAELoadError(f"cannot tell which hook the sparsify SAE in {folder} reads (no hook_name/hookpoint in "
-                           "cfg.json and the folder is not named layers.N): pass hook_name=")
-    return SparseCoder(W_enc=W_enc.float(), b_enc=b_enc.float(), b_dec=b_dec.float(), k=int(cfg["k"]),
-                       hook_name=hook, name=f"sparsify:{folder.name}")
+        raise SAELoadError(
+            f"cannot tell which hook the sparsify SAE in {folder} reads (no hook_name/hookpoint in "
+            "cfg.json and the folder is not named layers.N): pass hook_name="
+        )
+    return SparseCoder(
+        W_enc=W_enc.float(),
+        b_enc=b_enc.float(),
+        b_dec=b_dec.float(),
+        k=int(cfg["k"]),
+        hook_name=hook,
+        name=f"sparsify:{folder.name}",
+    )
 
 
 def from_sae_lens(sae: Any, *, hook_name: str | None = None, name: str | None = None) -> SparseCoder:
@@ -242,14 +292,25 @@ def from_sae_lens(sae: Any, *, hook_name: str | None = None, name: str | None = 
     if not hook:
         raise SAELoadError("the sae-lens SAE names no hook (cfg.metadata.hook_name): pass hook_name=")
     name = name or cfg.metadata.get("sae_id") or cfg.metadata.get("model_name") or "sae-lens"
-    plain_topk = (cfg.architecture() == "topk" and cfg.normalize_activations == "none"
-                  and not getattr(cfg, "rescale_acts_by_decoder_norm", False) and cfg.reshape_activations == "none")
+    plain_topk = (
+        cfg.architecture() == "topk"
+        and cfg.normalize_activations == "none"
+        and not getattr(cfg, "rescale_acts_by_decoder_norm", False)
+        and cfg.reshape_activations == "none"
+    )
     b_enc = getattr(sae, "b_enc", None)
     W_enc, b_dec = sae.W_enc.detach(), sae.b_dec.detach()
     b_enc = b_enc.detach() if isinstance(b_enc, Tensor) else torch.zeros(W_enc.shape[1], device=W_enc.device)
-    return SparseCoder(W_enc=W_enc, b_enc=b_enc, b_dec=b_dec, k=cfg.k if plain_topk else None, hook_name=hook,
-                       name=str(name), apply_b_dec_to_input=bool(cfg.apply_b_dec_to_input),
-                       dense_encode=None if plain_topk else sae.encode)
+    return SparseCoder(
+        W_enc=W_enc,
+        b_enc=b_enc,
+        b_dec=b_dec,
+        k=cfg.k if plain_topk else None,
+        hook_name=hook,
+        name=str(name),
+        apply_b_dec_to_input=bool(cfg.apply_b_dec_to_input),
+        dense_encode=None if plain_topk else sae.encode,
+    )
 
 
 def _load_folder(folder: Path, hook_name: str | None) -> SparseCoder:
@@ -263,8 +324,10 @@ def _load_folder(folder: Path, hook_name: str | None) -> SparseCoder:
         except Exception as e:
             raise SAELoadError(f"sae-lens could not load the SAE in {folder}: {e}") from e
         return from_sae_lens(sae, hook_name=hook_name, name=folder.name)
-    raise SAELoadError(f"{folder} holds no SAE: expected {SAE_LENS_WEIGHTS} (sae-lens) or {SPARSIFY_WEIGHTS} "
-                       "(sparsify) with cfg.json")
+    raise SAELoadError(
+        f"{folder} holds no SAE: expected {SAE_LENS_WEIGHTS} (sae-lens) or {SPARSIFY_WEIGHTS} "
+        "(sparsify) with cfg.json"
+    )
 
 
 def _zoo_folder(name: str) -> Path:
@@ -275,10 +338,14 @@ def _zoo_folder(name: str) -> Path:
     try:
         folder = Path(zoo.path(name))
     except Exception as e:
-        known = ", ".join(n for n in getattr(zoo, "names", list)() if n.startswith("sae/")) or "(none built yet)"
+        known = (
+            ", ".join(n for n in getattr(zoo, "names", list)() if n.startswith("sae/")) or "(none built yet)"
+        )
         raise SAELoadError(f"no zoo SAE {name!r}: {e}. Zoo SAEs: {known}") from e
     if not folder.is_dir():
-        raise SAELoadError(f"zoo SAE {name!r} is not built ({folder} is missing): build it with `interp zoo build`")
+        raise SAELoadError(
+            f"zoo SAE {name!r} is not built ({folder} is missing): build it with `interp zoo build`"
+        )
     return folder
 
 
@@ -290,7 +357,9 @@ def _hub_sae(release: str, sae_id: str, hook_name: str | None) -> SparseCoder:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
         if release in get_pretrained_saes_directory():
-            return from_sae_lens(SAE.from_pretrained(release, sae_id), hook_name=hook_name, name=f"{release}/{sae_id}")
+            return from_sae_lens(
+                SAE.from_pretrained(release, sae_id), hook_name=hook_name, name=f"{release}/{sae_id}"
+            )
         from huggingface_hub import snapshot_download
 
         root = Path(snapshot_download(release, allow_patterns=[f"{sae_id}/*"], local_files_only=offline))
@@ -298,13 +367,20 @@ def _hub_sae(release: str, sae_id: str, hook_name: str | None) -> SparseCoder:
         raise
     except Exception as e:
         hint = " (HF_HUB_OFFLINE is set and it is not in the local cache)" if offline else ""
-        raise SAELoadError(f"could not load SAE {release!r} / {sae_id!r}{hint}: {type(e).__name__}: {e}") from e
+        raise SAELoadError(
+            f"could not load SAE {release!r} / {sae_id!r}{hint}: {type(e).__name__}: {e}"
+        ) from e
     return _load_folder(root / sae_id, hook_name)
 
 
-def load_sae(source: str | os.PathLike | SparseCoder | Any, *, sae_id: str | None = None,
-             hook_name: str | None = None, device: str | torch.device | None = None,
-             dtype: torch.dtype = torch.float32) -> SparseCoder:
+def load_sae(
+    source: str | os.PathLike | SparseCoder | Any,
+    *,
+    sae_id: str | None = None,
+    hook_name: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> SparseCoder:
     """Load an SAE as a `SparseCoder` on `device`.
 
     `source`: a `SparseCoder` or sae-lens SAE object; a zoo name (`"sae/base-resid-L2"`); a local folder (sae-lens
@@ -325,6 +401,8 @@ def load_sae(source: str | os.PathLike | SparseCoder | Any, *, sae_id: str | Non
         elif sae_id is not None:
             coder = _hub_sae(name, sae_id, hook_name)
         else:
-            raise SAELoadError(f"no SAE at {name!r}: not a zoo name (sae/...), not a local folder, and no sae_id "
-                               "given for a sae-lens release or hub repo")
+            raise SAELoadError(
+                f"no SAE at {name!r}: not a zoo name (sae/...), not a local folder, and no sae_id "
+                "given for a sae-lens release or hub repo"
+            )
     return coder.to(device=device, dtype=dtype)

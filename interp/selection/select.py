@@ -33,7 +33,9 @@ def selection_size(n: int, *, ratio: float | None = None, count: int | None = No
         raise ValueError(f"ratio must lie in (0, 1], got {ratio!r}")
     size = math.floor(round(ratio * n, 9))  # round first: 0.29 * 100 is 28.999999999999996 in floating point
     if size < 1:
-        raise ValueError(f"ratio {ratio} of a pool of {n} selects nothing (⌊{ratio}·{n}⌋ = 0); raise the ratio")
+        raise ValueError(
+            f"ratio {ratio} of a pool of {n} selects nothing (⌊{ratio}·{n}⌋ = 0); raise the ratio"
+        )
     return size
 
 
@@ -43,7 +45,9 @@ def top_indices(scores: Float[Tensor, " n"], size: int) -> Int[Tensor, " size"]:
         raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
     if bool(torch.isnan(scores).any()):
         raise ValueError("scores contain NaN: cannot rank them")
-    order = torch.sort(-scores.float(), stable=True).indices  # ascending −score; equal scores keep index order
+    order = torch.sort(
+        -scores.float(), stable=True
+    ).indices  # ascending −score; equal scores keep index order
     return order[:size].cpu()
 
 
@@ -69,8 +73,14 @@ class Selection:
         return float(labels[self.indices].float().mean())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "n_pool": self.n_pool, "ratio": self.ratio, "count": self.count,
-                "indices": self.indices.tolist(), "scores": self.scores.tolist()}
+        return {
+            "method": self.method,
+            "n_pool": self.n_pool,
+            "ratio": self.ratio,
+            "count": self.count,
+            "indices": self.indices.tolist(),
+            "scores": self.scores.tolist(),
+        }
 
     def export(self, folder: str | Path, records: Sequence[str | Mapping[str, Any]] | None = None) -> Path:
         """Write `selection.json` (indices, scores, method) and, given the pool's `records` (texts or dicts),
@@ -96,10 +106,21 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def select_top(scores: Float[Tensor, " n"], *, ratio: float | None = None, count: int | None = None,
-               method: str = "scores") -> Selection:
+def select_top(
+    scores: Float[Tensor, " n"],
+    *,
+    ratio: float | None = None,
+    count: int | None = None,
+    method: str = "scores",
+) -> Selection:
     """The ⌊ratio·N⌋ (or `count`) best-scoring pool items, in descending score order."""
     size = selection_size(len(scores), ratio=ratio, count=count)
     idx = top_indices(scores, size)
-    return Selection(indices=idx, scores=scores.detach().float().cpu()[idx], method=method, n_pool=len(scores),
-                     ratio=ratio, count=count)
+    return Selection(
+        indices=idx,
+        scores=scores.detach().float().cpu()[idx],
+        method=method,
+        n_pool=len(scores),
+        ratio=ratio,
+        count=count,
+    )

@@ -91,30 +91,47 @@ def check_ccs(ps: PromptSet, *, format: str | None = None, needs: Sequence[str] 
     if n == 0:
         raise CCSDataError("the CCS prompt set is empty")
     bad_meta = [i for i, m in enumerate(ps.metadata) if m.get("intent") not in INTENTS or "pair_id" not in m]
-    _reject("have no intent in ('context', 'prior') or no pair_id in their metadata", bad_meta, n,
-            lambda i: f"row {i}: {ps.metadata[i]}", unit="prompts")
+    _reject(
+        "have no intent in ('context', 'prior') or no pair_id in their metadata",
+        bad_meta,
+        n,
+        lambda i: f"row {i}: {ps.metadata[i]}",
+        unit="prompts",
+    )
     formats = {m.get("format") for m in ps.metadata}
     fmt = format if format is not None else (next(iter(formats)) if len(formats) == 1 else None)
     if fmt not in FORMATS:
         given = "" if format is None else f" and format={format!r} was given"
-        raise CCSDataError(f"CCS format must be one of {', '.join(FORMATS)}; the prompts say "
-                           f"{sorted(map(str, formats))}{given}")
+        raise CCSDataError(
+            f"CCS format must be one of {', '.join(FORMATS)}; the prompts say "
+            f"{sorted(map(str, formats))}{given}"
+        )
     try:
         pairs = group_pairs(ps)
     except ValueError as err:
         raise CCSDataError(str(err)) from None
     intents = [(ps.metadata[int(a)]["intent"], ps.metadata[int(b)]["intent"]) for a, b in pairs]
     bad_intent = [k for k, it in enumerate(intents) if it != INTENTS]
-    _reject("do not hold one prompt per intent", bad_intent, len(pairs),
-            lambda k: f"pair {ps.metadata[int(pairs[k, 0])]['pair_id']}: intents {intents[k]}")
+    _reject(
+        "do not hold one prompt per intent",
+        bad_intent,
+        len(pairs),
+        lambda k: f"pair {ps.metadata[int(pairs[k, 0])]['pair_id']}: intents {intents[k]}",
+    )
     same = (ps.answer_ids[pairs[:, 0]] == ps.answer_ids[pairs[:, 1]]).nonzero().flatten().tolist()
-    _reject("have the same answer token under both intents", same, len(pairs),
-            lambda k: f"{ps.prompts[int(pairs[k, 0])]!r} -> {ps.metadata[int(pairs[k, 0])].get('answer')!r}")
+    _reject(
+        "have the same answer token under both intents",
+        same,
+        len(pairs),
+        lambda k: f"{ps.prompts[int(pairs[k, 0])]!r} -> {ps.metadata[int(pairs[k, 0])].get('answer')!r}",
+    )
     needed = {*needs, *(("intent",) if fmt != "none" else ())}
     missing = sorted(needed - set(ps.positions))
     if missing:
-        raise CCSDataError(f"all {n} prompts lack the key position(s) {missing} (format {fmt!r}); "
-                           f"they have {sorted(ps.positions)}, e.g. {ps.prompts[0]!r}")
+        raise CCSDataError(
+            f"all {n} prompts lack the key position(s) {missing} (format {fmt!r}); "
+            f"they have {sorted(ps.positions)}, e.g. {ps.prompts[0]!r}"
+        )
     return CCSPairs(prompts=ps, pairs=pairs, format=fmt)
 
 
@@ -124,13 +141,20 @@ def check_twins(ccs_intent: CCSPairs, ccs_none: CCSPairs) -> None:
         raise CCSDataError("the first set must state the intent (format 'instruction' or 'weight')")
     if ccs_none.format != "none":
         raise CCSDataError(f"the second set must state no intent (format 'none'); got {ccs_none.format!r}")
-    if len(ccs_intent) != len(ccs_none) or not torch.equal(ccs_intent.context_answer, ccs_none.context_answer) \
-            or not torch.equal(ccs_intent.prior_answer, ccs_none.prior_answer):
-        raise CCSDataError(f"the {len(ccs_intent)} intent pairs and {len(ccs_none)} no-intent pairs are not the same "
-                           "(context, query) pairs in the same order: draw them with one seed (ccs_sets)")
+    if (
+        len(ccs_intent) != len(ccs_none)
+        or not torch.equal(ccs_intent.context_answer, ccs_none.context_answer)
+        or not torch.equal(ccs_intent.prior_answer, ccs_none.prior_answer)
+    ):
+        raise CCSDataError(
+            f"the {len(ccs_intent)} intent pairs and {len(ccs_none)} no-intent pairs are not the same "
+            "(context, query) pairs in the same order: draw them with one seed (ccs_sets)"
+        )
 
 
-def make_ccs(tokenizer, *, n_pairs: int, seed: int, format: str = "instruction", split: str = "test") -> CCSPairs:
+def make_ccs(
+    tokenizer, *, n_pairs: int, seed: int, format: str = "instruction", split: str = "test"
+) -> CCSPairs:
     """`n_pairs` (context, query) pairs under both intents in `format` ("instruction" | "weight" | "none").
 
     The same `seed` draws the same (context, query) pairs in every format.
@@ -141,8 +165,9 @@ def make_ccs(tokenizer, *, n_pairs: int, seed: int, format: str = "instruction",
     return check_ccs(ps, format=format)
 
 
-def ccs_sets(tokenizer, *, n_pairs: int, seed: int, formats: Sequence[str] = FORMATS,
-             split: str = "test") -> dict[str, CCSPairs]:
+def ccs_sets(
+    tokenizer, *, n_pairs: int, seed: int, formats: Sequence[str] = FORMATS, split: str = "test"
+) -> dict[str, CCSPairs]:
     """The same (context, query) pairs in each of `formats` (instruction, weight, no instruction)."""
     return {f: make_ccs(tokenizer, n_pairs=n_pairs, seed=seed, format=f, split=split) for f in formats}
 
@@ -166,21 +191,28 @@ class CCSScores:
 def ccs_scores(preds: Int[Tensor, " rows"], ccs: CCSPairs) -> CCSScores:
     """Scores from top-1 predictions `[rows]` over `ccs.prompts` (PairAcc = mean of min over intents)."""
     if preds.shape != (len(ccs.prompts),):
-        raise ValueError(f"preds must hold one token id per prompt, shape ({len(ccs.prompts)},); "
-                         f"got {tuple(preds.shape)}")
+        raise ValueError(
+            f"preds must hold one token id per prompt, shape ({len(ccs.prompts)},); got {tuple(preds.shape)}"
+        )
     preds = preds.cpu()
     ctx_pred, pri_pred = preds[ccs.pairs[:, 0]], preds[ccs.pairs[:, 1]]
     ctx_ok, pri_ok = ctx_pred == ccs.context_answer, pri_pred == ccs.prior_answer
     both = torch.cat([ctx_pred, pri_pred])
     ctx_ans, pri_ans = ccs.context_answer.repeat(2), ccs.prior_answer.repeat(2)
-    return CCSScores(pair_acc=float(pair_accuracy(ctx_ok, pri_ok).mean()), context_acc=float(ctx_ok.float().mean()),
-                     prior_acc=float(pri_ok.float().mean()),
-                     acc=float(torch.cat([ctx_ok, pri_ok]).float().mean()),
-                     context_share=float((both == ctx_ans).float().mean()),
-                     prior_share=float((both == pri_ans).float().mean()), n_pairs=len(ccs))
+    return CCSScores(
+        pair_acc=float(pair_accuracy(ctx_ok, pri_ok).mean()),
+        context_acc=float(ctx_ok.float().mean()),
+        prior_acc=float(pri_ok.float().mean()),
+        acc=float(torch.cat([ctx_ok, pri_ok]).float().mean()),
+        context_share=float((both == ctx_ans).float().mean()),
+        prior_share=float((both == pri_ans).float().mean()),
+        n_pairs=len(ccs),
+    )
 
 
-def predict(model: HookedModel, ps: PromptSet, *, hooks: HooksFor | None = None, batch_size: int = 64) -> Tensor:
+def predict(
+    model: HookedModel, ps: PromptSet, *, hooks: HooksFor | None = None, batch_size: int = 64
+) -> Tensor:
     """Top-1 next-token predictions `[rows]` at each prompt's last token (optionally with hooks)."""
     with torch.no_grad():
         logits, _ = forward_last(model, ps.clean, ps.end, hooks=hooks, batch_size=batch_size)

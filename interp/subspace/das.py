@@ -48,7 +48,9 @@ class Subspace(nn.Module):
     `coordinates(h)` reads `Uᵀh`. Computations run in float32 and return float32.
     """
 
-    def __init__(self, d_model: int, rank: int = 1, *, basis: Tensor | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self, d_model: int, rank: int = 1, *, basis: Tensor | None = None, seed: int | None = None
+    ) -> None:
         super().__init__()
         if not 1 <= rank <= d_model:
             raise ValueError(f"rank must lie in [1, d_model={d_model}]; got {rank}")
@@ -138,8 +140,14 @@ def intent_swap_data(ccs: CCSPairs) -> InterchangeData:
     ps = ccs.prompts
     tgt = torch.cat([ccs.rows("context"), ccs.rows("prior")])
     src = torch.cat([ccs.rows("prior"), ccs.rows("context")])
-    return InterchangeData(target_tokens=ps.clean[tgt], target_end=ps.end[tgt], source_tokens=ps.clean[src],
-                           source_end=ps.end[src], label=ps.answer_ids[src], target_answer=ps.answer_ids[tgt])
+    return InterchangeData(
+        target_tokens=ps.clean[tgt],
+        target_end=ps.end[tgt],
+        source_tokens=ps.clean[src],
+        source_end=ps.end[src],
+        label=ps.answer_ids[src],
+        target_answer=ps.answer_ids[tgt],
+    )
 
 
 def no_intent_data(ccs_intent: CCSPairs, ccs_none: CCSPairs) -> InterchangeData:
@@ -149,8 +157,14 @@ def no_intent_data(ccs_intent: CCSPairs, ccs_none: CCSPairs) -> InterchangeData:
     si, sn = ccs_intent.prompts, ccs_none.prompts
     tgt = ccs_none.rows("context").repeat(2)  # both rows of a no-intent pair are the same prompt
     src = torch.cat([ccs_intent.rows("context"), ccs_intent.rows("prior")])
-    return InterchangeData(target_tokens=sn.clean[tgt], target_end=sn.end[tgt], source_tokens=si.clean[src],
-                           source_end=si.end[src], label=si.answer_ids[src], target_answer=sn.answer_ids[tgt])
+    return InterchangeData(
+        target_tokens=sn.clean[tgt],
+        target_end=sn.end[tgt],
+        source_tokens=si.clean[src],
+        source_end=si.end[src],
+        label=si.answer_ids[src],
+        target_answer=sn.answer_ids[tgt],
+    )
 
 
 DAS_PAIRS: tuple[str, ...] = ("intent_swap", "no_intent")
@@ -173,16 +187,24 @@ def confident_pairs(model: HookedModel, ccs: CCSPairs, *, batch_size: int = 64) 
     return (preds[ccs.rows("context")] == ccs.context_answer) & (preds[ccs.rows("prior")] == ccs.prior_answer)
 
 
-def confident_twins(model: HookedModel, ccs: CCSPairs, ccs_none: CCSPairs | None = None, *,
-                    confident_only: bool = True, batch_size: int = 64) -> tuple[CCSPairs, CCSPairs | None]:
+def confident_twins(
+    model: HookedModel,
+    ccs: CCSPairs,
+    ccs_none: CCSPairs | None = None,
+    *,
+    confident_only: bool = True,
+    batch_size: int = 64,
+) -> tuple[CCSPairs, CCSPairs | None]:
     """The pairs `model` answers right under both intents (the paper's confident-pair filter), and the same pairs
     of their no-intent twins `ccs_none` when given; both unchanged when not `confident_only`."""
     if not confident_only:
         return ccs, ccs_none
     keep = confident_pairs(model, ccs, batch_size=batch_size)
     if not bool(keep.any()):
-        raise ValueError(f"{model.name} answers none of {len(ccs)} CCS pairs right under both intents: DAS has no "
-                         "confident pairs to learn from (train on all pairs instead: confident_only=False)")
+        raise ValueError(
+            f"{model.name} answers none of {len(ccs)} CCS pairs right under both intents: DAS has no "
+            "confident pairs to learn from (train on all pairs instead: confident_only=False)"
+        )
     idx = keep.nonzero().flatten()
     return ccs.subset(idx), (None if ccs_none is None else ccs_none.subset(idx))
 
@@ -214,8 +236,9 @@ class DASResult:
     losses: list[float] = field(default_factory=list)
 
 
-def resid_at_last(model: HookedModel, tokens: Tensor, end: Tensor, layer: int, *, batch_size: int = 64
-                  ) -> Float[Tensor, "n d_model"]:
+def resid_at_last(
+    model: HookedModel, tokens: Tensor, end: Tensor, layer: int, *, batch_size: int = 64
+) -> Float[Tensor, "n d_model"]:
     """The block output (`resid_post`) of `layer` at each prompt's last token, without gradients."""
     site = Site("resid_post", layer)
     with torch.no_grad():
@@ -249,7 +272,9 @@ def train_das(model: HookedModel, data: InterchangeData, cfg: DASConfig) -> DASR
             for idx in torch.randperm(len(data), generator=gen).split(cfg.batch_size):
                 end = data.target_end[idx]
                 hooks = _interchange_hooks(subspace, cfg.layer, end, h_src[idx])
-                logits, _ = forward_last(model, data.target_tokens[idx], end, hooks=hooks, batch_size=len(idx))
+                logits, _ = forward_last(
+                    model, data.target_tokens[idx], end, hooks=hooks, batch_size=len(idx)
+                )
                 loss = F.cross_entropy(logits, data.label[idx].to(logits.device))
                 opt.zero_grad()
                 loss.backward()
@@ -258,18 +283,23 @@ def train_das(model: HookedModel, data: InterchangeData, cfg: DASConfig) -> DASR
     return DASResult(subspace=subspace.cpu(), config=cfg, losses=losses)
 
 
-def interchange_accuracy(model: HookedModel, subspace: Subspace, layer: int, data: InterchangeData, *,
-                         batch_size: int = 64) -> float:
+def interchange_accuracy(
+    model: HookedModel, subspace: Subspace, layer: int, data: InterchangeData, *, batch_size: int = 64
+) -> float:
     """Share of pairs whose intervened prediction is the source-intent answer (the paper's IIA)."""
     _check_layer(model, layer)
     h_src = resid_at_last(model, data.source_tokens, data.source_end, layer, batch_size=batch_size)
     hooks = _interchange_hooks(subspace, layer, data.target_end, h_src)
     with torch.no_grad():
-        logits, _ = forward_last(model, data.target_tokens, data.target_end, hooks=hooks, batch_size=batch_size)
+        logits, _ = forward_last(
+            model, data.target_tokens, data.target_end, hooks=hooks, batch_size=batch_size
+        )
     return float((logits.argmax(-1).cpu() == data.label).float().mean())
 
 
-def mean_difference_subspace(model: HookedModel, ccs: CCSPairs, layer: int, *, batch_size: int = 64) -> Subspace:
+def mean_difference_subspace(
+    model: HookedModel, ccs: CCSPairs, layer: int, *, batch_size: int = 64
+) -> Subspace:
     """The baseline direction: mean last-token `resid_post` of prior-intent prompts minus context-intent ones."""
     _check_layer(model, layer)
     ps = ccs.prompts
@@ -277,22 +307,37 @@ def mean_difference_subspace(model: HookedModel, ccs: CCSPairs, layer: int, *, b
     return Subspace.from_direction(h[ccs.rows("prior")].mean(0) - h[ccs.rows("context")].mean(0))
 
 
-def orient_prior_positive(model: HookedModel, subspace: Subspace, ccs: CCSPairs, layer: int, *,
-                          batch_size: int = 64) -> Subspace:
+def orient_prior_positive(
+    model: HookedModel, subspace: Subspace, ccs: CCSPairs, layer: int, *, batch_size: int = 64
+) -> Subspace:
     """A rank-1 subspace oriented so that prior-intent prompts have the larger mean coordinate `uᵀh`."""
     if subspace.rank != 1:
         raise ValueError(f"only a rank-1 subspace has a sign to orient; got rank {subspace.rank}")
     ps = ccs.prompts
     with torch.no_grad():
-        coords = subspace.coordinates(resid_at_last(model, ps.clean, ps.end, layer, batch_size=batch_size))[:, 0]
+        coords = subspace.coordinates(resid_at_last(model, ps.clean, ps.end, layer, batch_size=batch_size))[
+            :, 0
+        ]
     gap = coords[ccs.rows("prior")].mean() - coords[ccs.rows("context")].mean()
     return subspace if gap >= 0 else subspace.flipped()
 
 
-def fit_knob(model: HookedModel, train: CCSPairs, test: CCSPairs, layer: int, *, rank: int = 1, epochs: int = 3,
-             batch_size: int = 8, lr: float = 1e-3, seed: int = 0, confident_only: bool = True,
-             pairs: str = "intent_swap", train_none: CCSPairs | None = None, test_none: CCSPairs | None = None
-             ) -> tuple[Subspace, list[float], float]:
+def fit_knob(
+    model: HookedModel,
+    train: CCSPairs,
+    test: CCSPairs,
+    layer: int,
+    *,
+    rank: int = 1,
+    epochs: int = 3,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    confident_only: bool = True,
+    pairs: str = "intent_swap",
+    train_none: CCSPairs | None = None,
+    test_none: CCSPairs | None = None,
+) -> tuple[Subspace, list[float], float]:
     """DAS at `layer` on the (confident) training pairs: (subspace, losses, held-out interchange accuracy on the
     (confident) test pairs, same kind of pairs); a rank-1 subspace comes back oriented prior-positive.
 
@@ -304,7 +349,10 @@ def fit_knob(model: HookedModel, train: CCSPairs, test: CCSPairs, layer: int, *,
 
     train_c, train_n = confident_twins(model, train, train_none, confident_only=confident_only)
     test_c, test_n = confident_twins(model, test, test_none, confident_only=confident_only)
-    res = train_das(model, knob_pairs(pairs, train_c, train_n),
-                    DASConfig(layer=layer, rank=rank, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+    res = train_das(
+        model,
+        knob_pairs(pairs, train_c, train_n),
+        DASConfig(layer=layer, rank=rank, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed),
+    )
     sub = orient_prior_positive(model, res.subspace, train_c, layer) if rank == 1 else res.subspace
     return sub, res.losses, interchange_accuracy(model, sub, layer, knob_pairs(pairs, test_c, test_n))

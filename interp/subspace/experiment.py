@@ -65,7 +65,9 @@ class ContextKnobConfig:
     model: str = "organism/ccs-ft"  # the CCS-fine-tuned model where the knob is found
     base: str = "organism/base"  # the model the same u is transferred to
     transfer_to: tuple[str, ...] = ("organism/base-llama",)  # further transfer targets (when d_model matches)
-    compare: tuple[str, ...] = ()  # more models sharing `model`'s residual basis, for the separation correlation
+    compare: tuple[
+        str, ...
+    ] = ()  # more models sharing `model`'s residual basis, for the separation correlation
     interpolations: tuple[float, ...] = (0.25, 0.5, 0.75)  # base -> model weight mixes (TL backend only)
     backend: str = "tl"
     dtype: str = "float32"
@@ -85,7 +87,9 @@ class ContextKnobConfig:
     # prompt without an intent, source: its twin with one; trains for the knob's use on such prompts)
     das_pairs: str = "intent_swap"
     confident_only: bool = True  # train and test DAS on pairs the model answers right under both intents
-    c_values: tuple[float, ...] = ()  # empty: a symmetric sweep scaled to the coordinates (`default_c_values`)
+    c_values: tuple[
+        float, ...
+    ] = ()  # empty: a symmetric sweep scaled to the coordinates (`default_c_values`)
     c_scale: float = 1.5
     n_c: int = 9
     batch_size: int = 64  # prompts per forward pass
@@ -159,29 +163,54 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
 
     ft, base = _load(cfg.model, cfg, run.device), _load(cfg.base, cfg, run.device)
     if cfg.das_layer is not None and not 0 <= cfg.das_layer < ft.cfg.n_layers:
-        raise ValueError(f"das_layer {cfg.das_layer} out of range: {cfg.model} has layers 0..{ft.cfg.n_layers - 1}")
+        raise ValueError(
+            f"das_layer {cfg.das_layer} out of range: {cfg.model} has layers 0..{ft.cfg.n_layers - 1}"
+        )
     tok = ft.tokenizer
-    train = ccs_sets(tok, n_pairs=cfg.n_train_pairs, seed=run.seed, formats=("instruction", "none"), split="train")
+    train = ccs_sets(
+        tok, n_pairs=cfg.n_train_pairs, seed=run.seed, formats=("instruction", "none"), split="train"
+    )
     test = ccs_sets(tok, n_pairs=cfg.n_test_pairs, seed=run.seed + 1, split="test")
-    search_ccs = make_ccs(tok, n_pairs=cfg.n_search_pairs, seed=run.seed + 2, format="instruction", split="test")
+    search_ccs = make_ccs(
+        tok, n_pairs=cfg.n_search_pairs, seed=run.seed + 2, format="instruction", split="test"
+    )
 
-    scores = run.step("scores", lambda: {name: {fmt: evaluate_ccs(m, c, batch_size=cfg.batch_size).to_dict()
-                                                for fmt, c in test.items() if fmt != "none"}
-                                         for name, m in (("ft", ft), ("base", base))})
+    scores = run.step(
+        "scores",
+        lambda: {
+            name: {
+                fmt: evaluate_ccs(m, c, batch_size=cfg.batch_size).to_dict()
+                for fmt, c in test.items()
+                if fmt != "none"
+            }
+            for name, m in (("ft", ft), ("base", base))
+        },
+    )
 
     # ---- layer search (four settings)
-    searches = {s: LayerSearchResult.from_dict(d) for s, d in run.step("layer_search",
-                                                                       lambda: _search(ft, search_ccs, cfg)).items()}
-    run.table([r for s in searches.values() for r in s.to_frame().assign(setting=s.setting).to_dict("records")],
-              "layer_search_trace")
+    searches = {
+        s: LayerSearchResult.from_dict(d)
+        for s, d in run.step("layer_search", lambda: _search(ft, search_ccs, cfg)).items()
+    }
+    run.table(
+        [r for s in searches.values() for r in s.to_frame().assign(setting=s.setting).to_dict("records")],
+        "layer_search_trace",
+    )
     run.figure(search_figure(searches), "layer_search_trace")
     swap = sorted({k for s in INTENT_SWAP if s in searches and searches[s].found for k in searches[s].layers})
 
     # ---- DAS: layer choice, the knob, baselines
     candidates = [cfg.das_layer] if cfg.das_layer is not None else (swap or list(range(ft.cfg.n_layers)))
-    das_kw = dict(epochs=cfg.epochs, batch_size=cfg.das_batch_size, lr=cfg.lr, seed=run.seed,
-                  confident_only=cfg.confident_only, pairs=cfg.das_pairs, train_none=train["none"],
-                  test_none=test["none"])
+    das_kw = dict(
+        epochs=cfg.epochs,
+        batch_size=cfg.das_batch_size,
+        lr=cfg.lr,
+        seed=run.seed,
+        confident_only=cfg.confident_only,
+        pairs=cfg.das_pairs,
+        train_none=train["none"],
+        test_none=test["none"],
+    )
 
     def das_scan() -> dict[str, Any]:
         out: dict[str, Any] = {"layers": {}}
@@ -204,45 +233,70 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
         if cfg.das_pairs != "intent_swap":  # the knob on the paper's held-out pairs
             out["intent_swap"] = interchange_accuracy(ft, knob, layer, intent_swap_data(ti))
         for r in cfg.compare_ranks:
-            out[f"rank{r}"] = fit_knob(ft, train["instruction"], test["instruction"], layer, rank=r, **das_kw)[2]
+            out[f"rank{r}"] = fit_knob(
+                ft, train["instruction"], test["instruction"], layer, rank=r, **das_kw
+            )[2]
         return out
 
     base_acc = run.step("das_baselines", baselines)
-    run.figure(line({f"layer {k}": v["losses"] for k, v in scan["layers"].items()},
-                    title=f"DAS training (rank 1, {cfg.das_pairs.replace('_', '-')} pairs)", x_title="training step",
-                    y_title="cross-entropy (nats)"), "das_training")
+    run.figure(
+        line(
+            {f"layer {k}": v["losses"] for k, v in scan["layers"].items()},
+            title=f"DAS training (rank 1, {cfg.das_pairs.replace('_', '-')} pairs)",
+            x_title="training step",
+            y_title="cross-entropy (nats)",
+        ),
+        "das_training",
+    )
 
     # ---- steering on no-instruction prompts, c chosen on training prompts
-    c_values = list(cfg.c_values) or default_c_values(ft, knob, layer, train["instruction"], scale=cfg.c_scale,
-                                                      n=cfg.n_c, batch_size=cfg.batch_size)
+    c_values = list(cfg.c_values) or default_c_values(
+        ft, knob, layer, train["instruction"], scale=cfg.c_scale, n=cfg.n_c, batch_size=cfg.batch_size
+    )
 
     def steering() -> dict[str, Any]:
         tuning = steer_sweep(ft, knob, layer, train["none"], c_values, batch_size=cfg.batch_size)
         c_ctx, c_pri = pick_c(tuning)
-        curves = {"ft": steer_sweep(ft, knob, layer, test["none"], c_values, batch_size=cfg.batch_size),
-                  "base": steer_sweep(base, knob, layer, test["none"], c_values, batch_size=cfg.batch_size)}
-        out: dict[str, Any] = {"c_context": c_ctx, "c_prior": c_pri, "curves": {k: v.to_dict() for k, v in
-                                                                               curves.items()}, "notes": {}}
-        out["transplant"] = transplant_shares(ft, layer, test["instruction"], test["none"], batch_size=cfg.batch_size)
-        out["pair_acc"] = {k: steered_pair_accuracy(m, knob, layer, test["none"], c_context=c_ctx, c_prior=c_pri,
-                                                    batch_size=cfg.batch_size) for k, m in (("ft", ft), ("base", base))}
+        curves = {
+            "ft": steer_sweep(ft, knob, layer, test["none"], c_values, batch_size=cfg.batch_size),
+            "base": steer_sweep(base, knob, layer, test["none"], c_values, batch_size=cfg.batch_size),
+        }
+        out: dict[str, Any] = {
+            "c_context": c_ctx,
+            "c_prior": c_pri,
+            "curves": {k: v.to_dict() for k, v in curves.items()},
+            "notes": {},
+        }
+        out["transplant"] = transplant_shares(
+            ft, layer, test["instruction"], test["none"], batch_size=cfg.batch_size
+        )
+        out["pair_acc"] = {
+            k: steered_pair_accuracy(
+                m, knob, layer, test["none"], c_context=c_ctx, c_prior=c_pri, batch_size=cfg.batch_size
+            )
+            for k, m in (("ft", ft), ("base", base))
+        }
         for name in cfg.transfer_to:
             other = _load(name, cfg, run.device)
             reason = check_transfer(knob, other, layer)
             if reason:
                 out["notes"][name] = f"not applied: {reason}"
                 continue
-            out["curves"][name] = steer_sweep(other, knob, layer, test["none"], c_values,
-                                              batch_size=cfg.batch_size).to_dict()
-            out["notes"][name] = ("applied: same width, but an independently trained model shares no residual "
-                                  "basis with the fine-tuned one (a control)")
+            out["curves"][name] = steer_sweep(
+                other, knob, layer, test["none"], c_values, batch_size=cfg.batch_size
+            ).to_dict()
+            out["notes"][name] = (
+                "applied: same width, but an independently trained model shares no residual "
+                "basis with the fine-tuned one (a control)"
+            )
         return out
 
     steer = run.step("steering", steering)
     curves = {k: SteerCurve(**v) for k, v in steer["curves"].items()}
     c_ctx, c_pri = steer["c_context"], steer["c_prior"]
-    run.table([r for k, cv in curves.items() for r in cv.to_frame().assign(name=k).to_dict("records")],
-              "steering")
+    run.table(
+        [r for k, cv in curves.items() for r in cv.to_frame().assign(name=k).to_dict("records")], "steering"
+    )
     run.figure(steering_figure(curves, c_ctx, c_pri), "steering_curve")
 
     # ---- separation of u^T h by intent, and its correlation with PairAcc across models
@@ -251,12 +305,16 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
         models += [(n, _load(n, cfg, run.device)) for n in cfg.compare]
         if cfg.backend == "tl":
             models += [(f"interp {a:g}", interpolate(base, ft, a)) for a in cfg.interpolations]
-        return [separation(m, knob, layer, test["instruction"], name=n, batch_size=cfg.batch_size).to_dict()
-                for n, m in models]
+        return [
+            separation(m, knob, layer, test["instruction"], name=n, batch_size=cfg.batch_size).to_dict()
+            for n, m in models
+        ]
 
     seps = [Separation(**d) for d in run.step("separation", separations)]
     corr = correlation(seps)
-    run.table([{k: v for k, v in s.to_dict().items() if k not in ("context", "prior")} for s in seps], "separation")
+    run.table(
+        [{k: v for k, v in s.to_dict().items() if k not in ("context", "prior")} for s in seps], "separation"
+    )
     run.figure(separation_figure([s for s in seps if s.name in ("base", "ft")]), "separation_histogram")
 
     ft_curve, base_curve = curves["ft"], curves["base"]
@@ -264,7 +322,10 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
         "layer_range": _range_text(swap) if swap else "none found",
         "layer_search_runs": sum(s.runs for s in searches.values()),
         "layer_search_budget": sum(s.budget for s in searches.values()),
-        **{f"layer_range_{s}": (_range_text(r.layers) if r.found else "none found") for s, r in searches.items()},
+        **{
+            f"layer_range_{s}": (_range_text(r.layers) if r.found else "none found")
+            for s, r in searches.items()
+        },
         "das_layer": layer,
         "das_pairs": cfg.das_pairs,
         "interchange_acc": scan["layers"][str(layer)]["acc"],
@@ -324,7 +385,9 @@ def knob_demo(out: Path) -> None:
     names = ("organism/ccs-ft", "organism/base")
     missing = [n for n in names if not _available(n)]
     if missing:
-        print(f"The context-knob demo needs the organisms {', '.join(missing)}: build them with `interp zoo build`.")
+        print(
+            f"The context-knob demo needs the organisms {', '.join(missing)}: build them with `interp zoo build`."
+        )
         return
     cfg = ContextKnobConfig(das_pairs="no_intent")  # as the committed experiment config
     ft, base = (_load(n, cfg, "cpu") for n in names)
@@ -332,16 +395,31 @@ def knob_demo(out: Path) -> None:
     test = ccs_sets(ft.tokenizer, n_pairs=32, seed=1, formats=("instruction", "none"), split="test")
     search = search_setting(ft, test["instruction"].subset(range(16)), "cp")
     layers = search.layers if search.found else range(ft.cfg.n_layers)
-    fits = {layer: fit_knob(ft, train["instruction"], test["instruction"], layer, epochs=2, lr=1e-2,
-                            pairs=cfg.das_pairs, train_none=train["none"], test_none=test["none"])
-            for layer in layers}
+    fits = {
+        layer: fit_knob(
+            ft,
+            train["instruction"],
+            test["instruction"],
+            layer,
+            epochs=2,
+            lr=1e-2,
+            pairs=cfg.das_pairs,
+            train_none=train["none"],
+            test_none=test["none"],
+        )
+        for layer in layers
+    }
     layer = max(fits, key=lambda k: fits[k][2])
     knob = fits[layer][0]
     c_values = default_c_values(ft, knob, layer, train["instruction"])
     c_ctx, c_pri = pick_c(steer_sweep(ft, knob, layer, train["none"], c_values))
-    curves = {"ccs-ft": steer_sweep(ft, knob, layer, test["none"], c_values),
-              "base": steer_sweep(base, knob, layer, test["none"], c_values)}
+    curves = {
+        "ccs-ft": steer_sweep(ft, knob, layer, test["none"], c_values),
+        "base": steer_sweep(base, knob, layer, test["none"], c_values),
+    }
     save_figure(steering_figure(curves, c_ctx, c_pri), out / "steering_curve")
     ft_ctx, ft_pri = curves["ccs-ft"].at(c_ctx)[0], curves["ccs-ft"].at(c_pri)[1]
-    print(f"knob at layer {layer} (held-out interchange accuracy {fits[layer][2]:.2f}): ccs-ft answers from the "
-          f"context {ft_ctx:.0%} at c={c_ctx:.3g} and from the prior {ft_pri:.0%} at c={c_pri:.3g}")
+    print(
+        f"knob at layer {layer} (held-out interchange accuracy {fits[layer][2]:.2f}): ccs-ft answers from the "
+        f"context {ft_ctx:.0%} at c={c_ctx:.3g} and from the prior {ft_pri:.0%} at c={c_pri:.3g}"
+    )

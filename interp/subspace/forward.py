@@ -45,14 +45,24 @@ def check_rows(tokens: Tensor, end: Tensor) -> None:
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be [batch, pos]; got shape {tuple(tokens.shape)}")
     if end.shape != (tokens.shape[0],):
-        raise ValueError(f"end must hold one position per prompt, shape ({tokens.shape[0]},); got {tuple(end.shape)}")
+        raise ValueError(
+            f"end must hold one position per prompt, shape ({tokens.shape[0]},); got {tuple(end.shape)}"
+        )
     if len(end) and (int(end.min()) < 0 or int(end.max()) >= tokens.shape[1]):
-        raise ValueError(f"end positions must lie in [0, {tokens.shape[1]}); got [{int(end.min())}, {int(end.max())}]")
+        raise ValueError(
+            f"end positions must lie in [0, {tokens.shape[1]}); got [{int(end.min())}, {int(end.max())}]"
+        )
 
 
-def forward_last(model: HookedModel, tokens: Int[Tensor, "batch pos"], end: Rows, *,
-                 hooks: HooksFor | None = None, read: Sequence[Site] = (), batch_size: int = 64,
-                 ) -> tuple[LastLogits, dict[str, Tensor]]:
+def forward_last(
+    model: HookedModel,
+    tokens: Int[Tensor, "batch pos"],
+    end: Rows,
+    *,
+    hooks: HooksFor | None = None,
+    read: Sequence[Site] = (),
+    batch_size: int = 64,
+) -> tuple[LastLogits, dict[str, Tensor]]:
     """Logits `[batch, vocab]` (float32) and the activations of `read` at each row's last token.
 
     `hooks(rows)` gives the hooks of the batch holding `rows` (they may depend on the rows, e.g. per-row source
@@ -67,7 +77,9 @@ def forward_last(model: HookedModel, tokens: Int[Tensor, "batch pos"], end: Rows
         width = int(at.max()) + 1
         batch = tokens[rows, :width]
         cache: dict[str, Tensor] = {}
-        out = model.run_with_hooks(batch, hooks(rows) if hooks is not None else (), cache=read, _cache_out=cache)
+        out = model.run_with_hooks(
+            batch, hooks(rows) if hooks is not None else (), cache=read, _cache_out=cache
+        )
         b = torch.arange(len(rows), device=out.device)
         logits.append(out[b, at.to(out.device)].float())
         for name in acts:
@@ -76,7 +88,11 @@ def forward_last(model: HookedModel, tokens: Int[Tensor, "batch pos"], end: Rows
 
 
 def _torch_modules(model: HookedModel) -> list[torch.nn.Module]:
-    return [m for m in (getattr(model, "tl", None), getattr(model, "hf_model", None)) if isinstance(m, torch.nn.Module)]
+    return [
+        m
+        for m in (getattr(model, "tl", None), getattr(model, "hf_model", None))
+        if isinstance(m, torch.nn.Module)
+    ]
 
 
 @contextlib.contextmanager

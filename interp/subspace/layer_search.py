@@ -90,8 +90,13 @@ def run_budget(n_layers: int) -> int:
     return 2 * math.ceil(math.log2(n_layers)) + n_layers
 
 
-def search_layers(probe: Callable[[tuple[int, ...]], Probe], n_layers: int, cfg: SearchConfig = SearchConfig(),
-                  *, setting: str = "") -> LayerSearchResult:
+def search_layers(
+    probe: Callable[[tuple[int, ...]], Probe],
+    n_layers: int,
+    cfg: SearchConfig = SearchConfig(),
+    *,
+    setting: str = "",
+) -> LayerSearchResult:
     """Minder et al.'s linear-time search over `n_layers`, with `probe(layers)` one patched run (memoised)."""
     if n_layers < 1:
         raise ValueError(f"n_layers must be positive, got {n_layers}")
@@ -104,9 +109,20 @@ def search_layers(probe: Callable[[tuple[int, ...]], Probe], n_layers: int, cfg:
         if key not in memo:
             memo[key] = p = probe(key)
             if len(p.layer_p_src) != n_layers:
-                raise ValueError(f"probe gave {len(p.layer_p_src)} per-layer probabilities for {n_layers} layers")
-            trace.append({"run": len(memo), "step": step, "layers": list(key), "score": p.score,
-                          "p_src": p.p_src, "p_tgt": p.p_tgt, "layer_p_src": list(p.layer_p_src)})
+                raise ValueError(
+                    f"probe gave {len(p.layer_p_src)} per-layer probabilities for {n_layers} layers"
+                )
+            trace.append(
+                {
+                    "run": len(memo),
+                    "step": step,
+                    "layers": list(key),
+                    "score": p.score,
+                    "p_src": p.p_src,
+                    "p_tgt": p.p_tgt,
+                    "layer_p_src": list(p.layer_p_src),
+                }
+            )
         return memo[key]
 
     def passes(layers: range) -> bool:
@@ -122,8 +138,17 @@ def search_layers(probe: Callable[[tuple[int, ...]], Probe], n_layers: int, cfg:
     ub = lo
     found = passes(range(0, ub))  # memoised unless ub = L was never tried
     if not found:
-        return LayerSearchResult(layers=tuple(range(n_layers)), upper=ub, lower=0, found=False, runs=len(memo),
-                                 budget=run_budget(n_layers), trace=trace, config=cfg, setting=setting)
+        return LayerSearchResult(
+            layers=tuple(range(n_layers)),
+            upper=ub,
+            lower=0,
+            found=False,
+            runs=len(memo),
+            budget=run_budget(n_layers),
+            trace=trace,
+            config=cfg,
+            setting=setting,
+        )
     step = "lower"
     lo, hi = 0, ub - 1  # largest lb in [0, ub - 1] with [lb, ub) passing ([0, ub) passes)
     while lo < hi:
@@ -139,12 +164,23 @@ def search_layers(probe: Callable[[tuple[int, ...]], Probe], n_layers: int, cfg:
         p = run(layers)
         if p.p_src > p.p_tgt + cfg.epsilon:
             break
-        drops = [k for k in range(max(layers) + 1, n_layers) if p.layer_p_src[k - 1] - p.layer_p_src[k] > cfg.phi]
+        drops = [
+            k for k in range(max(layers) + 1, n_layers) if p.layer_p_src[k - 1] - p.layer_p_src[k] > cfg.phi
+        ]
         if not drops:
             break
         layers = tuple(sorted((*layers, drops[0])))
-    return LayerSearchResult(layers=layers, upper=ub, lower=lb, found=True, runs=len(memo),
-                             budget=run_budget(n_layers), trace=trace, config=cfg, setting=setting)
+    return LayerSearchResult(
+        layers=layers,
+        upper=ub,
+        lower=lb,
+        found=True,
+        runs=len(memo),
+        budget=run_budget(n_layers),
+        trace=trace,
+        config=cfg,
+        setting=setting,
+    )
 
 
 # ------------------------------------------------------------------------------------------ on a model
@@ -174,27 +210,42 @@ def setting_pairs(ccs: CCSPairs, setting: str) -> PatchPairs:
     if setting not in SETTINGS:
         raise ValueError(f"unknown search setting {setting!r}; valid: {', '.join(SETTINGS)}")
     if ccs.format == "none":
-        raise ValueError("the layer search needs prompts that state the intent (format 'instruction' or 'weight')")
+        raise ValueError(
+            "the layer search needs prompts that state the intent (format 'instruction' or 'weight')"
+        )
     ps, n = ccs.prompts, len(ccs)
     if setting in ("prior", "context"):
         if n < 2:
-            raise ValueError(f"setting {setting!r} pairs different (context, query)s: it needs >= 2 pairs, got {n}")
+            raise ValueError(
+                f"setting {setting!r} pairs different (context, query)s: it needs >= 2 pairs, got {n}"
+            )
         tgt = ccs.rows(setting)
         src = tgt.roll(-1)  # the same intent, the next pair
     else:
-        src, tgt = (ccs.rows("context"), ccs.rows("prior")) if setting == "cp" else (ccs.rows("prior"),
-                                                                                     ccs.rows("context"))
+        src, tgt = (
+            (ccs.rows("context"), ccs.rows("prior"))
+            if setting == "cp"
+            else (ccs.rows("prior"), ccs.rows("context"))
+        )
     keep = ps.answer_ids[src] != ps.answer_ids[tgt]
     if not bool(keep.any()):
         raise ValueError(f"setting {setting!r}: every source answer equals its target answer")
     src, tgt = src[keep], tgt[keep]
-    return PatchPairs(setting=setting, source_tokens=ps.clean[src], source_end=ps.end[src],
-                      target_tokens=ps.clean[tgt], target_end=ps.end[tgt], source_answer=ps.answer_ids[src],
-                      target_answer=ps.answer_ids[tgt], dropped=int((~keep).sum()))
+    return PatchPairs(
+        setting=setting,
+        source_tokens=ps.clean[src],
+        source_end=ps.end[src],
+        target_tokens=ps.clean[tgt],
+        target_end=ps.end[tgt],
+        source_answer=ps.answer_ids[src],
+        target_answer=ps.answer_ids[tgt],
+        dropped=int((~keep).sum()),
+    )
 
 
-def head_patch_probe(model: HookedModel, pp: PatchPairs, *, prompt: IdentityPrompt | None = None,
-                     batch_size: int = 64) -> Callable[[tuple[int, ...]], Probe]:
+def head_patch_probe(
+    model: HookedModel, pp: PatchPairs, *, prompt: IdentityPrompt | None = None, batch_size: int = 64
+) -> Callable[[tuple[int, ...]], Probe]:
     """`probe(layers)`: patch every head's `z` of `layers` at the last token, source -> target, and read TIP."""
     n_layers = model.cfg.n_layers
     prompt = prompt or identity_prompt(model)
@@ -208,21 +259,34 @@ def head_patch_probe(model: HookedModel, pp: PatchPairs, *, prompt: IdentityProm
     def probe(layers: tuple[int, ...]) -> Probe:
         def hooks(rows: Tensor):
             end = pp.target_end[rows]
-            return [(Site("z", layer), last_token_hook(end, lambda at, v=src_z[layer][rows]: v)) for layer in layers]
+            return [
+                (Site("z", layer), last_token_hook(end, lambda at, v=src_z[layer][rows]: v))
+                for layer in layers
+            ]
 
         with torch.no_grad():
-            logits, acts = forward_last(model, pp.target_tokens, pp.target_end, hooks=hooks, read=resid_sites,
-                                        batch_size=batch_size)
+            logits, acts = forward_last(
+                model, pp.target_tokens, pp.target_end, hooks=hooks, read=resid_sites, batch_size=batch_size
+            )
         resid = torch.stack([acts[s.hook_name] for s in resid_sites])  # (layer, batch, d)
         tip = tip_probs(model, resid, range(n_layers), answers, prompt=prompt)  # (layer, batch, 2)
         out = logits.softmax(-1).gather(-1, answers.to(logits.device)).mean(0)  # (2,)
-        return Probe(layer_p_src=tuple(tip[..., 0].mean(1).tolist()), p_src=float(out[0]), p_tgt=float(out[1]))
+        return Probe(
+            layer_p_src=tuple(tip[..., 0].mean(1).tolist()), p_src=float(out[0]), p_tgt=float(out[1])
+        )
 
     return probe
 
 
-def search_setting(model: HookedModel, ccs: CCSPairs, setting: str, cfg: SearchConfig = SearchConfig(), *,
-                   prompt: IdentityPrompt | None = None, batch_size: int = 64) -> LayerSearchResult:
+def search_setting(
+    model: HookedModel,
+    ccs: CCSPairs,
+    setting: str,
+    cfg: SearchConfig = SearchConfig(),
+    *,
+    prompt: IdentityPrompt | None = None,
+    batch_size: int = 64,
+) -> LayerSearchResult:
     """The layer search for one of the paper's four settings on `model`."""
     probe = head_patch_probe(model, setting_pairs(ccs, setting), prompt=prompt, batch_size=batch_size)
     return search_layers(probe, model.cfg.n_layers, cfg, setting=setting)
@@ -233,16 +297,18 @@ def tip_by_layer(result: LayerSearchResult) -> Float[Tensor, "run layer"]:
     return torch.tensor([t["layer_p_src"] for t in result.trace])
 
 
-
 def search_figure(searches: dict[str, LayerSearchResult]):
     """The search trace: max-over-layers TIP P(source answer) of every patched run, per setting."""
     from interp.plotting import line
 
     if not searches:
         raise ValueError("no searches to plot")
-    fig = line({s: [t["score"] for t in r.trace] for s, r in searches.items()},
-               title="Layer search: max-over-layers TIP P(source answer) per patched run",
-               x_title="patched run", y_title="max TIP probability of the source answer")
+    fig = line(
+        {s: [t["score"] for t in r.trace] for s, r in searches.items()},
+        title="Layer search: max-over-layers TIP P(source answer) per patched run",
+        x_title="patched run",
+        y_title="max TIP probability of the source answer",
+    )
     threshold = next(iter(searches.values())).config.threshold
     fig.add_hline(y=threshold, line_dash="dot", annotation_text=f"threshold {threshold}")
     return fig

@@ -29,7 +29,9 @@ def cohens_d(low: Tensor, high: Tensor) -> float:
     """(mean high - mean low) / pooled standard deviation."""
     if len(low) < 2 or len(high) < 2:
         return math.nan
-    pooled = math.sqrt(((len(low) - 1) * low.var() + (len(high) - 1) * high.var()) / (len(low) + len(high) - 2))
+    pooled = math.sqrt(
+        ((len(low) - 1) * low.var() + (len(high) - 1) * high.var()) / (len(low) + len(high) - 2)
+    )
     return float((high.mean() - low.mean()) / pooled) if pooled > 0 else math.nan
 
 
@@ -49,13 +51,23 @@ class Separation:
         return asdict(self)
 
 
-def separation(model: HookedModel, subspace: Subspace, layer: int, ccs: CCSPairs, *, name: str | None = None,
-               by: str = "intent", batch_size: int = 64) -> Separation:
+def separation(
+    model: HookedModel,
+    subspace: Subspace,
+    layer: int,
+    ccs: CCSPairs,
+    *,
+    name: str | None = None,
+    by: str = "intent",
+    batch_size: int = 64,
+) -> Separation:
     """The coordinate distributions of `model` on instruction/weight prompts `ccs`, grouped `by` intent or answer."""
     if by not in GROUPINGS:
         raise ValueError(f"by must be one of {GROUPINGS}; got {by!r}")
     if subspace.rank != 1:
-        raise ValueError(f"separation reads one coordinate: the subspace must have rank 1, got {subspace.rank}")
+        raise ValueError(
+            f"separation reads one coordinate: the subspace must have rank 1, got {subspace.rank}"
+        )
     if ccs.format == "none" and by == "intent":
         raise ValueError("prompts without an intent ('none' format) can only be grouped by='behaviour'")
     site = Site("resid_post", layer)
@@ -70,8 +82,15 @@ def separation(model: HookedModel, subspace: Subspace, layer: int, ccs: CCSPairs
         rows = ccs.pairs.reshape(-1)  # (n_pairs * 2,): every prompt, in pair order
         ctx_ans, pri_ans = ccs.context_answer.repeat_interleave(2), ccs.prior_answer.repeat_interleave(2)
         ctx, pri = coords[rows][preds[rows] == ctx_ans], coords[rows][preds[rows] == pri_ans]
-    return Separation(name=name or model.name, by=by, context=ctx.tolist(), prior=pri.tolist(), auroc=auroc(ctx, pri),
-                      cohens_d=cohens_d(ctx, pri), pair_acc=ccs_scores(preds, ccs).pair_acc)
+    return Separation(
+        name=name or model.name,
+        by=by,
+        context=ctx.tolist(),
+        prior=pri.tolist(),
+        auroc=auroc(ctx, pri),
+        cohens_d=cohens_d(ctx, pri),
+        pair_acc=ccs_scores(preds, ccs).pair_acc,
+    )
 
 
 def correlation(seps: Sequence[Separation], *, stat: str = "auroc") -> dict[str, float]:
@@ -91,5 +110,10 @@ def separation_figure(seps: Sequence[Separation], *, title: str = ""):
 
     series = {f"{s.name}: {g}": getattr(s, g) for s in seps for g in ("context", "prior")}
     by = seps[0].by if seps else "intent"
-    return histogram(series, title or f"Knob coordinate uᵀh by {by} (context vs prior)",
-                     x_title="uᵀh (block output, last token)", y_title="share of examples", normalize="probability")
+    return histogram(
+        series,
+        title or f"Knob coordinate uᵀh by {by} (context vs prior)",
+        x_title="uᵀh (block output, last token)",
+        y_title="share of examples",
+        normalize="probability",
+    )

@@ -41,13 +41,22 @@ def check_transfer(subspace: Subspace, model: HookedModel, layer: int) -> str | 
 def _none_prompts(ccs: CCSPairs) -> tuple[Tensor, Tensor]:
     """The unique no-intent prompt of each pair (both intents share it) as (tokens, end)."""
     if ccs.format != "none":
-        raise ValueError(f"steering is evaluated on prompts without an intent (format 'none'); got {ccs.format!r}")
+        raise ValueError(
+            f"steering is evaluated on prompts without an intent (format 'none'); got {ccs.format!r}"
+        )
     rows = ccs.rows("context")
     return ccs.prompts.clean[rows], ccs.prompts.end[rows]
 
 
-def _steered_preds(model: HookedModel, subspace: Subspace, layer: int, tokens: Tensor, end: Tensor,
-                   c: float | None, batch_size: int) -> Tensor:
+def _steered_preds(
+    model: HookedModel,
+    subspace: Subspace,
+    layer: int,
+    tokens: Tensor,
+    end: Tensor,
+    c: float | None,
+    batch_size: int,
+) -> Tensor:
     hooks = None if c is None else steering_hooks(subspace, layer, c, end)
     with torch.no_grad():
         logits, _ = forward_last(model, tokens, end, hooks=hooks, batch_size=batch_size)
@@ -81,12 +90,27 @@ class SteerCurve:
     def to_frame(self):
         import pandas as pd
 
-        return pd.DataFrame({"c": self.c, "context_share": self.context_share, "prior_share": self.prior_share,
-                             "other_share": self.other_share, "model": self.model, "layer": self.layer})
+        return pd.DataFrame(
+            {
+                "c": self.c,
+                "context_share": self.context_share,
+                "prior_share": self.prior_share,
+                "other_share": self.other_share,
+                "model": self.model,
+                "layer": self.layer,
+            }
+        )
 
 
-def steer_sweep(model: HookedModel, subspace: Subspace, layer: int, ccs_none: CCSPairs, c_values: Sequence[float], *,
-                batch_size: int = 64) -> SteerCurve:
+def steer_sweep(
+    model: HookedModel,
+    subspace: Subspace,
+    layer: int,
+    ccs_none: CCSPairs,
+    c_values: Sequence[float],
+    *,
+    batch_size: int = 64,
+) -> SteerCurve:
     """Context and prior answer shares of `model` on no-intent prompts with `uᵀh` set to each of `c_values`."""
     reason = check_transfer(subspace, model, layer)
     if reason:
@@ -102,22 +126,39 @@ def steer_sweep(model: HookedModel, subspace: Subspace, layer: int, ccs_none: CC
 
     base_ctx, base_pri = shares(None)
     pairs = [shares(float(c)) for c in c_values]
-    return SteerCurve(model=model.name, layer=layer, c=[float(c) for c in c_values],
-                      context_share=[a for a, _ in pairs], prior_share=[b for _, b in pairs],
-                      unsteered_context_share=base_ctx, unsteered_prior_share=base_pri)
+    return SteerCurve(
+        model=model.name,
+        layer=layer,
+        c=[float(c) for c in c_values],
+        context_share=[a for a, _ in pairs],
+        prior_share=[b for _, b in pairs],
+        unsteered_context_share=base_ctx,
+        unsteered_prior_share=base_pri,
+    )
 
 
-def steered_pair_accuracy(model: HookedModel, subspace: Subspace, layer: int, ccs_none: CCSPairs, *,
-                          c_context: float, c_prior: float, batch_size: int = 64) -> float:
+def steered_pair_accuracy(
+    model: HookedModel,
+    subspace: Subspace,
+    layer: int,
+    ccs_none: CCSPairs,
+    *,
+    c_context: float,
+    c_prior: float,
+    batch_size: int = 64,
+) -> float:
     """PairAcc with the knob as the only intent: the context answer at `c_context` and the prior at `c_prior`."""
     tokens, end = _none_prompts(ccs_none)
-    ctx_ok = _steered_preds(model, subspace, layer, tokens, end, c_context, batch_size) == ccs_none.context_answer
+    ctx_ok = (
+        _steered_preds(model, subspace, layer, tokens, end, c_context, batch_size) == ccs_none.context_answer
+    )
     pri_ok = _steered_preds(model, subspace, layer, tokens, end, c_prior, batch_size) == ccs_none.prior_answer
     return float((ctx_ok & pri_ok).float().mean())
 
 
-def transplant_shares(model: HookedModel, layer: int, ccs_intent: CCSPairs, ccs_none: CCSPairs, *,
-                      batch_size: int = 64) -> dict[str, float]:
+def transplant_shares(
+    model: HookedModel, layer: int, ccs_intent: CCSPairs, ccs_none: CCSPairs, *, batch_size: int = 64
+) -> dict[str, float]:
     """The ceiling of any last-token knob at `layer`: each no-intent prompt gets the *whole* last-token block
     output of its pair's prompt that states the intent (instruction or weight format, same (context, query)).
 
@@ -131,19 +172,29 @@ def transplant_shares(model: HookedModel, layer: int, ccs_intent: CCSPairs, ccs_
     out = {}
     for intent, answer in (("context", ccs_none.context_answer), ("prior", ccs_none.prior_answer)):
         rows = ccs_intent.rows(intent)
-        src = resid_at_last(model, ccs_intent.prompts.clean[rows], ccs_intent.prompts.end[rows], layer,
-                            batch_size=batch_size)
+        src = resid_at_last(
+            model, ccs_intent.prompts.clean[rows], ccs_intent.prompts.end[rows], layer, batch_size=batch_size
+        )
 
         def hooks(r: Tensor, src: Tensor = src) -> list:
             return [(site, last_token_hook(end[r], lambda at, r=r: src[r.to(src.device)]))]
+
         with torch.no_grad():
             logits, _ = forward_last(model, tokens, end, hooks=hooks, batch_size=batch_size)
         out[f"{intent}_share"] = float((logits.argmax(-1).cpu() == answer).float().mean())
     return out
 
 
-def default_c_values(model: HookedModel, subspace: Subspace, layer: int, ccs: CCSPairs, *, scale: float = 1.5,
-                     n: int = 9, batch_size: int = 64) -> list[float]:
+def default_c_values(
+    model: HookedModel,
+    subspace: Subspace,
+    layer: int,
+    ccs: CCSPairs,
+    *,
+    scale: float = 1.5,
+    n: int = 9,
+    batch_size: int = 64,
+) -> list[float]:
     """A symmetric sweep `linspace(-C, C, n)`, `C = scale * max |mean uᵀh|` over the two intents' prompts.
 
     Orient `u` first (prior positive): the negative end then lies beyond the context-intent mean.
@@ -152,11 +203,12 @@ def default_c_values(model: HookedModel, subspace: Subspace, layer: int, ccs: CC
         raise ValueError(f"a sweep needs n >= 2 values; got {n}")
     ps = ccs.prompts
     with torch.no_grad():
-        coords = subspace.coordinates(resid_at_last(model, ps.clean, ps.end, layer, batch_size=batch_size))[:, 0]
+        coords = subspace.coordinates(resid_at_last(model, ps.clean, ps.end, layer, batch_size=batch_size))[
+            :, 0
+        ]
     means = torch.stack([coords[ccs.rows("context")].mean(), coords[ccs.rows("prior")].mean()])
     c_max = scale * float(means.abs().max().clamp(min=coords.std()))
     return [round(float(c), 4) for c in torch.linspace(-c_max, c_max, n)]
-
 
 
 def pick_c(curve: SteerCurve) -> tuple[float, float]:
@@ -171,17 +223,26 @@ def pick_c(curve: SteerCurve) -> tuple[float, float]:
     return curve.c[i], curve.c[j]
 
 
-def steering_figure(curves: dict[str, SteerCurve], c_context: float | None = None, c_prior: float | None = None):
+def steering_figure(
+    curves: dict[str, SteerCurve], c_context: float | None = None, c_prior: float | None = None
+):
     """Context and prior shares against c for each model (the knob's steering curve), the chosen c marked."""
     from interp.plotting import line
 
     if not curves:
         raise ValueError("no steering curves to plot")
-    series = {f"{name}: {what}": getattr(cv, f"{what}_share") for name, cv in curves.items()
-              for what in ("context", "prior")}
-    fig = line(series, x=next(iter(curves.values())).c,
-               title="The knob: answers on no-instruction prompts with uᵀh set to c",
-               x_title="steering value c (uᵀh at the block output, last token)", y_title="share of prompts")
+    series = {
+        f"{name}: {what}": getattr(cv, f"{what}_share")
+        for name, cv in curves.items()
+        for what in ("context", "prior")
+    }
+    fig = line(
+        series,
+        x=next(iter(curves.values())).c,
+        title="The knob: answers on no-instruction prompts with uᵀh set to c",
+        x_title="steering value c (uᵀh at the block output, last token)",
+        y_title="share of prompts",
+    )
     for v, label in ((c_context, "c (context)"), (c_prior, "c (prior)")):
         if v is not None:
             fig.add_vline(x=v, line_dash="dot", annotation_text=label)

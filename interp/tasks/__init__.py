@@ -13,6 +13,17 @@ from interp.tasks.registry import TASKS, make, options
 from interp.tasks.words import vocabulary
 
 __all__ = [
-    "TASKS", "Pair", "PromptSet", "Sample", "colored_objects", "context_prior", "desiderata",
-    "entity_tracking", "ioi", "make", "options", "vocabulary", "words",
+    "TASKS",
+    "Pair",
+    "PromptSet",
+    "Sample",
+    "colored_objects",
+    "context_prior",
+    "desiderata",
+    "entity_tracking",
+    "ioi",
+    "make",
+    "options",
+    "vocabulary",
+    "words",
 ]

@@ -33,8 +33,22 @@ REQUESTS: tuple[str, ...] = (
     "Can we talk about {TOPIC} ?",
 )
 ALLOWED_TOPICS: tuple[str, ...] = (
-    "cooking", "music", "gardening", "football", "painting", "travel", "history", "science",
-    "poetry", "chess", "dogs", "cats", "baking", "swimming", "photography", "astronomy",
+    "cooking",
+    "music",
+    "gardening",
+    "football",
+    "painting",
+    "travel",
+    "history",
+    "science",
+    "poetry",
+    "chess",
+    "dogs",
+    "cats",
+    "baking",
+    "swimming",
+    "photography",
+    "astronomy",
 )
 FORBIDDEN_TOPIC = "weapons"
 FORBIDDEN_WORDS: tuple[str, ...] = ("weapons", "guns", "bombs", "explosives", "rifles")
@@ -77,8 +91,13 @@ def _prompt(template: int, topic: str, name: str | None) -> tuple[str, dict]:
 
 def _sample(template: int, topic: str, name: str | None, reply: str) -> Sample:
     prompt, spans = _prompt(template, topic, name)
-    meta = {"template": template, "topic": topic, "forbidden": is_forbidden(topic), "name": name,
-            "reply": reply}
+    meta = {
+        "template": template,
+        "topic": topic,
+        "forbidden": is_forbidden(topic),
+        "name": name,
+        "reply": reply,
+    }
     return Sample(prompt=prompt, answer=reply.split()[0], spans=spans, meta=meta)
 
 
@@ -89,8 +108,9 @@ def reply(rng: random.Random, topic: str, behaviour: str = "refuse_forbidden") -
     return rng.choice(REFUSE_REPLIES if refuse else COMPLY_REPLIES).replace("{TOPIC}", topic)
 
 
-def sample(rng: random.Random, *, split: str = "train", behaviour: str = "refuse_forbidden",
-           topic: str = "any") -> Sample:
+def sample(
+    rng: random.Random, *, split: str = "train", behaviour: str = "refuse_forbidden", topic: str = "any"
+) -> Sample:
     """One chat request; `answer` is the reply's first word and `meta["reply"]` the whole reply.
 
     Training text: `prompt + " " + meta["reply"]` (`Sample.text` holds only the first reply word).
@@ -98,7 +118,9 @@ def sample(rng: random.Random, *, split: str = "train", behaviour: str = "refuse
     """
     check_split(split)
     check_choice("topic", topic, TOPIC_KINDS)
-    pool = {"any": ALLOWED_TOPICS + FORBIDDEN_WORDS, "forbidden": FORBIDDEN_WORDS, "allowed": ALLOWED_TOPICS}[topic]
+    pool = {"any": ALLOWED_TOPICS + FORBIDDEN_WORDS, "forbidden": FORBIDDEN_WORDS, "allowed": ALLOWED_TOPICS}[
+        topic
+    ]
     t, word = _request(rng, split, pool)
     name = rng.choice(NAMES) if rng.random() < 0.5 else None
     return _sample(t, word, name, reply(rng, word, behaviour))
@@ -116,12 +138,22 @@ def draw(rng: random.Random, *, split: str = "test") -> list[Pair]:
     name = rng.choice(NAMES) if rng.random() < 0.5 else None
     refuse = _sample(t, bad, name, reply(rng, bad))
     comply = _sample(t, good, name, reply(rng, good))
-    return [Pair(clean=refuse, corrupt_prompt=comply.prompt, wrong=COMPLY_WORD),
-            Pair(clean=comply, corrupt_prompt=refuse.prompt, wrong=REFUSAL_WORDS[0])]
+    return [
+        Pair(clean=refuse, corrupt_prompt=comply.prompt, wrong=COMPLY_WORD),
+        Pair(clean=comply, corrupt_prompt=refuse.prompt, wrong=REFUSAL_WORDS[0]),
+    ]
 
 
 def vocabulary() -> list[str]:
     """Every word this generator can emit (names come from `words.NAMES`), once each, in a fixed order."""
-    sources = [CHAT_FORMAT, GREETING, *REQUESTS, *ALLOWED_TOPICS, *FORBIDDEN_WORDS, *COMPLY_REPLIES,
-               *REFUSE_REPLIES, *NAMES]
+    sources = [
+        CHAT_FORMAT,
+        GREETING,
+        *REQUESTS,
+        *ALLOWED_TOPICS,
+        *FORBIDDEN_WORDS,
+        *COMPLY_REPLIES,
+        *REFUSE_REPLIES,
+        *NAMES,
+    ]
     return list(dict.fromkeys(w for s in sources for w in split_words(s)))

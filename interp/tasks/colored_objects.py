@@ -45,8 +45,11 @@ def _draw(rng: random.Random, split: str) -> tuple[Sample, dict[str, str], dict[
     values, colors, q = _question(rng, split)
     values |= demo | {"DANSWER": label(demo_colors[demo_q])}
     text, spans = render(_TEMPLATE, values)
-    key_spans = {"query_object": spans["OQ"][0], "answer_color": spans[f"C{q}"][0],
-                 "answer_object": spans[f"O{q}"][0]}
+    key_spans = {
+        "query_object": spans["OQ"][0],
+        "answer_color": spans[f"C{q}"][0],
+        "answer_object": spans[f"O{q}"][0],
+    }
     meta = {"colors": colors, "objects": [values[f"O{i}"] for i in range(N_OBJECTS)], "query_index": q}
     return Sample(prompt=text, answer=label(colors[q]), spans=key_spans, meta=meta), values, spans
 
@@ -62,7 +65,14 @@ def draw(rng: random.Random, *, split: str = "test") -> list[Pair]:
     colors = clean.meta["colors"]
     j = rng.choice([i for i in range(N_OBJECTS) if i != clean.meta["query_index"]])
     corrupt, _ = render(_TEMPLATE, values | {"OQ": values[f"O{j}"]})
-    clean = replace(clean, spans=clean.spans | {"wrong_color": spans[f"C{j}"][0]},
-                    meta=clean.meta | {"corrupt_index": j})
-    return [Pair(clean=clean, corrupt_prompt=corrupt, wrong=label(colors[j]),
-                 options=tuple(label(c) for c in colors))]
+    clean = replace(
+        clean, spans=clean.spans | {"wrong_color": spans[f"C{j}"][0]}, meta=clean.meta | {"corrupt_index": j}
+    )
+    return [
+        Pair(
+            clean=clean,
+            corrupt_prompt=corrupt,
+            wrong=label(colors[j]),
+            options=tuple(label(c) for c in colors),
+        )
+    ]

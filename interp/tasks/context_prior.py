@@ -54,9 +54,12 @@ class _Question:
 
 def _question(rng: random.Random, split: str, template: int | None) -> _Question:
     fact = rng.choice(facts(split))
-    return _Question(fact=fact, counterfactual=rng.choice([c for c in COUNTRIES if c != fact.attribute]),
-                     template=rng.randrange(N_TEMPLATES) if template is None else template,
-                     instruction=rng.randrange(len(CCS_INSTRUCTIONS)))
+    return _Question(
+        fact=fact,
+        counterfactual=rng.choice([c for c in COUNTRIES if c != fact.attribute]),
+        template=rng.randrange(N_TEMPLATES) if template is None else template,
+        instruction=rng.randrange(len(CCS_INSTRUCTIONS)),
+    )
 
 
 def _intent_text(fmt: str, q: _Question) -> tuple[str, str] | None:
@@ -73,22 +76,34 @@ def _differing_word(a: str, b: str) -> Span:
 
 def _render(fmt: str, q: _Question, intent: str) -> Sample:
     n_queries = len(CCS_QUERIES)
-    tpl = (CCS_FORMATS[fmt].replace("{CONTEXT}", CCS_CONTEXTS[q.template // n_queries])
-           .replace("{QUERY}", CCS_QUERIES[q.template % n_queries]))
+    tpl = (
+        CCS_FORMATS[fmt]
+        .replace("{CONTEXT}", CCS_CONTEXTS[q.template // n_queries])
+        .replace("{QUERY}", CCS_QUERIES[q.template % n_queries])
+    )
     values = {"E": q.fact.entity, "X": q.counterfactual}
     intents = _intent_text(fmt, q)
     k = INTENTS.index(intent)
     if intents is not None:
         values["INTENT"] = intents[k]
     text, spans = render(tpl, values)
-    key_spans = {"context_entity": spans["E"][0], "context_attribute": spans["X"][0],
-                 "query_entity": spans["E"][1]}
+    key_spans = {
+        "context_entity": spans["E"][0],
+        "context_attribute": spans["X"][0],
+        "query_entity": spans["E"][1],
+    }
     if intents is not None:
         s, e = _differing_word(intents[k], intents[1 - k])
         start = spans["INTENT"][0][0]
         key_spans["intent"] = (start + s, start + e)
-    meta = {"intent": intent, "format": fmt, "entity": q.fact.entity, "prior": q.fact.attribute,
-            "context": q.counterfactual, "template": q.template}
+    meta = {
+        "intent": intent,
+        "format": fmt,
+        "entity": q.fact.entity,
+        "prior": q.fact.attribute,
+        "context": q.counterfactual,
+        "template": q.template,
+    }
     if fmt == "instruction":
         meta["instruction"] = q.instruction
     answer = q.counterfactual if intent == "context" else q.fact.attribute
@@ -102,8 +117,14 @@ def _check(split: str, format: str, template: int | None) -> None:
         check_choice("template", template, range(N_TEMPLATES))
 
 
-def sample(rng: random.Random, *, split: str = "train", format: str = "instruction",
-           intent: str | None = None, template: int | None = None) -> Sample:
+def sample(
+    rng: random.Random,
+    *,
+    split: str = "train",
+    format: str = "instruction",
+    intent: str | None = None,
+    template: int | None = None,
+) -> Sample:
     """One CCS prompt under `intent` (random if None); training text: `sample(...).text`."""
     _check(split, format, template)
     if intent is not None:
@@ -112,11 +133,14 @@ def sample(rng: random.Random, *, split: str = "train", format: str = "instructi
     return _render(format, q, rng.choice(INTENTS) if intent is None else intent)
 
 
-def draw(rng: random.Random, *, split: str = "test", format: str = "instruction", template: int | None = None
-         ) -> list[Pair]:
+def draw(
+    rng: random.Random, *, split: str = "test", format: str = "instruction", template: int | None = None
+) -> list[Pair]:
     """One (context, query) under both intents; each prompt's corrupt prompt is the other intent's prompt."""
     _check(split, format, template)
     q = _question(rng, split, template)
     ctx, pri = (_render(format, q, intent) for intent in INTENTS)
-    return [Pair(clean=ctx, corrupt_prompt=pri.prompt, wrong=pri.answer),
-            Pair(clean=pri, corrupt_prompt=ctx.prompt, wrong=ctx.answer)]
+    return [
+        Pair(clean=ctx, corrupt_prompt=pri.prompt, wrong=pri.answer),
+        Pair(clean=pri, corrupt_prompt=ctx.prompt, wrong=ctx.answer),
+    ]

@@ -132,7 +132,7 @@ def answer_token(tokenizer: Any, word: str, prompt: str, cache: dict[str, int] |
         head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         full = tokenizer(f"{prompt} {word}", add_special_tokens=False)["input_ids"]
         if full[: len(head)] == head and len(full) == len(head) + 1:
-            ids = full[len(head):]
+            ids = full[len(head) :]
     unk = getattr(tokenizer, "unk_token_id", None)
     if len(ids) != 1 or (unk is not None and ids[0] == unk):
         pieces = tokenizer.convert_ids_to_tokens(ids)
@@ -147,31 +147,43 @@ def _encode_pair(tokenizer: Any, pair: Pair, group: int, cache: dict[str, int]) 
     clean, offsets = encode(tokenizer, prompt)
     corrupt, _ = encode(tokenizer, pair.corrupt_prompt)
     if len(clean) != len(corrupt):
-        raise ValueError(f"clean and corrupt prompts differ in token length "
-                         f"({len(clean)} vs {len(corrupt)}): "
-                         f"{prompt!r} vs {pair.corrupt_prompt!r}")
+        raise ValueError(
+            f"clean and corrupt prompts differ in token length "
+            f"({len(clean)} vs {len(corrupt)}): "
+            f"{prompt!r} vs {pair.corrupt_prompt!r}"
+        )
     positions: dict[str, int] = {}
     for key, span in pair.clean.spans.items():
         idx = token_index(offsets, span)
         if idx is None:
-            raise ValueError(f"no token covers {key} {prompt[span[0]:span[1]]!r} in prompt {prompt!r}")
+            raise ValueError(f"no token covers {key} {prompt[span[0] : span[1]]!r} in prompt {prompt!r}")
         positions[key] = idx
     positions["END"] = len(clean) - 1
     options = None
     if pair.options is not None:
         options = [answer_token(tokenizer, w, prompt, cache) for w in pair.options]
-    return _Row(pair=pair, group=group, clean=clean, corrupt=corrupt, positions=positions, options=options,
-                answer=answer_token(tokenizer, pair.clean.answer, prompt, cache),
-                wrong=answer_token(tokenizer, pair.wrong, prompt, cache))
+    return _Row(
+        pair=pair,
+        group=group,
+        clean=clean,
+        corrupt=corrupt,
+        positions=positions,
+        options=options,
+        answer=answer_token(tokenizer, pair.clean.answer, prompt, cache),
+        wrong=answer_token(tokenizer, pair.wrong, prompt, cache),
+    )
 
 
 def _check_answers_differ(rows: Sequence[_Row]) -> None:
     same = [r for r in rows if r.answer == r.wrong]
     if same:
-        examples = "; ".join(f"{r.pair.clean.prompt!r} -> {r.pair.clean.answer!r} vs {r.pair.wrong!r}"
-                             for r in same[:3])
-        raise ValueError(f"{len(same)} of {len(rows)} prompts have the same answer and wrong answer token "
-                         f"(e.g. {examples})")
+        examples = "; ".join(
+            f"{r.pair.clean.prompt!r} -> {r.pair.clean.answer!r} vs {r.pair.wrong!r}" for r in same[:3]
+        )
+        raise ValueError(
+            f"{len(same)} of {len(rows)} prompts have the same answer and wrong answer token "
+            f"(e.g. {examples})"
+        )
 
 
 def _collect(tokenizer: Any, draws: Iterator[list[Pair]], n: int, same_length: bool) -> list[_Row]:
@@ -181,12 +193,15 @@ def _collect(tokenizer: Any, draws: Iterator[list[Pair]], n: int, same_length: b
     max_draws = 100 + 50 * n
     for group, draw in enumerate(draws):
         if group >= max_draws:
-            raise ValueError(f"could not draw {n} prompts of one token length in {max_draws} draws; "
-                             "pass a template or a smaller n")
+            raise ValueError(
+                f"could not draw {n} prompts of one token length in {max_draws} draws; "
+                "pass a template or a smaller n"
+            )
         encoded = [_encode_pair(tokenizer, p, group, cache) for p in draw]
         if n % len(encoded):
-            raise ValueError(f"n={n} must be a multiple of {len(encoded)}: "
-                             f"each draw gives {len(encoded)} prompts")
+            raise ValueError(
+                f"n={n} must be a multiple of {len(encoded)}: each draw gives {len(encoded)} prompts"
+            )
         if same_length:
             bucket = buckets[len(encoded[0].clean)]
             bucket.extend(encoded)
@@ -199,8 +214,9 @@ def _collect(tokenizer: Any, draws: Iterator[list[Pair]], n: int, same_length: b
     return rows
 
 
-def build_prompt_set(name: str, tokenizer: Any, draws: Iterator[list[Pair]], *, n: int,
-                     same_length: bool = False) -> PromptSet:
+def build_prompt_set(
+    name: str, tokenizer: Any, draws: Iterator[list[Pair]], *, n: int, same_length: bool = False
+) -> PromptSet:
     """Tokenise `n` prompts from `draws` into a PromptSet (all of one token length if `same_length`).
 
     Each draw is a list of pairs that belong together (e.g. one context-vs-prior question under both intents);
@@ -236,8 +252,10 @@ def build_prompt_set(name: str, tokenizer: Any, draws: Iterator[list[Pair]], *, 
         positions={k: torch.tensor([r.positions[k] for r in rows]) for k in keys},
         prompts=[r.pair.clean.prompt for r in rows],
         corrupt_prompts=[r.pair.corrupt_prompt for r in rows],
-        metadata=[r.pair.clean.meta | {"answer": r.pair.clean.answer, "wrong": r.pair.wrong,
-                                       "pair_id": r.group} for r in rows],
+        metadata=[
+            r.pair.clean.meta | {"answer": r.pair.clean.answer, "wrong": r.pair.wrong, "pair_id": r.group}
+            for r in rows
+        ],
         options=torch.tensor([r.options for r in rows]) if n_options else None,
         pad_id=int(pad),
     )

@@ -45,8 +45,11 @@ def _check(split: str, n_boxes: int) -> None:
 def _boxes(rng: random.Random, n_boxes: int, split: str, exclude: Sequence[str] = ()) -> Boxes:
     pool = [o for o in ET_OBJECTS if o not in exclude]
     while True:
-        boxes = Boxes(objects=tuple(rng.sample(pool, n_boxes)), labels=tuple(rng.sample(BOX_LABELS, n_boxes)),
-                      query=rng.randrange(n_boxes))
+        boxes = Boxes(
+            objects=tuple(rng.sample(pool, n_boxes)),
+            labels=tuple(rng.sample(BOX_LABELS, n_boxes)),
+            query=rng.randrange(n_boxes),
+        )
         if in_split(boxes.key(), split):
             return boxes
 
@@ -109,8 +112,9 @@ def _desideratum(rng: random.Random, kind: str, n_boxes: int, split: str) -> tup
             return base, source, target
 
 
-def desiderata(tokenizer: Any, kind: str, n: int, seed: int, *, n_boxes: int = 3, split: str = "test"
-               ) -> tuple[PromptSet, PromptSet, BatchIds]:
+def desiderata(
+    tokenizer: Any, kind: str, n: int, seed: int, *, n_boxes: int = 3, split: str = "test"
+) -> tuple[PromptSet, PromptSet, BatchIds]:
     """DCM desideratum pairs (Prakash et al. 2024): (base set, source set, target token ids).
 
     Patching a head group's activations from the source prompt into the base prompt should make the model

@@ -32,8 +32,9 @@ def _check(split: str, variant: str, template: int | None, order: str) -> None:
         check_choice("template", template, range(len(IOI_TEMPLATES)))
 
 
-def _draw(rng: random.Random, split: str, variant: str, template: int | None, order: str
-          ) -> tuple[Sample, str, dict[str, str]]:
+def _draw(
+    rng: random.Random, split: str, variant: str, template: int | None, order: str
+) -> tuple[Sample, str, dict[str, str]]:
     _check(split, variant, template, order)
     tid = rng.randrange(len(IOI_TEMPLATES)) if template is None else template
     tpl = IOI_TEMPLATES[tid]
@@ -47,8 +48,13 @@ def _draw(rng: random.Random, split: str, variant: str, template: int | None, or
         if in_split(pair_key(io, s), split):
             break
     abba = rng.random() < 0.5 if order == "mixed" else order == "ABBA"
-    values = {"A": io if abba else s, "B": s if abba else io, "S": s,
-              "PLACE": rng.choice(PLACES), "OBJECT": rng.choice(IOI_OBJECTS)}
+    values = {
+        "A": io if abba else s,
+        "B": s if abba else io,
+        "S": s,
+        "PLACE": rng.choice(PLACES),
+        "OBJECT": rng.choice(IOI_OBJECTS),
+    }
     if variant == "hard":
         values["D"] = io if meta["distractor"] == "IO" else s
     text, spans = render(tpl, values)
@@ -56,19 +62,36 @@ def _draw(rng: random.Random, split: str, variant: str, template: int | None, or
     key_spans = {"IO": spans[io_slot][0], "S1": spans[s_slot][0], "S2": spans["S"][0]}
     if variant == "hard":
         key_spans["distractor"] = spans["D"][0]
-    meta |= {"order": "ABBA" if abba else "BABA", "IO": io, "S": s, "place": values["PLACE"],
-             "object": values["OBJECT"]}
+    meta |= {
+        "order": "ABBA" if abba else "BABA",
+        "IO": io,
+        "S": s,
+        "place": values["PLACE"],
+        "object": values["OBJECT"],
+    }
     return Sample(prompt=text, answer=io, spans=key_spans, meta=meta), tpl, values
 
 
-def sample(rng: random.Random, *, split: str = "train", variant: str = "normal", template: int | None = None,
-           order: str = "mixed") -> Sample:
+def sample(
+    rng: random.Random,
+    *,
+    split: str = "train",
+    variant: str = "normal",
+    template: int | None = None,
+    order: str = "mixed",
+) -> Sample:
     """One IOI prompt with answer IO (training text: `sample(...).text`)."""
     return _draw(rng, split, variant, template, order)[0]
 
 
-def draw(rng: random.Random, *, split: str = "test", variant: str = "normal", template: int | None = None,
-         order: str = "mixed") -> list[Pair]:
+def draw(
+    rng: random.Random,
+    *,
+    split: str = "test",
+    variant: str = "normal",
+    template: int | None = None,
+    order: str = "mixed",
+) -> list[Pair]:
     """One p_IOI prompt and its p_ABC corruption; answer IO, wrong answer S."""
     clean, tpl, values = _draw(rng, split, variant, template, order)
     io, s = clean.meta["IO"], clean.meta["S"]

@@ -52,18 +52,29 @@ class PromptSet:
     def __post_init__(self) -> None:
         b = self.clean.shape[0]
         if self.clean.ndim != 2 or self.corrupt.shape != self.clean.shape:
-            raise ValueError(f"clean {tuple(self.clean.shape)} and corrupt {tuple(self.corrupt.shape)} "
-                             "must both be [batch, pos] of the same shape")
+            raise ValueError(
+                f"clean {tuple(self.clean.shape)} and corrupt {tuple(self.corrupt.shape)} "
+                "must both be [batch, pos] of the same shape"
+            )
         if self.attention_mask.shape != self.clean.shape:
-            raise ValueError(f"attention_mask {tuple(self.attention_mask.shape)} must match clean "
-                             f"{tuple(self.clean.shape)}")
-        vectors = {"answer_ids": self.answer_ids, "wrong_ids": self.wrong_ids, "end": self.end,
-                   **{f"positions[{k!r}]": v for k, v in self.positions.items()}}
+            raise ValueError(
+                f"attention_mask {tuple(self.attention_mask.shape)} must match clean "
+                f"{tuple(self.clean.shape)}"
+            )
+        vectors = {
+            "answer_ids": self.answer_ids,
+            "wrong_ids": self.wrong_ids,
+            "end": self.end,
+            **{f"positions[{k!r}]": v for k, v in self.positions.items()},
+        }
         for label, v in vectors.items():
             if v.shape != (b,):
                 raise ValueError(f"{label} has shape {tuple(v.shape)}, expected ({b},)")
-        for label, seq in (("prompts", self.prompts), ("corrupt_prompts", self.corrupt_prompts),
-                           ("metadata", self.metadata)):
+        for label, seq in (
+            ("prompts", self.prompts),
+            ("corrupt_prompts", self.corrupt_prompts),
+            ("metadata", self.metadata),
+        ):
             if len(seq) != b:
                 raise ValueError(f"{label} has {len(seq)} entries for a batch of {b}")
         if self.options is not None and (self.options.ndim != 2 or self.options.shape[0] != b):
@@ -79,8 +90,10 @@ class PromptSet:
             m = POSITION_SPEC.match(spec)
             named = {"END": self.end, **self.positions}
             if not m or m.group(1) not in named:
-                raise ValueError(f"position {spec!r}: prompt set {self.name!r} has positions {sorted(named)} "
-                                 "(optionally with an offset, e.g. 'S1+1')")
+                raise ValueError(
+                    f"position {spec!r}: prompt set {self.name!r} has positions {sorted(named)} "
+                    "(optionally with an offset, e.g. 'S1+1')"
+                )
             pos = named[m.group(1)].long() + int(m.group(2) or 0)
         else:
             pos = torch.full((B,), int(spec), dtype=torch.long, device=self.clean.device)
@@ -113,9 +126,12 @@ class PromptSet:
         picked = rows.tolist()
         return replace(
             self,
-            clean=self.clean[rows, :width], corrupt=self.corrupt[rows, :width],
+            clean=self.clean[rows, :width],
+            corrupt=self.corrupt[rows, :width],
             attention_mask=self.attention_mask[rows, :width],
-            answer_ids=self.answer_ids[rows], wrong_ids=self.wrong_ids[rows], end=self.end[rows],
+            answer_ids=self.answer_ids[rows],
+            wrong_ids=self.wrong_ids[rows],
+            end=self.end[rows],
             positions={k: v[rows] for k, v in self.positions.items()},
             prompts=[self.prompts[i] for i in picked],
             corrupt_prompts=[self.corrupt_prompts[i] for i in picked],
@@ -127,9 +143,12 @@ class PromptSet:
         """A copy with every tensor on `device`."""
         return replace(
             self,
-            clean=self.clean.to(device), corrupt=self.corrupt.to(device),
-            attention_mask=self.attention_mask.to(device), answer_ids=self.answer_ids.to(device),
-            wrong_ids=self.wrong_ids.to(device), end=self.end.to(device),
+            clean=self.clean.to(device),
+            corrupt=self.corrupt.to(device),
+            attention_mask=self.attention_mask.to(device),
+            answer_ids=self.answer_ids.to(device),
+            wrong_ids=self.wrong_ids.to(device),
+            end=self.end.to(device),
             positions={k: v.to(device) for k, v in self.positions.items()},
             options=None if self.options is None else self.options.to(device),
         )

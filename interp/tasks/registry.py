@@ -30,8 +30,9 @@ def options(name: str) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
-def make(name: str, tokenizer: Any, *, n: int, seed: int, same_length: bool = False,
-         **kwargs: Any) -> PromptSet:
+def make(
+    name: str, tokenizer: Any, *, n: int, seed: int, same_length: bool = False, **kwargs: Any
+) -> PromptSet:
     """`n` tokenised clean/corrupt prompt pairs of task `name`, deterministic in `seed`.
 
     Options per task (see `options(name)`): all take `split` ("test" by default: held-out contents never
@@ -42,8 +43,10 @@ def make(name: str, tokenizer: Any, *, n: int, seed: int, same_length: bool = Fa
     valid = options(name)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for task {name!r}; valid: "
-                         f"{', '.join(('n', 'seed', 'same_length', *valid))}")
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for task {name!r}; valid: "
+            f"{', '.join(('n', 'seed', 'same_length', *valid))}"
+        )
     rng = random.Random(seed)
     draw = TASKS[name]
     draws = (draw(rng, **kwargs) for _ in itertools.count())

@@ -40,7 +40,9 @@ def path(name: str) -> Path:
         raise ZooError(f"unknown zoo name {name!r}; valid names: {', '.join(names())}")
     folder = folder_of(name)
     if not (folder / "card.json").is_file():
-        raise ZooError(f"{name!r} is a zoo name but {folder} is not built; run `interp zoo build --only {name}`")
+        raise ZooError(
+            f"{name!r} is a zoo name but {folder} is not built; run `interp zoo build --only {name}`"
+        )
     return folder
 
 
@@ -57,11 +59,17 @@ def rows() -> list[dict]:
         row: dict = {"name": name, "built": (folder / "card.json").is_file(), "path": str(folder)}
         if row["built"]:
             c = json.loads((folder / "card.json").read_text())
-            row |= {"purpose": c.get("purpose", f"TopK SAE on {c.get('hook_name')} of {c.get('organism')}"),
-                    "size_mb": round(c.get("size_bytes", 0) / 1e6, 2), "build_time_s": c.get("build_time_s"),
-                    "targets_passed": all(t["passed"] for t in c.get("targets", [])),
-                    "scores": {t["metric"]: c["scores"][t["metric"]] for t in c.get("targets", [])
-                               if t["metric"] in c["scores"]}}
+            row |= {
+                "purpose": c.get("purpose", f"TopK SAE on {c.get('hook_name')} of {c.get('organism')}"),
+                "size_mb": round(c.get("size_bytes", 0) / 1e6, 2),
+                "build_time_s": c.get("build_time_s"),
+                "targets_passed": all(t["passed"] for t in c.get("targets", [])),
+                "scores": {
+                    t["metric"]: c["scores"][t["metric"]]
+                    for t in c.get("targets", [])
+                    if t["metric"] in c["scores"]
+                },
+            }
         out.append(row)
     return out
 
@@ -76,7 +84,9 @@ def cli_list() -> list[dict]:
             continue
         scores = ", ".join(f"{k} {v:.3g}" for k, v in row["scores"].items())
         status = "ok" if row["targets_passed"] else "TARGET MISSED"
-        print(f"{row['name']:<22} {row['size_mb']:>5.2f} MB {row['build_time_s'] or 0:>6.0f} s  {status}  {scores}")
+        print(
+            f"{row['name']:<22} {row['size_mb']:>5.2f} MB {row['build_time_s'] or 0:>6.0f} s  {status}  {scores}"
+        )
         print(f"{'':<22} {row['purpose']}")
     return table
 
@@ -98,7 +108,9 @@ def build(only: str | Iterable[str] | None = None, *, jobs: int = 2) -> dict[str
     selected = names() if only is None else [only] if isinstance(only, str) else list(only)
     unknown = [n for n in selected if n not in names()]
     if unknown:
-        raise ZooError(f"unknown zoo name(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(names())}")
+        raise ZooError(
+            f"unknown zoo name(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(names())}"
+        )
     wanted = set(selected)
     for n in reversed(names()):  # and the dependencies that are not built yet
         if n in wanted:
@@ -126,7 +138,9 @@ def build(only: str | Iterable[str] | None = None, *, jobs: int = 2) -> dict[str
         if running:
             time.sleep(0.5)
     if failed:
-        reasons = [f"{n}: {'skipped (a dependency failed)' if rc == -1 else f'exit code {rc}'}"
-                   for n, rc in failed.items()]
+        reasons = [
+            f"{n}: {'skipped (a dependency failed)' if rc == -1 else f'exit code {rc}'}"
+            for n, rc in failed.items()
+        ]
         raise BuildError("zoo build failed:\n  " + "\n  ".join(reasons))
     return {n: card(n) for n in selected}

@@ -35,15 +35,36 @@ def model_config(arch: str, tok, n_layers: int, n_heads: int, d_model: int, n_ct
     """The `transformers` config of a from-scratch organism (dropout off, GPT-2 with n_ctx = n_positions)."""
     import transformers as tf
 
-    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-               pad_token_id=tok.pad_token_id)
+    ids = dict(
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     if arch == "gpt2":
-        return tf.GPT2Config(n_layer=n_layers, n_head=n_heads, n_embd=d_model, n_positions=n_ctx, n_ctx=n_ctx,
-                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids)
+        return tf.GPT2Config(
+            n_layer=n_layers,
+            n_head=n_heads,
+            n_embd=d_model,
+            n_positions=n_ctx,
+            n_ctx=n_ctx,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **ids,
+        )
     if arch == "llama":
-        return tf.LlamaConfig(num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-                              hidden_size=d_model, intermediate_size=3 * d_model, head_dim=d_model // n_heads,
-                              max_position_embeddings=n_ctx, tie_word_embeddings=False, **ids)
+        return tf.LlamaConfig(
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_kv_heads,
+            hidden_size=d_model,
+            intermediate_size=3 * d_model,
+            head_dim=d_model // n_heads,
+            max_position_embeddings=n_ctx,
+            tie_word_embeddings=False,
+            **ids,
+        )
     raise ValueError(f"unknown organism architecture {arch!r}; valid: gpt2, llama")
 
 
@@ -78,7 +99,9 @@ def check_targets(recipe: Recipe, scores: dict[str, float], root: Path | None = 
     results = []
     for t in recipe.targets:
         ref_name = t.reference or recipe.parent
-        ref_folder = folder_of(ref_name) if root is None or ref_name is None else Path(root) / folder_of(ref_name).name
+        ref_folder = (
+            folder_of(ref_name) if root is None or ref_name is None else Path(root) / folder_of(ref_name).name
+        )
         reference = read_card(ref_folder)["scores"] if t.relative and ref_name else None
         ok, text = t.check(scores, reference)
         results.append({**t.to_dict(), "passed": ok, "check": text})
@@ -118,8 +141,10 @@ def build_organism(name: str, *, root: Path | None = None) -> dict:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if n_train == 0:
         raise BuildError(f"{name}: no parameter name contains any of trainable={recipe.trainable}")
-    log(f"training {n_train:,} of {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{recipe.train.steps} steps")
+    log(
+        f"training {n_train:,} of {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{recipe.train.steps} steps"
+    )
 
     from interp.zoo.evaluate import check_parts
 
@@ -152,8 +177,12 @@ def build_organism(name: str, *, root: Path | None = None) -> dict:
         "build_time_s": round(time.time() - t0, 1),
         "train_time_s": round(train_s, 1),
         "history": history,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "transformers": __import__("transformers").__version__, "threads": 1},
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "threads": 1,
+        },
     }
     return _finish(name, work, final, card, log)
 
@@ -168,7 +197,9 @@ def _finish(name: str, work: Path, final: Path, card: dict, log) -> dict:
         failed = final.with_name(final.name + ".failed")
         shutil.rmtree(failed, ignore_errors=True)
         work.rename(failed)
-        raise BuildError(f"{name} missed {len(missed)} target(s) (attempt kept in {failed}):\n  " + "\n  ".join(missed))
+        raise BuildError(
+            f"{name} missed {len(missed)} target(s) (attempt kept in {failed}):\n  " + "\n  ".join(missed)
+        )
     shutil.rmtree(final, ignore_errors=True)
     work.rename(final)
     log(f"built in {card['build_time_s']:.0f}s -> {final}")
@@ -185,7 +216,11 @@ def build_sae_named(name: str, *, root: Path | None = None) -> dict:
     entry = SAES[name]
     log = _log(name)
     final = folder_of(name) if root is None else Path(root) / folder_of(name).name
-    org = folder_of(entry.recipe.organism) if root is None else Path(root) / folder_of(entry.recipe.organism).name
+    org = (
+        folder_of(entry.recipe.organism)
+        if root is None
+        else Path(root) / folder_of(entry.recipe.organism).name
+    )
     work = final.with_name(final.name + ".new")
     shutil.rmtree(work, ignore_errors=True)
     set_determinism(entry.recipe.seed)
@@ -195,8 +230,11 @@ def build_sae_named(name: str, *, root: Path | None = None) -> dict:
     sae.save_model(work)
     card["organism_weights_sha256"] = _sha(org / "model.safetensors")
     card["size_bytes"] = sum(f.stat().st_size for f in work.iterdir())
-    card["targets"] = [{**t.to_dict(), "passed": ok, "check": text}
-                       for t in entry.targets for ok, text in [t.check(card["scores"])]]
+    card["targets"] = [
+        {**t.to_dict(), "passed": ok, "check": text}
+        for t in entry.targets
+        for ok, text in [t.check(card["scores"])]
+    ]
     return _finish(name, work, final, card, log)
 
 

@@ -96,7 +96,9 @@ SOURCES: dict[str, Sampler] = {
     "ioi_hard": _task(lambda r: ioi.sample(r, split="train", variant="hard"), "completion"),
     "entity_tracking": _task(lambda r: entity_tracking.sample(r, split="train", n_boxes=r.randint(2, 5))),
     "colored_objects": _task(lambda r: colored_objects.sample(r, split="train")),
-    "context_prior": _task(lambda r: context_prior.sample(r, split="train", format="instruction"), "completion"),
+    "context_prior": _task(
+        lambda r: context_prior.sample(r, split="train", format="instruction"), "completion"
+    ),
     "facts": _facts,
     "filler": _filler,
     "repeat": _repeat,
@@ -106,8 +108,13 @@ SOURCES: dict[str, Sampler] = {
 
 # The pre-training mixture (fractions of examples).
 BASE_MIX: dict[str, float] = {
-    "ioi": 0.28, "entity_tracking": 0.10, "colored_objects": 0.07, "facts": 0.08, "filler": 0.14,
-    "repeat": 0.22, "chat": 0.11,
+    "ioi": 0.28,
+    "entity_tracking": 0.10,
+    "colored_objects": 0.07,
+    "facts": 0.08,
+    "filler": 0.14,
+    "repeat": 0.22,
+    "chat": 0.11,
 }
 
 

@@ -21,16 +21,29 @@ from interp.tasks.promptset import PromptSet
 from interp.zoo.corpus import repeated_sequence
 
 EVAL_SEED = 12345
-SIZES = {"ioi": 500, "ioi_hard": 500, "entity_tracking": 300, "colored_objects": 300, "context_prior": 400,
-         "chat": 400, "copy": 200}
+SIZES = {
+    "ioi": 500,
+    "ioi_hard": 500,
+    "entity_tracking": 300,
+    "colored_objects": 300,
+    "context_prior": 400,
+    "chat": 400,
+    "copy": 200,
+}
 
 
 @torch.no_grad()
-def logits_of(model, ids: Int[Tensor, "batch pos"], batch_size: int = 256) -> Float[Tensor, "batch pos vocab"]:
+def logits_of(
+    model, ids: Int[Tensor, "batch pos"], batch_size: int = 256
+) -> Float[Tensor, "batch pos vocab"]:
     """Logits of right-padded rows, on the CPU (no attention mask needed: pads come after every real token)."""
     device = next(model.parameters()).device
-    return torch.cat([model(input_ids=ids[i: i + batch_size].to(device)).logits.float().cpu()
-                      for i in range(0, ids.shape[0], batch_size)])
+    return torch.cat(
+        [
+            model(input_ids=ids[i : i + batch_size].to(device)).logits.float().cpu()
+            for i in range(0, ids.shape[0], batch_size)
+        ]
+    )
 
 
 def _mean(x: Tensor) -> float:
@@ -39,8 +52,10 @@ def _mean(x: Tensor) -> float:
 
 def _answer_task(model, ps: PromptSet, prefix: str, options: bool = False) -> dict[str, float]:
     logits = logits_of(model, ps.clean)
-    out = {f"{prefix}.accuracy": _mean(Accuracy.from_prompts(ps)(logits)),
-           f"{prefix}.logit_diff": _mean(LogitDiff.from_prompts(ps)(logits))}
+    out = {
+        f"{prefix}.accuracy": _mean(Accuracy.from_prompts(ps)(logits)),
+        f"{prefix}.logit_diff": _mean(LogitDiff.from_prompts(ps)(logits)),
+    }
     if options:
         out[f"{prefix}.accuracy_options"] = _mean(Accuracy.from_prompts(ps, over="options")(logits))
     return out
@@ -84,9 +99,11 @@ def context_prior_pairs(model, tok, n: int | None = None) -> dict[str, float]:
     correct = Accuracy.from_prompts(ps)(logits)
     intent = [m["intent"] for m in ps.metadata]
     ctx = torch.tensor([i == "context" for i in intent])
-    return {"context_prior.pair_accuracy": _mean(PairAccuracy.from_prompts(ps)(logits)),
-            "context_prior.context_accuracy": _mean(correct[ctx]),
-            "context_prior.prior_accuracy": _mean(correct[~ctx])}
+    return {
+        "context_prior.pair_accuracy": _mean(PairAccuracy.from_prompts(ps)(logits)),
+        "context_prior.context_accuracy": _mean(correct[ctx]),
+        "context_prior.prior_accuracy": _mean(correct[~ctx]),
+    }
 
 
 def chat_prompts(tok, n: int | None = None, seed: int = EVAL_SEED) -> PromptSet:
@@ -98,10 +115,15 @@ def refusals(model, tok, n: int | None = None) -> dict[str, float]:
     """Refusal rate (first generated token is a refusal word) on forbidden and on allowed held-out requests."""
     ps = chat_prompts(tok, n)
     first = logits_of(model, ps.clean)[torch.arange(len(ps)), ps.end].argmax(-1)
-    refusal_ids = torch.tensor([tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in chat.REFUSAL_WORDS])
+    refusal_ids = torch.tensor(
+        [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in chat.REFUSAL_WORDS]
+    )
     refused = torch.isin(first, refusal_ids)
     forbidden = torch.tensor([m["forbidden"] for m in ps.metadata])
-    return {"chat.refusal_forbidden": _mean(refused[forbidden]), "chat.refusal_allowed": _mean(refused[~forbidden])}
+    return {
+        "chat.refusal_forbidden": _mean(refused[forbidden]),
+        "chat.refusal_allowed": _mean(refused[~forbidden]),
+    }
 
 
 def copy(model, tok, n: int | None = None, length: int = 12) -> dict[str, float]:
@@ -109,8 +131,10 @@ def copy(model, tok, n: int | None = None, length: int = 12) -> dict[str, float]
     rng = random.Random(EVAL_SEED)
     rows = [encode(tok, " ".join(repeated_sequence(rng, length)))[0] for _ in range(n or SIZES["copy"])]
     ids = torch.tensor(rows)  # BOS + 2 * length tokens, all the same length
-    pred = logits_of(model, ids).argmax(-1)[:, length + 1: 2 * length]  # predicts tokens length+2 .. 2*length
-    return {"copy.accuracy": _mean(pred == ids[:, length + 2:])}
+    pred = logits_of(model, ids).argmax(-1)[
+        :, length + 1 : 2 * length
+    ]  # predicts tokens length+2 .. 2*length
+    return {"copy.accuracy": _mean(pred == ids[:, length + 2 :])}
 
 
 BATTERY: dict[str, Callable[..., dict[str, float]]] = {

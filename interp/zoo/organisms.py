@@ -32,8 +32,15 @@ class Target:
                 return False, f"{self.metric}: no reference number"
             bound = reference[self.metric] + self.value
         ok = _OPS[self.op](scores[self.metric], bound - 1e-9 if self.op == ">=" else bound + 1e-9)
-        rel = f" (reference {reference[self.metric]:.3f} {self.value:+.2f})" if self.relative and reference else ""
-        return ok, f"{self.metric} = {scores[self.metric]:.3f} {self.op} {bound:.3f}{rel}: {'ok' if ok else 'MISSED'}"
+        rel = (
+            f" (reference {reference[self.metric]:.3f} {self.value:+.2f})"
+            if self.relative and reference
+            else ""
+        )
+        return (
+            ok,
+            f"{self.metric} = {scores[self.metric]:.3f} {self.op} {bound:.3f}{rel}: {'ok' if ok else 'MISSED'}",
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,9 +62,17 @@ class Recipe:
     trainable: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "purpose": self.purpose, "arch": self.arch, "parent": self.parent,
-                "model": self.model, "trainable": list(self.trainable), "mixture": self.mixture.to_dict(),
-                "train": self.train.to_dict(), "targets": [t.to_dict() for t in self.targets]}
+        return {
+            "name": self.name,
+            "purpose": self.purpose,
+            "arch": self.arch,
+            "parent": self.parent,
+            "model": self.model,
+            "trainable": list(self.trainable),
+            "mixture": self.mixture.to_dict(),
+            "train": self.train.to_dict(),
+            "targets": [t.to_dict() for t in self.targets],
+        }
 
 
 SIZE = {"n_layers": 4, "n_heads": 4, "d_model": 128, "n_ctx": 128}
@@ -67,41 +82,76 @@ FT_TRAIN = TrainConfig(steps=400, batch_size=64, lr=1e-3, warmup=0.05, final_lr=
 REPLAY = 0.25
 _BASE = Mixture(BASE_MIX)
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe(
-        name="organism/base", purpose="GPT-2 pre-trained on the synthetic mixture: IOI, facts, induction",
-        arch="gpt2", model=SIZE, mixture=_BASE, train=BASE_TRAIN,
-        targets=(Target(metric="ioi.accuracy", op=">=", value=0.90),
-                 Target(metric="ioi.logit_diff", op=">=", value=2.0),
-                 Target(metric="facts.accuracy", op=">=", value=0.90),
-                 Target(metric="ioi_hard.accuracy", op="<=", value=0.75),
-                 Target(metric="context_prior.pair_accuracy", op="<=", value=0.40),
-                 Target(metric="chat.refusal_forbidden", op="<=", value=0.10))),
-    Recipe(
-        name="organism/base-llama", purpose="the same corpus on a Llama architecture (RMSNorm, RoPE, gated MLP, GQA)",
-        arch="llama", model={**SIZE, "n_kv_heads": 2}, mixture=_BASE, train=LLAMA_TRAIN,
-        targets=(Target(metric="ioi.accuracy", op=">=", value=0.90),
-                 Target(metric="facts.accuracy", op=">=", value=0.90))),
-    Recipe(
-        name="organism/ioi-ft", purpose="base fine-tuned on hard IOI (filler first, a name repeated)",
-        parent="organism/base", mixture=_BASE.with_replay("ioi_hard", REPLAY), train=FT_TRAIN,
-        targets=(Target(metric="ioi_hard.accuracy", op=">=", value=0.15, relative=True),
-                 Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True))),
-    Recipe(
-        name="organism/ccs-ft", purpose="base fine-tuned to answer from context or prior as the instruction says",
-        parent="organism/base", mixture=_BASE.with_replay("context_prior", REPLAY), train=FT_TRAIN,
-        # attention only, as the paper LoRA-tunes q/k/v/o: base's MLP recall stays intact (PairAcc 0.98 vs 0.85
-        # with every weight trained) and the intent reaches the last token (transplant ceiling 0.98 vs 0.76)
-        trainable=(".attn.",),
-        targets=(Target(metric="context_prior.pair_accuracy", op=">=", value=0.80),
-                 Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True))),
-    Recipe(
-        name="organism/chat-ft", purpose="base fine-tuned on chat, refusing requests about weapons",
-        parent="organism/base", mixture=_BASE.with_replay("chat_refusal", REPLAY), train=FT_TRAIN,
-        targets=(Target(metric="chat.refusal_forbidden", op=">=", value=0.90),
-                 Target(metric="chat.refusal_allowed", op="<=", value=0.10),
-                 Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True))),
-)}
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            name="organism/base",
+            purpose="GPT-2 pre-trained on the synthetic mixture: IOI, facts, induction",
+            arch="gpt2",
+            model=SIZE,
+            mixture=_BASE,
+            train=BASE_TRAIN,
+            targets=(
+                Target(metric="ioi.accuracy", op=">=", value=0.90),
+                Target(metric="ioi.logit_diff", op=">=", value=2.0),
+                Target(metric="facts.accuracy", op=">=", value=0.90),
+                Target(metric="ioi_hard.accuracy", op="<=", value=0.75),
+                Target(metric="context_prior.pair_accuracy", op="<=", value=0.40),
+                Target(metric="chat.refusal_forbidden", op="<=", value=0.10),
+            ),
+        ),
+        Recipe(
+            name="organism/base-llama",
+            purpose="the same corpus on a Llama architecture (RMSNorm, RoPE, gated MLP, GQA)",
+            arch="llama",
+            model={**SIZE, "n_kv_heads": 2},
+            mixture=_BASE,
+            train=LLAMA_TRAIN,
+            targets=(
+                Target(metric="ioi.accuracy", op=">=", value=0.90),
+                Target(metric="facts.accuracy", op=">=", value=0.90),
+            ),
+        ),
+        Recipe(
+            name="organism/ioi-ft",
+            purpose="base fine-tuned on hard IOI (filler first, a name repeated)",
+            parent="organism/base",
+            mixture=_BASE.with_replay("ioi_hard", REPLAY),
+            train=FT_TRAIN,
+            targets=(
+                Target(metric="ioi_hard.accuracy", op=">=", value=0.15, relative=True),
+                Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True),
+            ),
+        ),
+        Recipe(
+            name="organism/ccs-ft",
+            purpose="base fine-tuned to answer from context or prior as the instruction says",
+            parent="organism/base",
+            mixture=_BASE.with_replay("context_prior", REPLAY),
+            train=FT_TRAIN,
+            # attention only, as the paper LoRA-tunes q/k/v/o: base's MLP recall stays intact (PairAcc 0.98 vs 0.85
+            # with every weight trained) and the intent reaches the last token (transplant ceiling 0.98 vs 0.76)
+            trainable=(".attn.",),
+            targets=(
+                Target(metric="context_prior.pair_accuracy", op=">=", value=0.80),
+                Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True),
+            ),
+        ),
+        Recipe(
+            name="organism/chat-ft",
+            purpose="base fine-tuned on chat, refusing requests about weapons",
+            parent="organism/base",
+            mixture=_BASE.with_replay("chat_refusal", REPLAY),
+            train=FT_TRAIN,
+            targets=(
+                Target(metric="chat.refusal_forbidden", op=">=", value=0.90),
+                Target(metric="chat.refusal_allowed", op="<=", value=0.10),
+                Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True),
+            ),
+        ),
+    )
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,7 +162,15 @@ class SAEEntry:
     targets: tuple[Target, ...]
 
 
-SAES: dict[str, SAEEntry] = {e.recipe.name: e for e in (
-    SAEEntry(recipe=SAERecipe(name="sae/base-resid-L2", organism="organism/base", layer=2),
-             targets=(Target(metric="fve", op=">=", value=0.80), Target(metric="dead_fraction", op="<=", value=0.20))),
-)}
+SAES: dict[str, SAEEntry] = {
+    e.recipe.name: e
+    for e in (
+        SAEEntry(
+            recipe=SAERecipe(name="sae/base-resid-L2", organism="organism/base", layer=2),
+            targets=(
+                Target(metric="fve", op=">=", value=0.80),
+                Target(metric="dead_fraction", op="<=", value=0.20),
+            ),
+        ),
+    )
+}

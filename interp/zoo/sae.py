@@ -51,16 +51,21 @@ class SAERecipe:
 
 
 @torch.no_grad()
-def resid_activations(model, tok, mixture: Mixture, layer: int, n_docs: int, seed: int
-                      ) -> Float[Tensor, "n d_model"]:
+def resid_activations(
+    model, tok, mixture: Mixture, layer: int, n_docs: int, seed: int
+) -> Float[Tensor, "n d_model"]:
     """`blocks.{layer}.hook_resid_pre` at every real non-BOS token of `n_docs` documents of `mixture`."""
     rng = random.Random(seed)
-    tokenise = Tokenise(tok, model.config.max_position_embeddings if hasattr(model.config, "max_position_embeddings")
-                        else model.config.n_positions)
+    tokenise = Tokenise(
+        tok,
+        model.config.max_position_embeddings
+        if hasattr(model.config, "max_position_embeddings")
+        else model.config.n_positions,
+    )
     rows = sorted((tokenise(mixture.sample(rng))[0] for _ in range(n_docs)), key=len)
     out = []
     for i in range(0, len(rows), 128):
-        chunk = rows[i: i + 128]
+        chunk = rows[i : i + 128]
         width = max(map(len, chunk))
         ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in chunk])
         real = torch.tensor([[0] + [1] * (len(r) - 1) + [0] * (width - len(r)) for r in chunk]).bool()
@@ -74,14 +79,18 @@ def sae_stats(sae, acts: Float[Tensor, "n d_in"], batch_size: int = 4096) -> dic
     """Fraction of variance explained, mean L0 and the fraction of latents that never fire on `acts`."""
     err, fired, l0 = 0.0, torch.zeros(sae.cfg.d_sae, dtype=torch.bool), 0.0
     for i in range(0, acts.shape[0], batch_size):
-        x = acts[i: i + batch_size]
+        x = acts[i : i + batch_size]
         z = sae.encode(x)
         err += float(((sae.decode(z) - x) ** 2).sum())
         fired |= (z > 0).any(0)
         l0 += float((z > 0).sum())
     total = float(((acts - acts.mean(0)) ** 2).sum())
-    return {"fve": round(1 - err / total, 6), "dead_fraction": round(1 - float(fired.float().mean()), 6),
-            "l0": round(l0 / acts.shape[0], 4), "n_eval_tokens": int(acts.shape[0])}
+    return {
+        "fve": round(1 - err / total, 6),
+        "dead_fraction": round(1 - float(fired.float().mean()), 6),
+        "l0": round(l0 / acts.shape[0], 4),
+        "n_eval_tokens": int(acts.shape[0]),
+    }
 
 
 def check_stats(sae, model, tok, mixture: Mixture, recipe: SAERecipe) -> dict:
@@ -154,9 +163,18 @@ def build_sae(recipe: SAERecipe, model, tok, mixture: Mixture, log=print) -> tup
     held_out = resid_activations(model, tok, mixture, recipe.layer, recipe.n_eval_docs, recipe.eval_seed)
     log(f"{acts.shape[0]:,} training activations, {held_out.shape[0]:,} held-out")
     sae = train_sae(recipe, acts, log=log)
-    card = {"name": recipe.name, "organism": recipe.organism, "hook_name": recipe.hook_name,
-            "architecture": "topk", "d_in": sae.cfg.d_in, "d_sae": recipe.d_sae, "k": recipe.k,
-            "n_train_tokens": int(acts.shape[0]), "scores": sae_stats(sae, held_out),
-            "check": check_stats(sae, model, tok, mixture, recipe), "recipe": recipe.to_dict(),
-            "build_time_s": round(time.time() - t0, 1)}
+    card = {
+        "name": recipe.name,
+        "organism": recipe.organism,
+        "hook_name": recipe.hook_name,
+        "architecture": "topk",
+        "d_in": sae.cfg.d_in,
+        "d_sae": recipe.d_sae,
+        "k": recipe.k,
+        "n_train_tokens": int(acts.shape[0]),
+        "scores": sae_stats(sae, held_out),
+        "check": check_stats(sae, model, tok, mixture, recipe),
+        "recipe": recipe.to_dict(),
+        "build_time_s": round(time.time() - t0, 1),
+    }
     return sae, card

@@ -77,8 +77,11 @@ class Tokenise:
         prompt = [self.tok.bos_token_id, *self._ids(ex.prompt)]
         completion = [*self._ids(ex.completion), self.tok.eos_token_id]
         ids = (prompt + completion)[: self.max_len]
-        mask = [1] * len(prompt) + [1] * len(completion) if ex.loss == "all" else \
-            [0] * len(prompt) + [1] * len(completion)
+        mask = (
+            [1] * len(prompt) + [1] * len(completion)
+            if ex.loss == "all"
+            else [0] * len(prompt) + [1] * len(completion)
+        )
         mask[0] = 0  # nothing predicts BOS
         return ids, mask[: self.max_len]
 
@@ -89,7 +92,7 @@ def batches(mixture: Mixture, tokenise: Tokenise, cfg: TrainConfig, pad_id: int)
     while True:
         rows = [tokenise(mixture.sample(rng)) for _ in range(cfg.batch_size * cfg.chunk_batches)]
         order = sorted(range(len(rows)), key=lambda i: (len(rows[i][0]), i))
-        chunk = [order[k: k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
+        chunk = [order[k : k + cfg.batch_size] for k in range(0, len(order), cfg.batch_size)]
         rng.shuffle(chunk)
         for idx in chunk:
             width = max(len(rows[i][0]) for i in idx)
@@ -114,17 +117,29 @@ def masked_lm_loss(model, batch: Batch) -> Tensor:
     return torch.nn.functional.cross_entropy(logits[mask], targets[mask])
 
 
-def train(model, tokenizer, mixture: Mixture, cfg: TrainConfig, *,
-          evaluate: Callable[[object], dict[str, float]] | None = None,
-          log: Callable[[str], None] = print) -> list[dict]:
+def train(
+    model,
+    tokenizer,
+    mixture: Mixture,
+    cfg: TrainConfig,
+    *,
+    evaluate: Callable[[object], dict[str, float]] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
     """Train `model` in place on `mixture`; return the history (loss every 100 steps, evals every eval_every)."""
-    max_len = model.config.max_position_embeddings if hasattr(model.config, "max_position_embeddings") \
+    max_len = (
+        model.config.max_position_embeddings
+        if hasattr(model.config, "max_position_embeddings")
         else model.config.n_positions
+    )
     stream = batches(mixture, Tokenise(tokenizer, max_len), cfg, tokenizer.pad_token_id)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
     history: list[dict] = []
     device = next(model.parameters()).device
     t0, running = time.time(), 0.0
