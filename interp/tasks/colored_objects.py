@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import replace
 
-from interp.tasks.encode import Pair, Sample, Span, check_split, in_split, render
+from interp.tasks.encode import Pair, Sample, Span, check_choice, check_split, in_split, render
 from interp.tasks.words import CO_OBJECTS, CO_QUESTION, CO_SURFACES, CO_VIEWS, COLOR_LABELS, COLORS
 
 N_OBJECTS = 3
@@ -22,9 +22,13 @@ N_OBJECTS = 3
 _TEMPLATE = re.sub(r"\{(\w+)\}", r"{D\1}", CO_QUESTION) + " {DANSWER}\n\n" + CO_QUESTION
 
 
-def label(color: str) -> str:
-    """The answer form of a colour: capitalised ("blue" -> "Blue")."""
-    return COLOR_LABELS[COLORS.index(color)]
+ANSWER_CASES: tuple[str, ...] = ("title", "lower")
+
+
+def label(color: str, answer_case: str = "title") -> str:
+    """The answer form of a colour: capitalised ("blue" -> "Blue"), or the colour word itself ("lower")."""
+    check_choice("answer_case", answer_case, ANSWER_CASES)
+    return COLOR_LABELS[COLORS.index(color)] if answer_case == "title" else color
 
 
 def _question(rng: random.Random, split: str, prefix: str = "") -> tuple[dict[str, str], list[str], int]:
@@ -39,11 +43,14 @@ def _question(rng: random.Random, split: str, prefix: str = "") -> tuple[dict[st
     return {prefix + k: v for k, v in values.items()}, colors, q
 
 
-def _draw(rng: random.Random, split: str) -> tuple[Sample, dict[str, str], dict[str, list[Span]]]:
+def _draw(
+    rng: random.Random, split: str, answer_case: str = "title"
+) -> tuple[Sample, dict[str, str], dict[str, list[Span]]]:
     check_split(split)
+    check_choice("answer_case", answer_case, ANSWER_CASES)
     demo, demo_colors, demo_q = _question(rng, split, prefix="D")
     values, colors, q = _question(rng, split)
-    values |= demo | {"DANSWER": label(demo_colors[demo_q])}
+    values |= demo | {"DANSWER": label(demo_colors[demo_q], answer_case)}
     text, spans = render(_TEMPLATE, values)
     key_spans = {
         "query_object": spans["OQ"][0],
@@ -51,17 +58,22 @@ def _draw(rng: random.Random, split: str) -> tuple[Sample, dict[str, str], dict[
         "answer_object": spans[f"O{q}"][0],
     }
     meta = {"colors": colors, "objects": [values[f"O{i}"] for i in range(N_OBJECTS)], "query_index": q}
-    return Sample(prompt=text, answer=label(colors[q]), spans=key_spans, meta=meta), values, spans
+    return (
+        Sample(prompt=text, answer=label(colors[q], answer_case), spans=key_spans, meta=meta),
+        values,
+        spans,
+    )
 
 
-def sample(rng: random.Random, *, split: str = "train") -> Sample:
-    """One one-shot Colored Objects prompt (training text: `sample(...).text`)."""
-    return _draw(rng, split)[0]
+def sample(rng: random.Random, *, split: str = "train", answer_case: str = "title") -> Sample:
+    """One one-shot Colored Objects prompt (training text: `sample(...).text`); `answer_case="lower"` answers
+    with the colour word as it appears in the list ("blue") instead of the capitalised label ("Blue")."""
+    return _draw(rng, split, answer_case)[0]
 
 
-def draw(rng: random.Random, *, split: str = "test") -> list[Pair]:
+def draw(rng: random.Random, *, split: str = "test", answer_case: str = "title") -> list[Pair]:
     """A prompt and its mindiff corruption (another object of the same list is queried)."""
-    clean, values, spans = _draw(rng, split)
+    clean, values, spans = _draw(rng, split, answer_case)
     colors = clean.meta["colors"]
     j = rng.choice([i for i in range(N_OBJECTS) if i != clean.meta["query_index"]])
     corrupt, _ = render(_TEMPLATE, values | {"OQ": values[f"O{j}"]})
@@ -72,7 +84,7 @@ def draw(rng: random.Random, *, split: str = "test") -> list[Pair]:
         Pair(
             clean=clean,
             corrupt_prompt=corrupt,
-            wrong=label(colors[j]),
-            options=tuple(label(c) for c in colors),
+            wrong=label(colors[j], answer_case),
+            options=tuple(label(c, answer_case) for c in colors),
         )
     ]

@@ -99,10 +99,10 @@ def check_targets(recipe: Recipe, scores: dict[str, float], root: Path | None = 
     results = []
     for t in recipe.targets:
         ref_name = t.reference or recipe.parent
-        ref_folder = (
-            folder_of(ref_name) if root is None or ref_name is None else Path(root) / folder_of(ref_name).name
-        )
-        reference = read_card(ref_folder)["scores"] if t.relative and ref_name else None
+        reference = None
+        if t.relative and ref_name:
+            ref_folder = folder_of(ref_name) if root is None else Path(root) / folder_of(ref_name).name
+            reference = read_card(ref_folder)["scores"]
         ok, text = t.check(scores, reference)
         results.append({**t.to_dict(), "passed": ok, "check": text})
     return results
@@ -141,20 +141,24 @@ def build_organism(name: str, *, root: Path | None = None) -> dict:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if n_train == 0:
         raise BuildError(f"{name}: no parameter name contains any of trainable={recipe.trainable}")
+    phases = recipe.phases()
     log(
         f"training {n_train:,} of {sum(p.numel() for p in model.parameters()):,} parameters, "
-        f"{recipe.train.steps} steps"
+        + " then ".join(f"{ph.train.steps} steps ({ph.name})" for ph in phases)
     )
 
     from interp.zoo.evaluate import check_parts
 
     targets = [t.metric for t in recipe.targets] if recipe.parent else []  # fine-tunes: track their targets
-    parts = tuple(dict.fromkeys([*QUICK, *check_parts(targets)]))
+    parts = tuple(dict.fromkeys([*QUICK, *recipe.quick, *check_parts(targets)]))
 
     def quick(m) -> dict[str, float]:
         return evaluate(m, tok, parts)
 
-    history = train(model, tok, recipe.mixture, recipe.train, evaluate=quick, log=log)
+    history: list[dict] = []
+    for ph in phases:  # a curriculum: each phase its mixture and schedule; the history says which phase
+        part = train(model, tok, ph.mixture, ph.train, evaluate=quick, log=_log(f"{name}:{ph.name}"))
+        history += [{"phase": ph.name, **h} for h in part] if recipe.curriculum else part
     train_s = time.time() - t0
     scores = evaluate(model, tok)
     check = quick_check(model, tok, [t.metric for t in recipe.targets])

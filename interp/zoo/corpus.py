@@ -96,6 +96,16 @@ SOURCES: dict[str, Sampler] = {
     "ioi_hard": _task(lambda r: ioi.sample(r, split="train", variant="hard"), "completion"),
     "entity_tracking": _task(lambda r: entity_tracking.sample(r, split="train", n_boxes=r.randint(2, 5))),
     "colored_objects": _task(lambda r: colored_objects.sample(r, split="train")),
+    # binding curriculum (the RoPE organisms): answer-only Colored Objects, with the colour word as the answer
+    # ("lower": the token to copy is in the list) and with the task's capitalised labels; entity tracking with
+    # more boxes than pre-training's 2-5 (the entity-tracking fine-tune)
+    "colored_objects_lower": _task(
+        lambda r: colored_objects.sample(r, split="train", answer_case="lower"), "completion"
+    ),
+    "colored_objects_answer": _task(lambda r: colored_objects.sample(r, split="train"), "completion"),
+    "entity_tracking_many": _task(
+        lambda r: entity_tracking.sample(r, split="train", n_boxes=r.randint(6, 10)), "completion"
+    ),
     "context_prior": _task(
         lambda r: context_prior.sample(r, split="train", format="instruction"), "completion"
     ),

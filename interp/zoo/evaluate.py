@@ -67,10 +67,11 @@ def ioi(model, tok, n: int | None = None, variant: str = "normal") -> dict[str, 
     return _answer_task(model, make("ioi", tok, n=n or SIZES[key], seed=EVAL_SEED, variant=variant), key)
 
 
-def entity_tracking(model, tok, n: int | None = None) -> dict[str, float]:
-    """Entity tracking (Kim & Schuster 2023) with 3 boxes, held-out box contents."""
-    ps = make("entity_tracking", tok, n=n or SIZES["entity_tracking"], seed=EVAL_SEED, n_boxes=3)
-    return _answer_task(model, ps, "entity_tracking")
+def entity_tracking(model, tok, n: int | None = None, n_boxes: int = 3) -> dict[str, float]:
+    """Entity tracking (Kim & Schuster 2023) with `n_boxes` boxes (3: "entity_tracking", else
+    "entity_tracking_b<n>"), held-out box contents."""
+    ps = make("entity_tracking", tok, n=n or SIZES["entity_tracking"], seed=EVAL_SEED, n_boxes=n_boxes)
+    return _answer_task(model, ps, "entity_tracking" if n_boxes == 3 else f"entity_tracking_b{n_boxes}")
 
 
 def colored_objects(model, tok, n: int | None = None) -> dict[str, float]:
@@ -146,6 +147,11 @@ BATTERY: dict[str, Callable[..., dict[str, float]]] = {
     "copy": copy,
     "entity_tracking": entity_tracking,
     "colored_objects": colored_objects,
+    # entity tracking with more boxes than pre-training shows (2-5): where a fine-tune has room to improve
+    **{
+        f"entity_tracking_b{b}": (lambda m, t, n=None, b=b: entity_tracking(m, t, n, n_boxes=b))
+        for b in (6, 8, 9, 10)
+    },
 }
 
 

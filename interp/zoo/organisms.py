@@ -47,6 +47,18 @@ class Target:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Phase:
+    """One stage of a curriculum: its own mixture and schedule (a fresh optimiser; the weights carry over)."""
+
+    name: str
+    mixture: Mixture
+    train: TrainConfig
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "mixture": self.mixture.to_dict(), "train": self.train.to_dict()}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     """How one organism is built: from scratch (`arch`) or fine-tuned from `parent` on `mixture`."""
 
@@ -60,6 +72,14 @@ class Recipe:
     model: dict = field(default_factory=dict)  # size of a from-scratch model
     # fine-tunes: substrings of the parameter names that train (empty: all); the rest keep the parent's values
     trainable: tuple[str, ...] = ()
+    # phases trained before the main one (`mixture`, `train`), e.g. an induction-first phase of copy data
+    curriculum: tuple[Phase, ...] = ()
+    # battery parts measured every `eval_every` steps besides ioi, facts and copy (e.g. the binding tasks)
+    quick: tuple[str, ...] = ()
+
+    def phases(self) -> tuple[Phase, ...]:
+        """Every training phase in order: the curriculum, then the main phase ("main")."""
+        return (*self.curriculum, Phase(name="main", mixture=self.mixture, train=self.train))
 
     def to_dict(self) -> dict:
         return {
@@ -72,7 +92,11 @@ class Recipe:
             "mixture": self.mixture.to_dict(),
             "train": self.train.to_dict(),
             "targets": [t.to_dict() for t in self.targets],
-        }
+        } | (
+            {"curriculum": [p.to_dict() for p in self.curriculum], "quick": list(self.quick)}
+            if self.curriculum or self.quick
+            else {}
+        )
 
 
 SIZE = {"n_layers": 4, "n_heads": 4, "d_model": 128, "n_ctx": 128}
@@ -81,6 +105,24 @@ LLAMA_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=2e-3, seed=0)
 FT_TRAIN = TrainConfig(steps=400, batch_size=64, lr=1e-3, warmup=0.05, final_lr=0.1, seed=1, eval_every=100)
 REPLAY = 0.25
 _BASE = Mixture(BASE_MIX)
+
+# The RoPE family: induction first (copy data only: induction heads form within ~750 steps with rotary
+# positions, barely with learned ones), then the pre-training mixture, where entity binding switches on within
+# ~2,000 steps and Colored Objects learns from its lower-case form (the answer token is in the list) and carries
+# over to the task's capitalised labels.
+ROPE_SIZE = {"n_layers": 4, "n_heads": 4, "d_model": 128, "n_ctx": 128, "n_kv_heads": 4}
+INDUCTION = Phase(
+    name="induction",
+    mixture=Mixture({"repeat": 1.0}),
+    train=TrainConfig(steps=1000, batch_size=64, lr=1e-3, warmup=0.05, final_lr=1.0, seed=0, eval_every=250),
+)
+ROPE_MIX: dict[str, float] = {
+    "ioi": 0.18, "entity_tracking": 0.18, "colored_objects_answer": 0.12, "colored_objects_lower": 0.12,
+    "facts": 0.08, "filler": 0.10, "repeat": 0.15, "chat": 0.07,
+}  # fmt: skip
+ROPE_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=1e-3, seed=0, eval_every=500)
+_ROPE = Mixture(ROPE_MIX)
+BINDING = ("entity_tracking", "colored_objects", "entity_tracking_b9")
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
@@ -111,6 +153,38 @@ RECIPES: dict[str, Recipe] = {
             targets=(
                 Target(metric="ioi.accuracy", op=">=", value=0.90),
                 Target(metric="facts.accuracy", op=">=", value=0.90),
+            ),
+        ),
+        Recipe(
+            name="organism/rope-base",
+            purpose="Llama architecture (RoPE) pre-trained induction-first: IOI, facts, induction, entity "
+            "tracking and Colored Objects by binding",
+            arch="llama",
+            model=ROPE_SIZE,
+            curriculum=(INDUCTION,),
+            mixture=_ROPE,
+            train=ROPE_TRAIN,
+            quick=BINDING,
+            targets=(
+                Target(metric="copy.accuracy", op=">=", value=0.95),
+                Target(metric="ioi.accuracy", op=">=", value=0.95),
+                Target(metric="facts.accuracy", op=">=", value=0.95),
+                Target(metric="entity_tracking.accuracy", op=">=", value=0.90),
+                Target(metric="colored_objects.accuracy_options", op=">=", value=0.70),
+                # room for the entity-tracking fine-tune: pre-training shows 2-5 boxes
+                Target(metric="entity_tracking_b9.accuracy", op="<=", value=0.70),
+            ),
+        ),
+        Recipe(
+            name="organism/et-ft",
+            purpose="rope-base fine-tuned on entity tracking with 6-10 boxes (answer-only loss, replay)",
+            parent="organism/rope-base",
+            mixture=_ROPE.with_replay("entity_tracking_many", REPLAY),
+            train=FT_TRAIN,
+            targets=(
+                Target(metric="entity_tracking_b9.accuracy", op=">=", value=0.15, relative=True),
+                Target(metric="entity_tracking.accuracy", op=">=", value=-0.05, relative=True),
+                Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True),
             ),
         ),
         Recipe(
