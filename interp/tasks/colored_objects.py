@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
-from interp.tasks.encode import Pair, Sample, Span, check_split, in_split, render
+from interp.tasks.encode import Pair, Sample, Span, check_split, in_split, render, single_tokens
 from interp.tasks.words import CO_OBJECTS, CO_QUESTION, CO_SURFACES, CO_VIEWS, COLOR_LABELS, COLORS
 
 N_OBJECTS = 3
@@ -22,14 +23,34 @@ N_OBJECTS = 3
 _TEMPLATE = re.sub(r"\{(\w+)\}", r"{D\1}", CO_QUESTION) + " {DANSWER}\n\n" + CO_QUESTION
 
 
+@dataclass(frozen=True, kw_only=True)
+class Pools:
+    """The colours and objects Colored Objects draws from (answers, options and queried words: one token each)."""
+
+    colors: tuple[str, ...] = COLORS
+    objects: tuple[str, ...] = CO_OBJECTS
+
+
 def label(color: str) -> str:
     """The answer form of a colour: capitalised ("blue" -> "Blue")."""
     return COLOR_LABELS[COLORS.index(color)]
 
 
-def _question(rng: random.Random, split: str, prefix: str = "") -> tuple[dict[str, str], list[str], int]:
+def pools(tokenizer: Any, *, split: str = "test") -> Pools:
+    """The colours (lower case and capitalised) and objects that are single tokens of `tokenizer`."""
+    check_split(split)
+    need, why = N_OBJECTS, f"{N_OBJECTS} distinct ones per question"
+    lower = single_tokens(tokenizer, "colours", COLORS, need=need, why=why)
+    labels = single_tokens(tokenizer, "colour answers", [label(c) for c in lower], need=need, why=why)
+    colors = tuple(c for c in lower if label(c) in labels)
+    return Pools(colors=colors, objects=single_tokens(tokenizer, "objects", CO_OBJECTS, need=need, why=why))
+
+
+def _question(
+    rng: random.Random, split: str, prefix: str = "", pools: Pools = Pools()
+) -> tuple[dict[str, str], list[str], int]:
     while True:
-        objects, colors = rng.sample(CO_OBJECTS, N_OBJECTS), rng.sample(COLORS, N_OBJECTS)
+        objects, colors = rng.sample(pools.objects, N_OBJECTS), rng.sample(pools.colors, N_OBJECTS)
         contents = sorted(f"{c} {o}" for c, o in zip(colors, objects, strict=True))
         if in_split("co:" + ",".join(contents), split):
             break
@@ -39,10 +60,12 @@ def _question(rng: random.Random, split: str, prefix: str = "") -> tuple[dict[st
     return {prefix + k: v for k, v in values.items()}, colors, q
 
 
-def _draw(rng: random.Random, split: str) -> tuple[Sample, dict[str, str], dict[str, list[Span]]]:
+def _draw(
+    rng: random.Random, split: str, pools: Pools = Pools()
+) -> tuple[Sample, dict[str, str], dict[str, list[Span]]]:
     check_split(split)
-    demo, demo_colors, demo_q = _question(rng, split, prefix="D")
-    values, colors, q = _question(rng, split)
+    demo, demo_colors, demo_q = _question(rng, split, prefix="D", pools=pools)
+    values, colors, q = _question(rng, split, pools=pools)
     values |= demo | {"DANSWER": label(demo_colors[demo_q])}
     text, spans = render(_TEMPLATE, values)
     key_spans = {
@@ -59,9 +82,9 @@ def sample(rng: random.Random, *, split: str = "train") -> Sample:
     return _draw(rng, split)[0]
 
 
-def draw(rng: random.Random, *, split: str = "test") -> list[Pair]:
-    """A prompt and its mindiff corruption (another object of the same list is queried)."""
-    clean, values, spans = _draw(rng, split)
+def draw(rng: random.Random, pools: Pools = Pools(), *, split: str = "test") -> list[Pair]:
+    """A prompt and its mindiff corruption (another object of the same list is queried); words from `pools`."""
+    clean, values, spans = _draw(rng, split, pools)
     colors = clean.meta["colors"]
     j = rng.choice([i for i in range(N_OBJECTS) if i != clean.meta["query_index"]])
     corrupt, _ = render(_TEMPLATE, values | {"OQ": values[f"O{j}"]})
