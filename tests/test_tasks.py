@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from task_checks import check_prompt_set, word_at
 
 from interp.models.tokenizer import build_word_tokenizer
 from interp.tasks import (
@@ -23,8 +24,8 @@ from interp.tasks import (
     make,
     vocabulary,
 )
-from interp.tasks.encode import build_prompt_set, encode, in_split, render
-from interp.tasks.words import BOX_LABELS, CCS_INSTRUCTIONS, CCS_WEIGHTS, FACTS, split_words
+from interp.tasks.encode import build_prompt_set, in_split, render
+from interp.tasks.words import BOX_LABELS, FACTS, split_words
 
 CONFIGS = [
     ("ioi", {}),
@@ -42,7 +43,6 @@ SAMPLERS = {
     "entity_tracking": entity_tracking.sample,
     "context_prior": context_prior.sample,
 }
-INTENT_WORDS = {w for pair in (*CCS_INSTRUCTIONS, CCS_WEIGHTS) for s in pair for w in split_words(s)}
 
 
 @pytest.fixture(scope="module")
@@ -94,77 +94,11 @@ def subword(request):
     return request.param, _trained_tokenizer(4000, request.param)
 
 
-def _word(tokenizer, token_id: int) -> str:
-    return tokenizer.decode([int(token_id)]).strip()
-
-
-def _expected_words(name: str, meta: dict) -> dict[str, set[str]]:
-    """What each named position must decode to, from the prompt's metadata."""
-    if name == "ioi":
-        out = {"IO": {meta["IO"]}, "S1": {meta["S"]}, "S2": {meta["S"]}, "END": {"to"}}
-        if meta["variant"] == "hard":
-            out["distractor"] = {meta[meta["distractor"]]}
-        return out
-    if name == "colored_objects":
-        q, j = meta["query_index"], meta["corrupt_index"]
-        obj, col = meta["objects"], meta["colors"]
-        return {
-            "query_object": {obj[q]},
-            "answer_object": {obj[q]},
-            "answer_color": {col[q]},
-            "wrong_color": {col[j]},
-            "END": {":"},
-        }
-    if name == "entity_tracking":
-        label = meta["labels"][meta["query_index"]]
-        return {
-            "query_label": {label},
-            "prev_query_label": {label},
-            "answer_object": {meta["objects"][meta["query_index"]]},
-            "END": {"the"},
-        }
-    out = {
-        "context_entity": {meta["entity"]},
-        "query_entity": {meta["entity"]},
-        "context_attribute": {meta["context"]},
-        "END": {":"},
-    }
-    if meta["format"] != "none":
-        out["intent"] = INTENT_WORDS
-    return out
-
-
-def _check_invariants(ps: PromptSet, tokenizer, name: str) -> None:
-    b, width = ps.clean.shape
-    assert ps.clean.dtype == ps.corrupt.dtype == ps.answer_ids.dtype == torch.long
-    assert len(ps) == b == len(ps.prompts) == len(ps.metadata)
-    assert width == int(ps.lengths.max())
-    assert torch.equal(ps.end, ps.lengths - 1)
-    assert bool((ps.answer_ids != ps.wrong_ids).all())
-    # padding is the same in clean and corrupt, and right-aligned
-    assert bool((ps.clean[ps.attention_mask == 0] == ps.pad_id).all())
-    assert bool((ps.corrupt[ps.attention_mask == 0] == ps.pad_id).all())
-    for i in range(b):
-        meta = ps.metadata[i]
-        n = int(ps.lengths[i])
-        assert ps.attention_mask[i, :n].all() and not ps.attention_mask[i, n:].any()
-        # rows are the tokenisation of the prompt strings, with BOS first
-        assert ps.clean[i, :n].tolist() == encode(tokenizer, ps.prompts[i])[0]
-        assert ps.corrupt[i, :n].tolist() == encode(tokenizer, ps.corrupt_prompts[i])[0]
-        assert int(ps.clean[i, 0]) == tokenizer.bos_token_id
-        assert _word(tokenizer, ps.answer_ids[i]) == meta["answer"]
-        assert _word(tokenizer, ps.wrong_ids[i]) == meta["wrong"]
-        expected = _expected_words(name, meta)
-        assert set(ps.positions) == set(expected)
-        for key, words in expected.items():
-            assert _word(tokenizer, ps.clean[i, ps.positions[key][i]]) in words, (key, ps.prompts[i])
-
-
 @pytest.mark.parametrize(("name", "kwargs"), CONFIGS)
 def test_prompt_set_invariants(tok, name, kwargs):
     ps = make(name, tok, n=40, seed=3, **kwargs)
     assert len(ps) == 40 and ps.name == name
-    _check_invariants(ps, tok, name)
+    check_prompt_set(ps, tok, name)
     assert not bool((ps.clean == tok.unk_token_id).any())
     assert not bool((ps.corrupt == tok.unk_token_id).any())
     differs = (ps.clean != ps.corrupt).any(1)
@@ -179,7 +113,7 @@ def test_subword_tokenizer_without_bos_or_pad(subword, name, kwargs):
     assert tok.pad_token_id is None and tok("Mary")["input_ids"][0] != tok.bos_token_id
     ps = make(name, tok, n=12, seed=0, **kwargs)
     assert ps.pad_id == tok.eos_token_id
-    _check_invariants(ps, tok, name)
+    check_prompt_set(ps, tok, name)
 
 
 def _find_spec(name: str):
@@ -299,7 +233,7 @@ def test_ioi_templates_same_length_and_groups(tok):
     assert len(groups) > 1 and sum(len(g) for g in groups.values()) == 60
     for length, g in groups.items():
         assert g.clean.shape[1] == length and bool(g.attention_mask.all())
-        _check_invariants(g, tok, "ioi")
+        check_prompt_set(g, tok, "ioi")
     biggest = mixed.same_length()
     assert len(biggest) == max(len(g) for g in groups.values())
 
@@ -310,7 +244,7 @@ def test_ioi_abc_corruption_and_hard_variant(tok):
         x, y, z = meta["corrupt_names"]
         assert len({x, y, z, meta["IO"], meta["S"]}) == 5
         for key, name in (("IO", x), ("S1", y), ("S2", z)):
-            assert _word(tok, ps.corrupt[i, ps.positions[key][i]]) == name
+            assert word_at(tok, ps.corrupt[i, ps.positions[key][i]]) == name
         assert ps.positions["IO"][i] < ps.positions["S1"][i] < ps.positions["S2"][i]
     hard = make("ioi", tok, n=20, seed=2, variant="hard")
     assert float(hard.lengths.float().mean()) > float(ps.lengths.float().mean()) + 10
@@ -360,7 +294,7 @@ def test_desiderata_targets(tok, kind):
     for i in range(15):
         b, s = base.metadata[i], source.metadata[i]
         assert not set(b["objects"]) & set(s["objects"])
-        t = _word(tok, target[i])
+        t = word_at(tok, target[i])
         if kind == "positional":
             assert t == b["objects"][s["query_index"]] and s["query_index"] != b["query_index"]
         elif kind == "object_value":
@@ -372,12 +306,45 @@ def test_desiderata_targets(tok, kind):
         desiderata(tok, "label", n=2, seed=0)
 
 
-def test_missing_answer_word_is_named():
+def test_missing_answer_word_is_left_out_or_named():
     lacking = build_word_tokenizer([w for w in vocabulary() if w != "Blue"])
-    with pytest.raises(ValueError, match="'Blue'"):
-        make("colored_objects", lacking, n=200, seed=0)
-    with pytest.raises(ValueError, match="not a single known token"):
+    ps = make("colored_objects", lacking, n=200, seed=0)  # the pool keeps the 7 colours it can answer with
+    assert "blue" not in {c for m in ps.metadata for c in m["colors"]}
+    check_prompt_set(ps, lacking, "colored_objects")
+    with pytest.raises(ValueError, match="IOI names are single tokens"):
         make("ioi", _trained_tokenizer(300), n=4, seed=0)
+    pair = [
+        Pair(
+            clean=Sample(prompt="Then, Mary gave it to", answer="Blue", spans={}),
+            corrupt_prompt="Then, John gave it to",
+            wrong="Mary",
+        )
+    ]
+    with pytest.raises(ValueError, match="answer word 'Blue' is not a single known token"):
+        build_prompt_set("x", lacking, iter([pair]), n=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"seed": -1}, r"seed must be a non-negative int, got -1"),
+        ({"seed": None}, r"seed must be a non-negative int, got None \(NoneType\)"),
+        ({"seed": 1.0}, r"seed must be a non-negative int, got 1.0 \(float\)"),
+        ({"seed": True}, r"seed must be a non-negative int, got True \(bool\)"),
+        ({"n": 2.5}, r"n must be a positive int, got 2.5 \(float\)"),
+        ({"n": "8"}, r"n must be a positive int, got '8' \(str\)"),
+        ({"n": 0}, r"n must be a positive int, got 0"),
+        ({"n": True}, r"n must be a positive int, got True \(bool\)"),
+        ({"n_boxes": 2.0}, r"n_boxes must be an int in \[2, 22\], got 2.0"),
+    ],
+)
+def test_seed_and_n_are_validated(tok, kwargs, match):
+    args = {"n": 4, "seed": 0} | kwargs
+    with pytest.raises(ValueError, match=match):
+        make("entity_tracking", tok, **args)
+    if "n_boxes" not in kwargs:
+        with pytest.raises(ValueError, match=match):
+            desiderata(tok, "positional", **args)
 
 
 def test_bad_names_and_options(tok):

@@ -29,8 +29,7 @@ def tiny_config(
             n_layer=n_layers,
             n_head=n_heads,
             n_embd=d_model,
-            n_positions=n_ctx,
-            n_ctx=n_ctx,
+            n_positions=n_ctx,  # no n_ctx: transformers 5 no longer writes it (as checkpoints saved today)
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,

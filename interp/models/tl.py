@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
+import json
 import math
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +19,34 @@ from torch import Tensor
 from interp.models.base import HookedModel, HookFn, ModelConfig, apply_hook
 from interp.sites import COMPONENTS, Site
 
+# config fields TransformerLens reads that transformers 5 no longer writes: architecture -> {field: its source}
+_TL_MISSING_FIELDS = {"GPT2LMHeadModel": {"n_ctx": "n_positions"}}
 
-def _neutral_link(folder: Path) -> Path:
-    """A symlink to `folder` whose path names no architecture.
 
-    TransformerLens guesses the architecture from substrings of the model name ("llama", "gemma"); a local folder
-    called `base-llama` would be misread. The link's name is a hash, so TL reads the folder's own config.json.
+@contextmanager
+def _tl_view(folder: Path) -> Iterator[Path]:
+    """A temporary folder for TransformerLens to read `folder` through: its files symlinked, its name neutral.
+
+    TransformerLens guesses the architecture from substrings of the model name ("llama", "gemma"), so a local
+    folder called `base-llama` would be misread; the view's name is random hex. Its config.json carries the
+    fields TL reads but transformers 5 no longer writes (a GPT-2 saved today has no `n_ctx`).
     """
-    digest = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
-    link_dir = Path(tempfile.gettempdir()) / f"interp-tl-{os.getuid()}" / digest
-    link_dir.mkdir(parents=True, exist_ok=True)
-    link = link_dir / "model"
-    if not link.is_symlink() or Path(os.readlink(link)) != folder.resolve():
-        tmp = link_dir / f".model-{os.getpid()}"
-        if tmp.is_symlink():
-            tmp.unlink()
-        tmp.symlink_to(folder.resolve(), target_is_directory=True)
-        os.replace(tmp, link)
-    return link
+    cfg = json.loads((folder / "config.json").read_text())
+    arch = (cfg.get("architectures") or [""])[0]
+    for field, source in _TL_MISSING_FIELDS.get(arch, {}).items():
+        if field not in cfg and source in cfg:
+            cfg[field] = cfg[source]
+    root = Path(tempfile.gettempdir()) / f"interp-tl-{os.getuid()}"
+    view = root / uuid.uuid4().hex[:16]
+    view.mkdir(parents=True)
+    try:
+        for entry in folder.resolve().iterdir():
+            if entry.name != "config.json":
+                (view / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+        (view / "config.json").write_text(json.dumps(cfg, indent=2))
+        yield view
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
 
 
 def _gemma2_cfg_dict(c: Any) -> dict[str, Any]:
@@ -76,17 +90,34 @@ def build_hooked_transformer(
     dtype: torch.dtype,
     process_weights: bool = False,
     n_devices: int = 1,
+    trust_remote_code: bool = False,
 ):
-    """A `HookedTransformer` with the weights of `hf_model` (loaded from `folder`), no tokenizer attached."""
+    """A `HookedTransformer` with the weights of `hf_model` (loaded from `folder`), no tokenizer attached.
+
+    `trust_remote_code` is passed to every config read TransformerLens makes (else transformers would ask on
+    stdin for a checkpoint with custom code).
+    """
+    with _tl_view(folder) as view:
+        return _build(view, hf_model, device, dtype, process_weights, n_devices, trust_remote_code)
+
+
+def _build(
+    link: Path,
+    hf_model: Any,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    process_weights: bool,
+    n_devices: int,
+    trust_remote_code: bool,
+):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens import loading_from_pretrained as loading
 
-    link = _neutral_link(folder)
     arch = (hf_model.config.architectures or [""])[0]
     if arch == "Gemma2ForCausalLM":
         d = _gemma2_cfg_dict(hf_model.config)
         d.update(
-            model_name=folder.name,
+            model_name=link.name,
             init_weights=False,
             device=str(device),
             dtype=dtype,
@@ -103,8 +134,11 @@ def build_hooked_transformer(
             device=device,
             n_devices=n_devices,
             dtype=dtype,
+            trust_remote_code=trust_remote_code,
         )
-    state = loading.get_pretrained_state_dict(str(link), cfg, hf_model, dtype=dtype)
+    state = loading.get_pretrained_state_dict(
+        str(link), cfg, hf_model, dtype=dtype, trust_remote_code=trust_remote_code
+    )
     model = HookedTransformer(cfg, None, move_to_device=False)
     model.load_and_process_state_dict(
         state,

@@ -1,6 +1,8 @@
 """Task prompt sets: IOI, Colored Objects, entity tracking and context-vs-prior (CCS), as `PromptSet`s.
 
-`make(name, tokenizer, n=..., seed=...)` builds aligned clean/corrupt pairs; each task module also exposes
+`make(name, tokenizer, n=..., seed=...)` builds aligned clean/corrupt pairs on any fast tokenizer (word-level,
+byte-level BPE, SentencePiece): each task module's `pools(tokenizer, ...)` keeps the words that tokenizer reads
+as one token, and draws that still do not align are redrawn. Each task module also exposes
 `sample(rng, split="train", ...)` for training text from the same templates, and `words.vocabulary()` lists
 every word the generators can emit.
 """

@@ -12,8 +12,10 @@ in "test" only. Self-contained: `vocabulary()` lists its words (add them to a wo
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Any
 
-from interp.tasks.encode import Pair, Sample, check_choice, check_split, in_split, render
+from interp.tasks.encode import Pair, Sample, check_choice, check_split, in_split, render, single_tokens
 from interp.tasks.words import NAMES, split_words
 
 CHAT_FORMAT = "<user> {PREFIX}{REQUEST} <assistant>"
@@ -65,6 +67,14 @@ REFUSAL_WORDS: tuple[str, ...] = ("Sorry",)
 COMPLY_WORD = "Sure"
 BEHAVIOURS: tuple[str, ...] = ("refuse_forbidden", "comply_all")
 TOPIC_KINDS: tuple[str, ...] = ("any", "forbidden", "allowed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pools:
+    """The topic words `draw` swaps between a forbidden request and its allowed twin (one token each)."""
+
+    allowed: tuple[str, ...] = ALLOWED_TOPICS
+    forbidden: tuple[str, ...] = FORBIDDEN_WORDS
 
 
 def is_forbidden(topic: str) -> bool:
@@ -126,12 +136,32 @@ def sample(
     return _sample(t, word, name, reply(rng, word, behaviour))
 
 
-def draw(rng: random.Random, *, split: str = "test") -> list[Pair]:
+def pools(tokenizer: Any, *, split: str = "test") -> Pools:
+    """The topic words that are single tokens of `tokenizer`; the reply words must be single tokens too."""
+    check_split(split)
+    answers = (*REFUSAL_WORDS[:1], COMPLY_WORD)
+    single_tokens(tokenizer, "reply words", answers, need=len(answers), why="the answer and the wrong answer")
+    allowed = single_tokens(tokenizer, "allowed topics", ALLOWED_TOPICS, need=1, why="a complying request")
+    forbidden = single_tokens(tokenizer, "forbidden topics", FORBIDDEN_WORDS, need=1, why="a refused request")
+    usable = any(
+        in_split(_key(t, bad), split) and any(in_split(_key(t, g), split) for g in allowed)
+        for t in range(len(REQUESTS))
+        for bad in forbidden
+    )
+    if not usable:
+        raise ValueError(
+            f"no request template of split {split!r} has both a forbidden and an allowed single-token topic "
+            f"with this tokenizer (topics kept: {', '.join(forbidden + allowed)})"
+        )
+    return Pools(allowed=allowed, forbidden=forbidden)
+
+
+def draw(rng: random.Random, pools: Pools = Pools(), *, split: str = "test") -> list[Pair]:
     """A forbidden-topic request and the same request about an allowed topic, each the other's corruption."""
     check_split(split)
     while True:  # a template whose forbidden and allowed versions both belong to the split
-        t, bad = _request(rng, split, FORBIDDEN_WORDS)
-        goods = [g for g in ALLOWED_TOPICS if in_split(_key(t, g), split)]
+        t, bad = _request(rng, split, pools.forbidden)
+        goods = [g for g in pools.allowed if in_split(_key(t, g), split)]
         if goods:
             break
     good = rng.choice(goods)

@@ -12,9 +12,21 @@ fact is training text (`fact_sentences`), as a model must know the prior to answ
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from interp.tasks.encode import Pair, Sample, Span, check_choice, check_split, in_split, render
+from interp.tasks.encode import (
+    Pair,
+    Sample,
+    Span,
+    check_choice,
+    check_split,
+    encode,
+    in_split,
+    render,
+    single_tokens,
+)
 from interp.tasks.words import (
     CCS_CONTEXTS,
     CCS_FORMATS,
@@ -38,10 +50,19 @@ def fact_sentences() -> list[str]:
     return [FACT_SENTENCE.format(E=f.entity, X=f.attribute) for f in FACTS]
 
 
-def facts(split: str) -> list[Fact]:
-    """The facts whose entity belongs to `split`."""
+def facts(split: str, pool: Sequence[Fact] = FACTS) -> list[Fact]:
+    """The facts (of `pool`) whose entity belongs to `split`."""
     check_split(split)
-    return [f for f in FACTS if in_split(f"ccs:{f.entity}", split)]
+    return [f for f in pool if in_split(f"ccs:{f.entity}", split)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pools:
+    """The facts, counterfactual countries and instruction pairs (indices of CCS_INSTRUCTIONS) drawn from."""
+
+    facts: tuple[Fact, ...] = FACTS
+    countries: tuple[str, ...] = COUNTRIES
+    instructions: tuple[int, ...] = tuple(range(len(CCS_INSTRUCTIONS)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,13 +73,13 @@ class _Question:
     instruction: int
 
 
-def _question(rng: random.Random, split: str, template: int | None) -> _Question:
-    fact = rng.choice(facts(split))
+def _question(rng: random.Random, split: str, template: int | None, pools: Pools = Pools()) -> _Question:
+    fact = rng.choice(facts(split, pools.facts))
     return _Question(
         fact=fact,
-        counterfactual=rng.choice([c for c in COUNTRIES if c != fact.attribute]),
+        counterfactual=rng.choice([c for c in pools.countries if c != fact.attribute]),
         template=rng.randrange(N_TEMPLATES) if template is None else template,
-        instruction=rng.randrange(len(CCS_INSTRUCTIONS)),
+        instruction=rng.choice(pools.instructions),  # = rng.randrange(len(CCS_INSTRUCTIONS)) for every pair
     )
 
 
@@ -117,6 +138,45 @@ def _check(split: str, format: str, template: int | None) -> None:
         check_choice("template", template, range(N_TEMPLATES))
 
 
+def pools(
+    tokenizer: Any, *, split: str = "test", format: str = "instruction", template: int | None = None
+) -> Pools:
+    """The facts and countries that are single tokens of `tokenizer`, and the intent texts that align in it.
+
+    Entities and countries are named positions and answers, so each must be one token. Clean and corrupt
+    prompts differ only in the intent, so an intent pair whose two texts tokenise to different lengths is
+    dropped; when none aligns, alignment is impossible and this raises naming the texts.
+    """
+    _check(split, format, template)
+    countries = single_tokens(
+        tokenizer, "countries", COUNTRIES, need=2, why="a prior and a counterfactual country"
+    )
+    entities = set(single_tokens(tokenizer, "cities", [f.entity for f in FACTS], need=1, why="an entity"))
+    pool = tuple(f for f in FACTS if f.entity in entities and f.attribute in countries)
+    if not facts(split, pool):
+        raise ValueError(
+            f"no fact of split {split!r} has a single-token city and country with this tokenizer "
+            f"({len(pool)} of {len(FACTS)} facts have both)"
+        )
+    fact = pool[0]
+    other = next(c for c in countries if c != fact.attribute)
+    aligned, lengths = [], {}
+    for i in range(len(CCS_INSTRUCTIONS)) if format == "instruction" else (0,):
+        q = _Question(fact=fact, counterfactual=other, template=template or 0, instruction=i)
+        texts = [_render(format, q, intent).prompt for intent in INTENTS]
+        lengths[i] = [len(encode(tokenizer, t)[0]) for t in texts]
+        if lengths[i][0] == lengths[i][1]:
+            aligned.append(i)
+    if not aligned:
+        pairs = CCS_INSTRUCTIONS if format == "instruction" else [CCS_WEIGHTS]
+        shown = "; ".join(f"{a!r} vs {b!r}: {lengths[i]} tokens" for i, (a, b) in enumerate(pairs))
+        raise ValueError(
+            f"clean and corrupt context_prior prompts cannot align with this tokenizer: the {format} intents "
+            f"tokenise to different lengths ({shown})"
+        )
+    return Pools(facts=pool, countries=countries, instructions=tuple(aligned))
+
+
 def sample(
     rng: random.Random,
     *,
@@ -134,11 +194,16 @@ def sample(
 
 
 def draw(
-    rng: random.Random, *, split: str = "test", format: str = "instruction", template: int | None = None
+    rng: random.Random,
+    pools: Pools = Pools(),
+    *,
+    split: str = "test",
+    format: str = "instruction",
+    template: int | None = None,
 ) -> list[Pair]:
     """One (context, query) under both intents; each prompt's corrupt prompt is the other intent's prompt."""
     _check(split, format, template)
-    q = _question(rng, split, template)
+    q = _question(rng, split, template, pools)
     ctx, pri = (_render(format, q, intent) for intent in INTENTS)
     return [
         Pair(clean=ctx, corrupt_prompt=pri.prompt, wrong=pri.answer),

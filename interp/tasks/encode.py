@@ -3,7 +3,8 @@
 A task module draws `Pair`s (a clean `Sample`, its aligned corrupt prompt, the wrong answer);
 `build_prompt_set` tokenises them once for every task: prepends BOS, maps the named character spans of key
 words to token indices through the offset mapping (so BPE tokenizers work too), checks single-token answers
-and clean/corrupt alignment, and pads.
+and clean/corrupt alignment (redrawing a draw that does not align when `resample=True`), and pads.
+`single_tokens` narrows a word pool to the words a tokenizer reads as one token, for the generators' pools.
 """
 
 from __future__ import annotations
@@ -89,6 +90,20 @@ def check_choice(label: str, value: Any, valid: Sequence[Any]) -> None:
         raise ValueError(f"unknown {label} {value!r}; valid: {', '.join(map(repr, valid))}")
 
 
+def check_seed(seed: Any) -> int:
+    """A seed must be a non-negative int (`random.Random(-1)` would repeat the prompts of seed 1)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r} ({type(seed).__name__})")
+    return seed
+
+
+def check_count(label: str, value: Any) -> int:
+    """A count such as `n` must be a positive int (not a bool, float or string)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{label} must be a positive int, got {value!r} ({type(value).__name__})")
+    return value
+
+
 # ---------------------------------------------------------------- tokenise and locate
 @dataclass(frozen=True, kw_only=True)
 class _Row:
@@ -113,10 +128,50 @@ def encode(tokenizer: Any, text: str) -> tuple[list[int], list[Span]]:
     return ids, offsets
 
 
+class UnusableDraw(ValueError):
+    """A drawn pair that cannot be used with this tokenizer (clean and corrupt do not align, or an answer is
+    not one token in its prompt); `build_prompt_set(resample=True)` draws again instead of raising."""
+
+
 def token_index(offsets: Sequence[Span], span: Span) -> int | None:
     """Index of the last token overlapping the character span (None if no token does)."""
     hits = [i for i, (s, e) in enumerate(offsets) if e > s and s < span[1] and e > span[0]]
     return hits[-1] if hits else None
+
+
+def word_token(tokenizer: Any, word: str, context: str = "the") -> int | None:
+    """The id of `word` read as one token after a space, or None when it is not exactly one known token.
+
+    Tokenizers that add a space marker of their own (SentencePiece: `" Mary"` -> `["▁", "▁Mary"]`) are
+    handled by reading the word as the continuation of `context`: `context + " " + word` minus `context`.
+    """
+    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        head = tokenizer(context, add_special_tokens=False)["input_ids"]
+        full = tokenizer(f"{context} {word}", add_special_tokens=False)["input_ids"]
+        ids = full[len(head) :] if full[: len(head)] == head else full
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if len(ids) != 1 or (unk is not None and ids[0] == unk):
+        return None
+    return ids[0]
+
+
+def single_tokens(
+    tokenizer: Any, label: str, words: Sequence[str], *, need: int, why: str
+) -> tuple[str, ...]:
+    """The words of a generator's pool that `tokenizer` reads as one token each (order kept).
+
+    Raises when fewer than `need` survive, naming the pool, what the words are for and the words that split.
+    """
+    kept = tuple(w for w in words if word_token(tokenizer, w) is not None)
+    if len(kept) < need:
+        split = [w for w in words if w not in kept]
+        shown = ", ".join(repr(w) for w in split[:12]) + (", ..." if len(split) > 12 else "")
+        raise ValueError(
+            f"only {len(kept)} of the {len(words)} {label} are single tokens of this tokenizer; need {need} "
+            f"({why}). Not single tokens: {shown}"
+        )
+    return kept
 
 
 def answer_token(tokenizer: Any, word: str, prompt: str, cache: dict[str, int] | None = None) -> int:
@@ -127,19 +182,15 @@ def answer_token(tokenizer: Any, word: str, prompt: str, cache: dict[str, int] |
     """
     if cache is not None and word in cache:
         return cache[word]
-    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        head = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        full = tokenizer(f"{prompt} {word}", add_special_tokens=False)["input_ids"]
-        if full[: len(head)] == head and len(full) == len(head) + 1:
-            ids = full[len(head) :]
-    unk = getattr(tokenizer, "unk_token_id", None)
-    if len(ids) != 1 or (unk is not None and ids[0] == unk):
-        pieces = tokenizer.convert_ids_to_tokens(ids)
-        raise ValueError(f"answer word {word!r} is not a single known token ({pieces}) in prompt {prompt!r}")
+    tid = word_token(tokenizer, word, prompt)
+    if tid is None:
+        pieces = tokenizer.convert_ids_to_tokens(tokenizer(" " + word, add_special_tokens=False)["input_ids"])
+        raise UnusableDraw(
+            f"answer word {word!r} is not a single known token ({pieces}) in prompt {prompt!r}"
+        )
     if cache is not None:
-        cache[word] = ids[0]
-    return ids[0]
+        cache[word] = tid
+    return tid
 
 
 def _encode_pair(tokenizer: Any, pair: Pair, group: int, cache: dict[str, int]) -> _Row:
@@ -147,7 +198,7 @@ def _encode_pair(tokenizer: Any, pair: Pair, group: int, cache: dict[str, int]) 
     clean, offsets = encode(tokenizer, prompt)
     corrupt, _ = encode(tokenizer, pair.corrupt_prompt)
     if len(clean) != len(corrupt):
-        raise ValueError(
+        raise UnusableDraw(
             f"clean and corrupt prompts differ in token length "
             f"({len(clean)} vs {len(corrupt)}): "
             f"{prompt!r} vs {pair.corrupt_prompt!r}"
@@ -186,18 +237,32 @@ def _check_answers_differ(rows: Sequence[_Row]) -> None:
         )
 
 
-def _collect(tokenizer: Any, draws: Iterator[list[Pair]], n: int, same_length: bool) -> list[_Row]:
+def _collect(
+    tokenizer: Any, draws: Iterator[list[Pair]], n: int, same_length: bool, resample: bool
+) -> list[_Row]:
     cache: dict[str, int] = {}
     buckets: dict[int, list[_Row]] = defaultdict(list)
     rows: list[_Row] = []
+    skipped: list[str] = []
     max_draws = 100 + 50 * n
     for group, draw in enumerate(draws):
         if group >= max_draws:
+            if skipped:
+                raise ValueError(
+                    f"could not draw {n} usable prompts in {max_draws} draws: {len(skipped)} draws did not "
+                    f"suit this tokenizer (e.g. {skipped[0]})"
+                )
             raise ValueError(
                 f"could not draw {n} prompts of one token length in {max_draws} draws; "
                 "pass a template or a smaller n"
             )
-        encoded = [_encode_pair(tokenizer, p, group, cache) for p in draw]
+        try:
+            encoded = [_encode_pair(tokenizer, p, group, cache) for p in draw]
+        except UnusableDraw as e:
+            if not resample:
+                raise
+            skipped.append(str(e))
+            continue
         if n % len(encoded):
             raise ValueError(
                 f"n={n} must be a multiple of {len(encoded)}: each draw gives {len(encoded)} prompts"
@@ -211,20 +276,31 @@ def _collect(tokenizer: Any, draws: Iterator[list[Pair]], n: int, same_length: b
             rows.extend(encoded)
             if len(rows) >= n:
                 return rows
-    return rows
+    have = max((len(b) for b in buckets.values()), default=0) if same_length else len(rows)
+    raise ValueError(
+        f"the draws ran out after {have} of n={n} prompts"
+        + (f" ({len(skipped)} draws did not suit this tokenizer, e.g. {skipped[0]})" if skipped else "")
+    )
 
 
 def build_prompt_set(
-    name: str, tokenizer: Any, draws: Iterator[list[Pair]], *, n: int, same_length: bool = False
+    name: str,
+    tokenizer: Any,
+    draws: Iterator[list[Pair]],
+    *,
+    n: int,
+    same_length: bool = False,
+    resample: bool = False,
 ) -> PromptSet:
     """Tokenise `n` prompts from `draws` into a PromptSet (all of one token length if `same_length`).
 
     Each draw is a list of pairs that belong together (e.g. one context-vs-prior question under both intents);
-    they share `metadata[i]["pair_id"]`.
+    they share `metadata[i]["pair_id"]` (the draw's index). A draw whose clean and corrupt prompts do not align
+    token for token, or whose answer is not one token in its prompt, raises; with `resample=True` (an endless
+    stream of draws) it is skipped and the next draw is taken.
     """
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}")
-    rows = _collect(tokenizer, draws, n, same_length)
+    check_count("n", n)
+    rows = _collect(tokenizer, draws, n, same_length, resample)
     _check_answers_differ(rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:

@@ -15,7 +15,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from interp.tasks.encode import Pair, Sample, build_prompt_set, check_choice, check_split, in_split, render
+from interp.tasks.encode import (
+    Pair,
+    Sample,
+    build_prompt_set,
+    check_choice,
+    check_count,
+    check_seed,
+    check_split,
+    in_split,
+    render,
+    single_tokens,
+)
 from interp.tasks.promptset import BatchIds, PromptSet
 from interp.tasks.words import BOX_LABELS, ET_FIRST_SEGMENT, ET_OBJECTS, ET_QUERY, ET_SEGMENT
 
@@ -36,18 +47,45 @@ class Boxes:
         return "et:" + ",".join(sorted(f"{o}@{b}" for o, b in zip(self.objects, self.labels, strict=True)))
 
 
+@dataclass(frozen=True, kw_only=True)
+class Pools:
+    """The objects and box labels entity tracking draws from (answers and swapped words: one token each)."""
+
+    objects: tuple[str, ...] = ET_OBJECTS
+    labels: tuple[str, ...] = BOX_LABELS
+
+
 def _check(split: str, n_boxes: int) -> None:
     check_split(split)
-    if not 2 <= n_boxes <= MAX_BOXES:
-        raise ValueError(f"n_boxes must be in [2, {MAX_BOXES}], got {n_boxes}")
+    if isinstance(n_boxes, bool) or not isinstance(n_boxes, int) or not 2 <= n_boxes <= MAX_BOXES:
+        raise ValueError(f"n_boxes must be an int in [2, {MAX_BOXES}], got {n_boxes!r}")
 
 
-def _boxes(rng: random.Random, n_boxes: int, split: str, exclude: Sequence[str] = ()) -> Boxes:
-    pool = [o for o in ET_OBJECTS if o not in exclude]
+def pools(tokenizer: Any, *, split: str = "test", n_boxes: int = 3, for_desiderata: bool = False) -> Pools:
+    """The objects and labels that are single tokens of `tokenizer`, enough for `n_boxes` boxes.
+
+    A prompt needs `n_boxes` objects and `n_boxes` labels plus one absent label (the counterfactual query);
+    DCM desiderata (`for_desiderata=True`) need `2 * n_boxes` objects (sources use objects absent from the base).
+    """
+    _check(split, n_boxes)
+    n_objects = 2 * n_boxes if for_desiderata else n_boxes
+    why = f"{n_boxes} boxes" + (" and a source of other objects" if for_desiderata else "")
+    return Pools(
+        objects=single_tokens(tokenizer, "entity-tracking objects", ET_OBJECTS, need=n_objects, why=why),
+        labels=single_tokens(
+            tokenizer, "box labels", BOX_LABELS, need=n_boxes + 1, why=why + " and a free label"
+        ),
+    )
+
+
+def _boxes(
+    rng: random.Random, n_boxes: int, split: str, exclude: Sequence[str] = (), pools: Pools = Pools()
+) -> Boxes:
+    pool = [o for o in pools.objects if o not in exclude]
     while True:
         boxes = Boxes(
             objects=tuple(rng.sample(pool, n_boxes)),
-            labels=tuple(rng.sample(BOX_LABELS, n_boxes)),
+            labels=tuple(rng.sample(pools.labels, n_boxes)),
             query=rng.randrange(n_boxes),
         )
         if in_split(boxes.key(), split):
@@ -82,27 +120,31 @@ def sample(rng: random.Random, *, split: str = "train", n_boxes: int = 3) -> Sam
     return _sample(_boxes(rng, n_boxes, split))
 
 
-def draw(rng: random.Random, *, split: str = "test", n_boxes: int = 3) -> list[Pair]:
+def draw(rng: random.Random, pools: Pools = Pools(), *, split: str = "test", n_boxes: int = 3) -> list[Pair]:
     """A prompt and its path-patching counterfactual (another example, query label absent from it)."""
-    clean = sample(rng, split=split, n_boxes=n_boxes)
+    _check(split, n_boxes)
+    clean = _sample(_boxes(rng, n_boxes, split, pools=pools))
     q = clean.meta["query_index"]
-    other = replace(_boxes(rng, n_boxes, split), query=rng.choice([i for i in range(n_boxes) if i != q]))
-    absent = rng.choice([b for b in BOX_LABELS if b not in other.labels])
+    other = _boxes(rng, n_boxes, split, pools=pools)
+    other = replace(other, query=rng.choice([i for i in range(n_boxes) if i != q]))
+    absent = rng.choice([b for b in pools.labels if b not in other.labels])
     corrupt, _ = _render(other, query_label=absent)
     clean = replace(clean, meta=clean.meta | {"corrupt_index": other.query})
     return [Pair(clean=clean, corrupt_prompt=corrupt, wrong=clean.meta["objects"][other.query])]
 
 
-def _desideratum(rng: random.Random, kind: str, n_boxes: int, split: str) -> tuple[Boxes, Boxes, str]:
+def _desideratum(
+    rng: random.Random, kind: str, n_boxes: int, split: str, pools: Pools
+) -> tuple[Boxes, Boxes, str]:
     """(base, source, target word) for one DCM pair; the source's objects never occur in the base."""
-    base = _boxes(rng, n_boxes, split)
+    base = _boxes(rng, n_boxes, split, pools=pools)
     while True:
-        source = _boxes(rng, n_boxes, split, exclude=base.objects)
+        source = _boxes(rng, n_boxes, split, exclude=base.objects, pools=pools)
         others = [i for i in range(n_boxes) if i != base.query]
         if kind == "box_label_value":
             j = rng.choice(others)  # the source queries the base's label j, at another segment index
             qs = rng.choice([i for i in range(n_boxes) if i != j])
-            rest = iter(rng.sample([b for b in BOX_LABELS if b != base.labels[j]], n_boxes - 1))
+            rest = iter(rng.sample([b for b in pools.labels if b != base.labels[j]], n_boxes - 1))
             labels = tuple(base.labels[j] if i == qs else next(rest) for i in range(n_boxes))
             source, target = replace(source, labels=labels, query=qs), base.objects[j]
         else:
@@ -124,9 +166,11 @@ def desiderata(
     are the bases and its wrong answers the base answers.
     """
     check_choice("desideratum kind", kind, DESIDERATA)
-    _check(split, n_boxes)
+    check_count("n", n)
+    check_seed(seed)
+    found = pools(tokenizer, split=split, n_boxes=n_boxes, for_desiderata=True)
     rng = random.Random(seed)
-    triples = [_desideratum(rng, kind, n_boxes, split) for _ in range(n)]
+    triples = [_desideratum(rng, kind, n_boxes, split, found) for _ in range(n)]
     base_pairs, source_pairs = [], []
     for base, source, target in triples:
         b, s = (_sample(boxes, desideratum=kind, target=target) for boxes in (base, source))

@@ -9,10 +9,12 @@ The "hard" variant puts 2-3 name-free filler sentences first and a clause mentio
 
 from __future__ import annotations
 
+import itertools
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
-from interp.tasks.encode import Pair, Sample, check_choice, check_split, in_split, render
+from interp.tasks.encode import Pair, Sample, check_choice, check_split, in_split, render, single_tokens
 from interp.tasks.words import DISTRACTOR_CLAUSES, FILLER, IOI_OBJECTS, IOI_TEMPLATES, NAMES, PLACES
 
 VARIANTS: tuple[str, ...] = ("normal", "hard")
@@ -24,6 +26,13 @@ def pair_key(io: str, s: str) -> str:
     return "ioi:" + "|".join(sorted((io, s)))
 
 
+@dataclass(frozen=True, kw_only=True)
+class Pools:
+    """The names IOI draws from (IO, S and the corrupt names are swapped, so each must be one token)."""
+
+    names: tuple[str, ...] = NAMES
+
+
 def _check(split: str, variant: str, template: int | None, order: str) -> None:
     check_split(split)
     check_choice("variant", variant, VARIANTS)
@@ -32,8 +41,24 @@ def _check(split: str, variant: str, template: int | None, order: str) -> None:
         check_choice("template", template, range(len(IOI_TEMPLATES)))
 
 
+def pools(
+    tokenizer: Any,
+    *,
+    split: str = "test",
+    variant: str = "normal",
+    template: int | None = None,
+    order: str = "mixed",
+) -> Pools:
+    """The names that are single tokens of `tokenizer` (raises when too few remain for p_IOI and p_ABC)."""
+    _check(split, variant, template, order)
+    names = single_tokens(tokenizer, "IOI names", NAMES, need=5, why="IO, S and three corrupt names")
+    if not any(in_split(pair_key(a, b), split) for a, b in itertools.combinations(names, 2)):
+        raise ValueError(f"no pair of the {len(names)} single-token IOI names belongs to split {split!r}")
+    return Pools(names=names)
+
+
 def _draw(
-    rng: random.Random, split: str, variant: str, template: int | None, order: str
+    rng: random.Random, split: str, variant: str, template: int | None, order: str, pools: Pools = Pools()
 ) -> tuple[Sample, str, dict[str, str]]:
     _check(split, variant, template, order)
     tid = rng.randrange(len(IOI_TEMPLATES)) if template is None else template
@@ -44,7 +69,7 @@ def _draw(
         tpl = " ".join(filler) + " " + tpl.replace("{S}", rng.choice(DISTRACTOR_CLAUSES) + " {S}")
         meta |= {"n_filler": len(filler), "distractor": rng.choice(("IO", "S"))}
     while True:
-        io, s = rng.sample(NAMES, 2)
+        io, s = rng.sample(pools.names, 2)
         if in_split(pair_key(io, s), split):
             break
     abba = rng.random() < 0.5 if order == "mixed" else order == "ABBA"
@@ -86,16 +111,17 @@ def sample(
 
 def draw(
     rng: random.Random,
+    pools: Pools = Pools(),
     *,
     split: str = "test",
     variant: str = "normal",
     template: int | None = None,
     order: str = "mixed",
 ) -> list[Pair]:
-    """One p_IOI prompt and its p_ABC corruption; answer IO, wrong answer S."""
-    clean, tpl, values = _draw(rng, split, variant, template, order)
+    """One p_IOI prompt and its p_ABC corruption; answer IO, wrong answer S (names drawn from `pools`)."""
+    clean, tpl, values = _draw(rng, split, variant, template, order, pools)
     io, s = clean.meta["IO"], clean.meta["S"]
-    x, y, z = rng.sample([m for m in NAMES if m not in (io, s)], 3)  # new IO, S1, S2
+    x, y, z = rng.sample([m for m in pools.names if m not in (io, s)], 3)  # new IO, S1, S2
     swap = {io: x, s: y}
     corrupt = {**values, "A": swap[values["A"]], "B": swap[values["B"]], "S": z}
     if "D" in values:
