@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.files import atomic_save_safetensors
 from interp.finetuning.pair import ModelPair
 from interp.models.base import HookedModel
 
@@ -127,19 +128,12 @@ class TuCoResult:
         )
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write `tuco.safetensors` (all tensors) to `folder`."""
-        from safetensors.torch import save_file
-
+        """Write `tuco.safetensors` (all tensors) to `folder` (atomically)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {"score": self.score, "ptc": self.ptc, "ftc": self.ftc, "x0": self.x0, "last": self.last}
         if self.attention_mask is not None:
             tensors["attention_mask"] = self.attention_mask
-        tmp = folder / "tuco.safetensors.tmp"
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=self.models
-        )
-        os.replace(tmp, folder / "tuco.safetensors")
+        atomic_save_safetensors(folder / "tuco.safetensors", tensors, metadata=self.models)
         return folder
 
 
