@@ -128,11 +128,21 @@ class Accuracy(Metric):
     token_ids: OptionIds | None = None
 
     @classmethod
-    def from_prompts(cls, ps: PromptSet, *, over: Literal["vocab", "options"] = "vocab") -> Accuracy:
+    def from_prompts(
+        cls, ps: PromptSet, *, over: Literal["vocab", "options", "answer_vs_wrong"] = "vocab"
+    ) -> Accuracy:
+        """Top-1 over the vocabulary, over the prompts' options, or between the answer and the wrong answer
+        (`"answer_vs_wrong"`: IOI's IO above S)."""
         if over == "vocab":
             return cls(positions=ps.end, target=ps.answer_ids)
+        if over == "answer_vs_wrong":
+            return cls(
+                positions=ps.end,
+                target=torch.zeros(len(ps), dtype=torch.long),
+                token_ids=torch.stack([ps.answer_ids, ps.wrong_ids], 1),
+            )
         if over != "options":
-            raise ValueError(f"over must be 'vocab' or 'options', got {over!r}")
+            raise ValueError(f"over must be 'vocab', 'options' or 'answer_vs_wrong', got {over!r}")
         if ps.options is None:
             raise ValueError(f"prompt set {ps.name!r} has no options; use over='vocab'")
         hits = ps.options == ps.answer_ids[:, None]

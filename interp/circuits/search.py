@@ -107,6 +107,34 @@ def ioi_stages(
     )
 
 
+def ioi_group_stages(sizes: tuple[int, int, int] = (3, 2, 2)) -> tuple[Stage, ...]:
+    """The IOI head groups as Prakash et al. 2024 patch them across models (experiment `finetune_cmap`): name
+    movers (logits at END) → S-inhibition (the movers' queries at END) → induction / duplicate-token heads (at
+    S2, through the S-inhibition heads' values read at END); the top `sizes` heads per group, whatever the sign
+    of their scores."""
+    movers, inhibition, induction = sizes
+    anything = float("-inf")  # no minimum score: the top k of the stage
+    return (
+        Stage(name="name movers", receivers="logits", sender_pos="END", k=movers, min_score=anything),
+        Stage(
+            name="S-inhibition",
+            receivers="q",
+            sender_pos="END",
+            receiver_pos="END",
+            k=inhibition,
+            min_score=anything,
+        ),
+        Stage(
+            name="induction",
+            receivers="v",
+            sender_pos="S2",
+            receiver_pos="END",
+            k=induction,
+            min_score=anything,
+        ),
+    )
+
+
 def merullo_stages(*, k: int = 3) -> tuple[Stage, ...]:
     """Merullo et al. 2024's iterated stages at the last position only: logits → movers' queries → the
     queries of those heads (the exact receiver list per task is in their JSON configs: UNVERIFIED here)."""
@@ -151,7 +179,12 @@ def prakash_stages(*, k: tuple[int, int, int, int] = (20, 5, 10, 5)) -> tuple[St
     )
 
 
-PRESETS = {"ioi": ioi_stages, "merullo": merullo_stages, "prakash": prakash_stages}
+PRESETS = {
+    "ioi": ioi_stages,
+    "ioi_groups": ioi_group_stages,
+    "merullo": merullo_stages,
+    "prakash": prakash_stages,
+}
 
 
 def resolve_position(prompts: Any, spec: str | None) -> Tensor | None:

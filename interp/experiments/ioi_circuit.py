@@ -1,18 +1,18 @@
-"""Experiments `ioi_circuit` (Wang et al. 2022 by staged path patching, and EAP-IG, Hanna et al. 2024) and
-`circuit_reuse` (Merullo et al. 2024: IOI vs a second task, overlap and an intervention), plus the `circuits`
-demo step (the IOI circuit figure of organism/base).
+"""Experiment `ioi_circuit`: the IOI circuit (Wang et al. 2022) by staged path patching, completed for accuracy,
+and by EAP-IG (Hanna et al. 2024); head classes from attention patterns; faithfulness with per-template mean
+ablation of the p_ABC prompts.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from interp.circuits.compare import overlap, stage_sets
+from interp.circuits.classify import IOI_BEHAVIOURS, attention_evidence, classify
+from interp.circuits.compare import overlap
 from interp.circuits.eap import EdgeScores, eap
 from interp.circuits.evaluate import (
     COMPLETION_METHODS,
@@ -26,76 +26,16 @@ from interp.circuits.evaluate import (
     random_baseline,
 )
 from interp.circuits.graph import Circuit, Graph, head_name
-from interp.circuits.intervene import Intervention, accuracy_with
-from interp.circuits.search import ioi_stages, merullo_stages, path_patch_search, stages_figure
+from interp.circuits.search import ioi_stages, path_patch_search, stages_figure
 from interp.config import ConfigError
-from interp.demo import register_demo_step
+from interp.experiments.api import Run, register_experiment
 from interp.models.base import HookedModel
-from interp.runner import Run, register_experiment
-from interp.sites import Site
-
-# where each IOI behaviour shows, as (query position, key position) of the attention pattern (Wang et al. §3);
-# "s1_next_reader" is not one of Wang's classes: a head at END reading S1+1, where previous-token heads have
-# written S1's neighbours (the organisms use it in place of name movers)
-IOI_BEHAVIOURS: dict[str, tuple[str, str]] = {
-    "mover": ("END", "IO"),  # copies the indirect object
-    "s_inhibition": ("END", "S2"),  # attends to the repeated subject at the end
-    "s1_next_reader": ("END", "S1+1"),  # reads the token after S1 at the end
-    "induction": ("S2", "S1+1"),  # at S2, attends to the token after S1
-    "duplicate_token": ("S2", "S1"),  # at S2, attends to the earlier copy of S
-    "previous_token": ("S1+1", "S1"),  # attends to the previous token
-}
-_AT = {
-    "END": ("mover", "s_inhibition", "s1_next_reader"),
-    "S2": ("induction", "duplicate_token"),
-    "S1+1": ("previous_token",),
-}
 
 
 def _load(name: str, backend: str, dtype: str, device: str) -> HookedModel:
     from interp.models.load import load_model
 
     return load_model(name, backend=backend, device=device, dtype=dtype)
-
-
-def attention_evidence(
-    model: HookedModel, prompts: Any, heads: list[tuple[int, int]]
-) -> dict[str, dict[str, float]]:
-    """Per head, the mean attention probability of each IOI behaviour's (query, key) position pair, and of the
-    same pair under uniform attention (`uniform_<behaviour>`: 1 / (query position + 1))."""
-    from interp.circuits.search import resolve_position
-
-    if not heads:
-        return {}
-    layers = sorted({layer for layer, _ in heads})
-    with torch.no_grad():
-        _, cache = model.run_with_cache(
-            prompts.clean.to(model.device),
-            [Site("pattern", layer) for layer in layers],
-            attention_mask=prompts.attention_mask.to(model.device),
-        )
-    b = torch.arange(prompts.clean.shape[0])
-    out = {}
-    for layer, h in heads:
-        p = cache[f"blocks.{layer}.attn.hook_pattern"][:, h].float().cpu()  # (B, query, key)
-        ev = {
-            name: float(p[b, resolve_position(prompts, q), resolve_position(prompts, k)].mean())
-            for name, (q, k) in IOI_BEHAVIOURS.items()
-        }
-        ev |= {
-            f"uniform_{name}": float((1.0 / (resolve_position(prompts, q).float() + 1)).mean())
-            for name, (q, _) in IOI_BEHAVIOURS.items()
-        }
-        out[head_name(layer, h)] = ev
-    return out
-
-
-def classify(evidence: dict[str, float], position: str | None, *, min_ratio: float = 2.0) -> str:
-    """The behaviour with the most attention among those possible where the head acts (all when unknown),
-    if that attention is at least `min_ratio` times uniform attention; otherwise "diffuse"."""
-    allowed = _AT.get(position or "", tuple(IOI_BEHAVIOURS))
-    best = max(allowed, key=lambda k: evidence[k] / evidence[f"uniform_{k}"])
-    return best if evidence[best] >= min_ratio * evidence[f"uniform_{best}"] else "diffuse"
 
 
 # ------------------------------------------------------------------------------------------------ ioi_circuit
@@ -136,6 +76,9 @@ class IOICircuitConfig:
             problems.append(f"complete_accuracy must lie in [0, 1], got {self.complete_accuracy}")
         if problems:
             raise ConfigError("ioi_circuit: " + "; ".join(problems))
+
+
+DEMO = {"n_prompts": 32, "n_eval": 48, "ig_steps": 2, "random_draws": 2, "fractions": [0.0, 0.1, 1.0]}
 
 
 def _ioi_prompts(tok: Any, n: int, seed: int):
@@ -190,7 +133,7 @@ def _head_rows(circuit: Circuit, evidence: dict[str, dict[str, float]], mins: di
     return rows
 
 
-@register_experiment("ioi_circuit", config=IOICircuitConfig)
+@register_experiment("ioi_circuit", config=IOICircuitConfig, demo=DEMO)
 def ioi_circuit(cfg: IOICircuitConfig, run: Run) -> dict[str, Any]:
     """The IOI circuit by staged path patching and by EAP-IG; head classes with attention evidence; faithfulness."""
     from interp.metrics import Accuracy, LogitDiff
@@ -387,246 +330,3 @@ def _groups_by(rows: list[dict]) -> dict[str, tuple[str, ...]]:
     for r in rows:
         out.setdefault(r["class"], []).append(r["head"])
     return {k: tuple(v) for k, v in out.items()}
-
-
-# ------------------------------------------------------------------------------------------------ circuit_reuse
-def copy_prompts(tokenizer: Any, n: int, seed: int, *, length: int = 8, query: int = 5):
-    """Induction / copying (Olsson et al. 2022) as a PromptSet: `length` distinct random words, then the first
-    `query` again -> the word that followed the last of them. The corrupt prompt replaces that word in the
-    first half by another, so the answer changes (the wrong answer). Positions: `prev` (the earlier copy of the
-    last token: a duplicate, as S1 is in IOI), `answer_pos` (the word to copy), `END`."""
-    import random
-
-    from interp.tasks import vocabulary
-    from interp.tasks.encode import Pair, Sample, build_prompt_set
-
-    if not 1 <= query < length:
-        raise ValueError(f"query must lie in [1, {length - 1}], got {query}")
-    words = sorted(
-        {
-            w
-            for w in vocabulary()
-            if w.isalpha() and len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1
-        }
-    )
-    rng = random.Random(seed)
-
-    def draw() -> list[Pair]:
-        seq = rng.sample(words, length + 1)
-        other, seq = seq[-1], seq[:length]
-        text = " ".join(seq + seq[:query])
-        starts = [sum(len(w) + 1 for w in seq[:i]) for i in range(length)]
-        spans = {
-            "prev": (starts[query - 1], starts[query - 1] + len(seq[query - 1])),
-            "answer_pos": (starts[query], starts[query] + len(seq[query])),
-        }
-        corrupt = " ".join(seq[:query] + [other] + seq[query + 1 :] + seq[:query])
-        return [
-            Pair(
-                clean=Sample(prompt=text, answer=seq[query], spans=spans, meta={"template": 0}),
-                corrupt_prompt=corrupt,
-                wrong=other,
-            )
-        ]
-
-    return build_prompt_set("copy", tokenizer, (draw() for _ in iter(int, 1)), n=n)
-
-
-def _second_task(name: str, tok: Any, n: int, seed: int, options: dict[str, Any]):
-    from interp.tasks import make
-
-    if name == "copy":
-        return copy_prompts(tok, n, seed, **options)
-    return make(name, tok, n=n, seed=seed, same_length=True, **options)
-
-
-@dataclass(frozen=True, kw_only=True)
-class CircuitReuseConfig:
-    """Parameters of `circuit_reuse` (Merullo et al. 2024 on the organisms; see the README)."""
-
-    model: str = "organism/base"
-    backend: str = "tl"
-    dtype: str = "float32"
-    second_task: str = "colored_objects"  # a task of interp.tasks, or "copy" (induction, `copy_prompts`)
-    second_task_options: dict[str, Any] = field(default_factory=dict)
-    second_task_reason: str = ""  # why this second task (when not Colored Objects)
-    n_prompts: int = 96
-    n_eval: int = 192
-    k: int = 3  # heads chosen per path-patching stage (Merullo's stages, last position)
-    fraction: float = 0.02  # top share of heads per stage for the overlap (at least one head per stage)
-    min_per_stage: int = 2
-    distractor_positions: tuple[str, ...] = ("wrong_color",)  # where the task-specific heads are made to look
-    # IOI role -> positions in the second task: each IOI-only head, classed by its IOI attention, is made to look
-    # where its role points (heads of other roles are left alone); empty: every IOI-only head looks at
-    # `distractor_positions` (Merullo et al.'s inhibition repair)
-    role_positions: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    mix: float = 1.0
-    accuracy_over: str = "options"  # options (the question's candidates) | vocab
-
-
-@register_experiment("circuit_reuse", config=CircuitReuseConfig)
-def circuit_reuse(cfg: CircuitReuseConfig, run: Run) -> dict[str, Any]:
-    """IOI vs a second task: per-stage path patching, overlap, and an intervention on the IOI-only heads."""
-    from interp.metrics import LogitDiff
-    from interp.tasks import make
-
-    model = _load(cfg.model, cfg.backend, cfg.dtype, run.device)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    tok = model.tokenizer
-    sets = {
-        "ioi": make("ioi", tok, n=cfg.n_prompts, seed=run.seed, same_length=True),
-        cfg.second_task: _second_task(cfg.second_task, tok, cfg.n_prompts, run.seed, cfg.second_task_options),
-    }
-    test = _second_task(cfg.second_task, tok, cfg.n_eval, run.seed + 1, cfg.second_task_options)
-    wanted = [*cfg.distractor_positions, *(p for ps_ in cfg.role_positions.values() for p in ps_)]
-    missing = [p for p in wanted if p.split("+")[0].split("-")[0] not in test.positions]
-    if missing:
-        raise ValueError(
-            f"distractor positions {missing} are not positions of {cfg.second_task}: {sorted(test.positions)}"
-        )
-    if cfg.accuracy_over == "options" and test.options is None:
-        raise ValueError(f"{cfg.second_task} has no answer options; use accuracy_over: vocab")
-    stages = merullo_stages(k=cfg.k)
-
-    def search() -> dict:
-        out = {}
-        for task, ps in sets.items():
-            res = path_patch_search(model, prompts=ps, metric=LogitDiff, stages=stages)
-            out[task] = {s.stage.name: s.normalised.tolist() for s in res.stages}
-        return out
-
-    scores = run.step("stage_scores", search)
-    per_task = {
-        t: stage_sets({k: torch.tensor(v) for k, v in s.items()}, cfg.fraction, min_count=cfg.min_per_stage)
-        for t, s in scores.items()
-    }
-    ov = overlap(per_task["ioi"], per_task[cfg.second_task])
-    run.table(
-        [
-            {
-                "task": t,
-                "stage": st,
-                "layer": layer,
-                "head": h,
-                "normalised": torch.tensor(v)[layer, h].item(),
-                "in_top": (layer, h) in per_task[t][st],
-            }
-            for t, s in scores.items()
-            for st, v in s.items()
-            for layer in range(L)
-            for h in range(H)
-            if math.isfinite(torch.tensor(v)[layer, h].item())
-        ],
-        "stage_scores",
-    )
-    run.figure(
-        stages_figure(
-            {f"{t}: {st}": v for t, s in scores.items() for st, v in s.items()},
-            title=f"Path-patching stages, IOI vs {cfg.second_task}",
-        ),
-        "stage_scores",
-    )
-
-    # ---- intervention: the IOI-only heads look at the second task's distractors at the last token
-    specific = sorted(ov.a - ov.b)
-    ioi_eval = make("ioi", tok, n=cfg.n_eval, seed=run.seed + 1, same_length=True)
-    roles = {
-        head_name(*h): classify(e, "END")
-        for h, e in zip(specific, attention_evidence(model, ioi_eval, specific).values(), strict=True)
-    }
-    plain = [
-        Intervention(
-            layer=layer, head=h, kind="pattern", at="END", attend_to=cfg.distractor_positions, mix=cfg.mix
-        )
-        for layer, h in specific
-    ]
-    by_role = [
-        Intervention(
-            layer=layer,
-            head=h,
-            kind="pattern",
-            at="END",
-            mix=cfg.mix,
-            attend_to=tuple(cfg.role_positions[roles[head_name(layer, h)]]),
-        )
-        for layer, h in specific
-        if roles[head_name(layer, h)] in cfg.role_positions
-    ]
-    ivs = by_role if cfg.role_positions else plain
-
-    def acc(interventions: list[Intervention], over: str) -> float:
-        return accuracy_with(model, test, interventions, over=over)
-
-    before = acc([], cfg.accuracy_over)
-    d = ov.to_dict()
-    return {
-        "second_task": cfg.second_task,
-        "second_task_reason": cfg.second_task_reason,
-        "overlap": ov.overlap,
-        "jaccard": ov.jaccard,
-        "n_shared": d["n_shared"],
-        "n_ioi": d["n_a"],
-        "n_second": d["n_b"],
-        "ioi_heads": ",".join(d["a"]),
-        "second_heads": ",".join(d["b"]),
-        "shared_heads": ",".join(d["shared"]),
-        "intervened_heads": ",".join(head_name(*h) for h in specific),
-        **{f"overlap_{k}": v["overlap"] for k, v in ov.per_stage.items()},
-        "ioi_roles": ",".join(f"{k}={v}" for k, v in roles.items()),
-        "intervention": "by IOI role" if cfg.role_positions else "distractor attention",
-        "intervention_heads": ",".join(f"a{iv.layer}.{iv.head}->{'+'.join(iv.attend_to)}" for iv in ivs),
-        "cobj_acc_before": before,
-        "cobj_acc_after": acc(ivs, cfg.accuracy_over) if ivs else before,
-        "acc_after_distractor_attention": acc(plain, cfg.accuracy_over) if plain else before,
-        "vocab_acc_before": acc([], "vocab"),
-        "vocab_acc_after": acc(ivs, "vocab") if ivs else acc([], "vocab"),
-    }
-
-
-# ------------------------------------------------------------------------------------------------ demo
-@register_demo_step("circuits", order=40)
-def circuits_demo(out: Path) -> None:
-    """The IOI circuit of organism/base: staged path patching (Wang et al. 2022), completed for accuracy."""
-    from interp.metrics import Accuracy, LogitDiff
-    from interp.models.load import ModelLoadError, resolve
-    from interp.plotting import save_figure
-
-    try:
-        resolve("organism/base")
-    except (ModelLoadError, FileNotFoundError, KeyError):
-        print("The circuits demo needs organism/base: build it with `interp zoo build --only organism/base`.")
-        return
-    cfg = IOICircuitConfig(n_prompts=64, n_eval=96)
-    model = _load(cfg.model, cfg.backend, cfg.dtype, "cpu")
-    ps, held_out = (
-        _ioi_prompts(model.tokenizer, cfg.n_prompts, 0),
-        _ioi_prompts(model.tokenizer, cfg.n_eval, 1),
-    )
-    stages = tuple(
-        replace(s, min_score=cfg.min_score)
-        for s in ioi_stages(
-            k_mover=cfg.k_mover,
-            k_inhibition=cfg.k_inhibition,
-            k_induction=cfg.k_induction,
-            k_previous=cfg.k_previous,
-        )
-    )
-    found = path_patch_search(model, prompts=ps, metric=LogitDiff, stages=stages).circuit()
-    node = EvalConfig(level="node", ablation=cfg.ablation)
-    circuit = _complete(model, found, ps, cfg, node)
-    ev = evaluate_circuit(model, circuit, prompts=held_out, metric=LogitDiff, config=node)
-    c_acc = circuit_values(model, [circuit], prompts=held_out, metric=Accuracy, config=node).mean().item()
-    title = (
-        f"IOI circuit of organism/base: {len(circuit.heads)} of {model.cfg.n_layers * model.cfg.n_heads} "
-        f"heads, faithfulness {ev.faithfulness:.2f}, accuracy {c_acc:.2f}"
-    )
-    save_figure(
-        circuit.figure(n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads, title=title),
-        out / "ioi_circuit",
-    )
-    circuit.save(out / "ioi_circuit.json")
-    print(
-        f"path patching: {', '.join(head_name(*h) for h in found.heads)}; completed for accuracy: "
-        f"{', '.join(head_name(*h) for h in circuit.heads)}. Faithfulness {ev.faithfulness:.2f} "
-        f"(LD {ev.circuit:.2f} of {ev.model:.2f}), circuit accuracy {c_acc:.2f}"
-    )

@@ -195,7 +195,10 @@ def perturbed_twin(
     (all when None) get seeded Gaussian noise of std `scale`. For tests and benchmarks of pair analyses."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(src))
+    from interp.models.progress import load_progress
+
+    with load_progress(src):
+        model = AutoModelForCausalLM.from_pretrained(str(src))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
