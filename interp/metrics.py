@@ -173,7 +173,7 @@ def group_pairs(ps: PromptSet) -> PairRows:
             "subsets must keep both prompts of a pair"
         )
     order = {"context": 0, "prior": 1}
-    pairs = [sorted(v, key=lambda i: order.get(ps.metadata[i].get("intent"), 2)) for v in rows.values()]
+    pairs = [sorted(v, key=lambda i: order.get(str(ps.metadata[i].get("intent")), 2)) for v in rows.values()]
     return torch.tensor(pairs, dtype=torch.long)
 
 
@@ -211,12 +211,12 @@ class PairAccuracy(Metric):
     accuracy: Accuracy
     partner: BatchIds
 
-    @property
-    def positions(self) -> BatchIds:
+    @property  # derived from the inner metric
+    def positions(self) -> BatchIds:  # type: ignore[override]
         return self.accuracy.positions
 
     @property
-    def token_ids(self) -> OptionIds | None:
+    def token_ids(self) -> OptionIds | None:  # type: ignore[override]
         return self.accuracy.token_ids
 
     @classmethod
@@ -247,12 +247,12 @@ class NormalisedRecovery(Metric):
         if bool((gap == 0).any()):
             raise ValueError("clean_value equals corrupt_value: recovery is undefined")
 
-    @property
-    def positions(self) -> BatchIds | None:
+    @property  # derived from the inner metric
+    def positions(self) -> BatchIds | None:  # type: ignore[override]
         return self.metric.positions
 
     @property
-    def token_ids(self) -> OptionIds | None:
+    def token_ids(self) -> OptionIds | None:  # type: ignore[override]
         return self.metric.token_ids
 
     @classmethod
@@ -268,9 +268,9 @@ class NormalisedRecovery(Metric):
         """Bind `metric` (default LogitDiff); take its clean/corrupt values (means unless `per_prompt`)."""
         inner = as_metric(LogitDiff if metric is None else metric, ps)
         clean, corrupt = inner(clean_logits), inner(corrupt_logits)
-        if not per_prompt:
-            clean, corrupt = float(clean.mean()), float(corrupt.mean())
-        return cls(metric=inner, clean_value=clean, corrupt_value=corrupt)
+        if per_prompt:
+            return cls(metric=inner, clean_value=clean, corrupt_value=corrupt)
+        return cls(metric=inner, clean_value=float(clean.mean()), corrupt_value=float(corrupt.mean()))
 
     def from_gathered(self, x: Tensor) -> Values:
         value = self.metric.from_gathered(x)

@@ -96,7 +96,7 @@ def resolve_config(raw: Mapping[str, Any], *, device: str | None = None) -> Reso
     if not _DEVICE.match(settings.device):
         raise ConfigError(f"device {settings.device!r} is not one of cpu, cuda, cuda:N, mps")
     try:
-        params = config_from_dict(
+        params: Any = config_from_dict(
             experiment.config, {k: v for k, v in raw.items() if k not in RUN_KEYS}, where=experiment.kind
         )
     except ConfigError as err:

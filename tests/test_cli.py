@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import types
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -152,3 +154,32 @@ def test_console_entry_point_demo(tmp_path: Path) -> None:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "d" / "ioi_patching" / "figures" / "patch_resid_pre.html").is_file()
+
+
+def test_cli_logs_each_line_once_and_no_debug(tmp_path: Path) -> None:
+    """A real `interp run` (TransformerLens load: a root `logging.info`; bm25s: DEBUG at import) prints every
+    log line once, no DEBUG line and no weight-loading bar."""
+    config = tmp_path / "sel.yaml"
+    config.write_text(
+        "experiment: sae_data_selection\nmodel: tiny:gpt2\nsae: random\npool_size: 40\ntarget_share: 0.1\n"
+        "n_targets: 2\nratios: [0.1]\nmain_ratio: 0.1\nmethods: [sae_jaccard, bm25]\n"
+        "downstream_methods: []\n"
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        "from interp.cli import main; main()",
+        "run",
+        str(config),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    env = {**os.environ, "INTERP_FIGURE_FORMATS": "html", "COLUMNS": "200"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [line.rstrip() for line in done.stderr.splitlines() if line.strip()]
+    assert any("step scores: finished" in line for line in lines), lines
+    repeated = [line for line, n in Counter(lines).items() if n > 1]
+    assert not repeated, repeated
+    assert not [line for line in lines if "DEBUG" in line], lines
+    assert "Loading weights" not in done.stderr and "Writing model shards" not in done.stderr

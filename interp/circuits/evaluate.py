@@ -137,7 +137,6 @@ def _as_prompts(prompts: Any) -> Any:
 # --------------------------------------------------------------------------------------------- node level
 def _node_keep(circuit: Circuit, prompts: Any, L: int, H: int, use_positions: bool) -> Tensor:
     """[L, B, T, H] bool: where each head's output is kept."""
-    from interp.circuits.search import resolve_position
 
     B, T = prompts.clean.shape
     keep = torch.zeros(L, B, T, H, dtype=torch.bool)
@@ -152,7 +151,7 @@ def _node_keep(circuit: Circuit, prompts: Any, L: int, H: int, use_positions: bo
             keep[layer, :, :, h] = True
         else:
             for spec in specs:
-                keep[layer, b, resolve_position(prompts, spec).cpu(), h] = True
+                keep[layer, b, prompts.position(spec).cpu(), h] = True
     return keep
 
 
@@ -180,6 +179,7 @@ def _node_values(
 
     def mlp_hook(layer: int):
         def fn(act: Tensor, site: Site) -> Tensor:
+            assert mlp_keeps is not None
             k = mlp_keeps[:, layer].to(dev).repeat_interleave(B)[:, None, None]  # (C*B, 1, 1)
             return torch.where(k, act, mlp_abl[layer].repeat(C, 1, 1))
 
@@ -309,7 +309,9 @@ def circuit_values(
             z_abl, mlp_abl = _node_ablation(model, prompts, config)
             L, H = model.cfg.n_layers, model.cfg.n_heads
             for i in range(0, len(circuits), n):
-                chunk = circuits[i : i + n]
+                chunk = [c for c in circuits[i : i + n] if isinstance(c, Circuit)]
+                if len(chunk) != len(circuits[i : i + n]):
+                    raise TypeError("node-level evaluation takes Circuits; edge masks need level='edge'")
                 keeps = torch.stack([_node_keep(c, prompts, L, H, config.use_positions) for c in chunk])
                 mlp_keeps = None
                 if config.ablate_mlps:

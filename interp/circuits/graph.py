@@ -240,7 +240,7 @@ class Circuit:
 
     @property
     def mlps(self) -> list[int]:
-        return sorted(int(_MLP.match(n).group(1)) for n in self.nodes if _MLP.match(n))
+        return sorted(int(m.group(1)) for n in self.nodes if (m := _MLP.match(n)))
 
     def group_of(self, node: str) -> str | None:
         return next((g for g, members in self.groups.items() if node in members), None)
@@ -332,7 +332,10 @@ def _node_xy(name: str, n_layers: int, n_heads: int) -> tuple[float, float]:
     m = _HEAD.match(name)
     if m:
         return float(m.group(1)), float(m.group(2))
-    return int(_MLP.match(name).group(1)) + 0.5, (n_heads - 1) / 2
+    m = _MLP.match(name)
+    if m is None:
+        raise ValueError(f"unknown node {name!r}")
+    return int(m.group(1)) + 0.5, (n_heads - 1) / 2
 
 
 def circuit_figure(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp.circuits.graph import Circuit, head_name
+from interp.circuits.graph import Circuit, Kept, head_name
 from interp.models.base import HookedModel
 from interp.patching.path import CONVENTIONS, PathPatchResult, path_patch
 from interp.sites import Site
@@ -228,7 +228,7 @@ class SearchResult:
         edges: list[tuple[str, str]] = []
         scores: dict[str, float] = {}
         groups: dict[str, tuple[str, ...]] = {}
-        positions: dict[str, str] = {}
+        positions: dict[str, Kept] = {}
         for s in self.stages:
             names = [head_name(*h) for h in s.chosen]
             groups[s.stage.name] = tuple(n for n in names if n not in nodes)

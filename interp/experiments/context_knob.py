@@ -197,7 +197,7 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
 
     # ---- DAS: layer choice, the knob, baselines
     candidates = [cfg.das_layer] if cfg.das_layer is not None else (swap or list(range(ft.cfg.n_layers)))
-    das_kw = dict(
+    das_kw: dict[str, Any] = dict(
         epochs=cfg.epochs,
         batch_size=cfg.das_batch_size,
         lr=cfg.lr,

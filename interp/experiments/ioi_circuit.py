@@ -125,7 +125,7 @@ def _head_rows(circuit: Circuit, evidence: dict[str, dict[str, float]], mins: di
                 "stage": circuit.group_of(n),
                 "position": pos,
                 "score": circuit.scores.get(n),
-                "class": classify(evidence[n], pos),
+                "class": classify(evidence[n], pos if isinstance(pos, str) else None),
                 "minimality": mins.get(n),
                 **{f"attn_{k}": v for k, v in evidence[n].items() if not k.startswith("uniform_")},
             }

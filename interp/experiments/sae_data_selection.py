@@ -289,7 +289,7 @@ def sae_data_selection(cfg: DataSelectionConfig, run: Run) -> dict[str, Any]:
             if method != "base" and key not in main:
                 continue  # a skipped optional method
             chosen = [] if method == "base" else [pool[i] for i in main[key].indices.tolist()]
-            scores_ft = run.step(f"finetune_{method}", lambda c=chosen: _finetune(cfg, folder, c, run.seed))
+            scores_ft = run.step(f"finetune_{method}", lambda c=chosen: _finetune(cfg, folder, c, run.seed))  # type: ignore[misc]
             acc[method] = round(scores_ft[cfg.target_metric], 4)
             downstream_rows.append(
                 {

@@ -421,9 +421,10 @@ def cmap_sweep(
     elif positions == "all":
         pos_list = [None]
     else:
-        pos_list = [int(p) for p in positions]
-        if any(not 0 <= p < T for p in pos_list):
-            raise ValueError(f"positions {pos_list} must lie in [0, {T})")
+        given = [int(p) for p in positions]
+        if any(not 0 <= p < T for p in given):
+            raise ValueError(f"positions {given} must lie in [0, {T})")
+        pos_list = list(given)
     heads = list(range(n_heads)) if per_head else [None]
     cells = [Cell(layer, p, h) for layer in range(L) for p in pos_list for h in heads]
     readout = _bind(metric, prompts, receiver)
@@ -437,7 +438,7 @@ def cmap_sweep(
             receiver, tokens, cells, component, sources, readout, attention_mask=mask, budget=budget
         )
     shape = (L, len(pos_list), n_heads) if per_head else (L, len(pos_list))
-    axes = ("layer", "pos", "head") if per_head else ("layer", "pos")
+    axes: tuple[str, ...] = ("layer", "pos", "head") if per_head else ("layer", "pos")
     scores = vals.mean(-1).view(*shape).cpu()
     if positions == "all":
         scores, axes = scores[:, 0], tuple(a for a in axes if a != "pos")
@@ -445,7 +446,7 @@ def cmap_sweep(
     labels = {
         "layer": [str(i) for i in range(L)],
         "head": [str(h) for h in range(n_heads)],
-        "pos": ["all"] if positions == "all" else [f"{p}:{toks[p]}" for p in pos_list],
+        "pos": ["all"] if positions == "all" else [f"{p}:{toks[p]}" for p in pos_list if p is not None],
     }
     base = {
         "clean": readout.from_logits(receiver(tokens, attention_mask=mask)).mean().item(),
@@ -454,7 +455,7 @@ def cmap_sweep(
     cfg = SweepConfig(
         component=component,
         per_head=per_head,
-        positions=positions if isinstance(positions, str) else tuple(pos_list),
+        positions=positions if isinstance(positions, str) else tuple(p for p in pos_list if p is not None),
         direction="cmap",
         source=f"model:{sender.name}",
         mode="exact",

@@ -146,7 +146,7 @@ class _TLRoute:
     """Blocks of two TransformerLens models: `tl.blocks[l](x) - x` is a block's update."""
 
     def __init__(self, pair: ModelPair) -> None:
-        self.ft, self.pt = pair.finetuned.tl, pair.base.tl
+        self.ft, self.pt = pair.finetuned.tl, pair.base.tl  # type: ignore[attr-defined]  # TL backend
         if self.ft.cfg.positional_embedding_type == "shortformer":
             raise NotImplementedError("TuCo does not support shortformer positional embeddings")
 
@@ -201,7 +201,8 @@ class _HFRoute:
     def __init__(self, pair: ModelPair) -> None:
         from interp.models.nnsight_backend import ARCH_MAPS, _get
 
-        self.ft_model, self.pt_model = pair.finetuned.hf_model, pair.base.hf_model
+        self.ft_model = pair.finetuned.hf_model  # type: ignore[attr-defined]  # nnsight backend
+        self.pt_model = pair.base.hf_model  # type: ignore[attr-defined]
         path = ARCH_MAPS[pair.finetuned.cfg.architecture].layers
         self.ft_layers, self.pt_layers = _get(self.ft_model, path), _get(self.pt_model, path)
         self.calls: list[tuple[tuple, dict]] = []
@@ -281,7 +282,7 @@ class _HFRoute:
             layer.register_forward_hook(mixer(i), with_kwargs=True) for i, layer in enumerate(self.ft_layers)
         ]
         try:
-            inputs = self._inputs(tokens, mask)
+            inputs: dict[str, Any] = dict(self._inputs(tokens, mask))
             if state is not None:
                 inputs |= {self.cache_kw: state[0], "use_cache": True}
             else:

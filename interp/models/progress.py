@@ -20,16 +20,20 @@ def weights_bytes(folder: str | os.PathLike) -> int:
 
 
 @contextlib.contextmanager
-def load_progress(folder: str | os.PathLike) -> Iterator[None]:
-    """Within the block, transformers' progress bars are off if the checkpoint in `folder` is small (restored
-    afterwards)."""
+def no_progress_bars(quiet: bool = True) -> Iterator[None]:
+    """Within the block, transformers' progress bars are off (when `quiet`); the previous state is restored."""
     from transformers.utils import logging as hf_logging
 
-    quiet = weights_bytes(folder) < SMALL_BYTES and hf_logging.is_progress_bar_enabled()
-    if quiet:
+    switch = quiet and hf_logging.is_progress_bar_enabled()
+    if switch:
         hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if quiet:
+        if switch:
             hf_logging.enable_progress_bar()
+
+
+def load_progress(folder: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
+    """Progress bars off while loading the checkpoint in `folder` if it is small (on for large ones)."""
+    return no_progress_bars(weights_bytes(folder) < SMALL_BYTES)

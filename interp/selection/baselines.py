@@ -252,7 +252,7 @@ def make_selector(
             return SAESelector(
                 model,
                 sae,
-                metric=metric,
+                metric=metric,  # type: ignore[arg-type]
                 encode=encode,  # type: ignore[arg-type]
                 pool_embeddings=pool_embeddings,
             )

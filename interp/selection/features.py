@@ -362,7 +362,7 @@ def mean_activations(
     site = model.check_site(as_site(site))
     _check_inputs(texts)
     out: Tensor | None = None
-    for idx, acts, mask in _site_batches(model, site, texts, cfg):
+    for idx, acts, mask in _site_batches(model, site, texts, cfg):  # type: ignore[arg-type]
         pooled = (acts.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         if out is None:
             out = torch.zeros(len(texts), pooled.shape[-1])

@@ -127,6 +127,7 @@ class SparseCoder:
         if x.shape[-1] != self.d_in:
             raise SAESiteError(f"SAE {self.name} expects inputs of width d_in={self.d_in}, got {x.shape[-1]}")
         if self.dense_encode is None:
+            assert self.k is not None  # a coder without dense_encode is TopK
             values, indices = self.pre_acts(x).topk(self.k, dim=-1, sorted=False)
             return values, indices
         dense = torch.relu(self.dense_encode(x.to(self.W_enc.dtype)))

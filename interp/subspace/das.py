@@ -61,15 +61,16 @@ class Subspace(nn.Module):
 
     @property
     def d_model(self) -> int:
-        return self.rotation.weight.shape[0]
+        return int(self.basis.shape[0])
 
     @property
     def rank(self) -> int:
-        return self.rotation.weight.shape[1]
+        return int(self.basis.shape[1])
 
     @property
     def basis(self) -> Float[Tensor, "d_model rank"]:
-        return self.rotation.weight
+        weight: Tensor = self.rotation.weight  # type: ignore[assignment]  # orthogonal() parametrization
+        return weight
 
     def set_basis(self, basis: Float[Tensor, "d_model rank"]) -> None:
         """Set `U` to `basis`, which must have orthonormal columns."""

@@ -70,7 +70,8 @@ def forward_last(
     Runs under the caller's grad mode (so DAS can train through it).
     """
     check_rows(tokens, end)
-    logits, acts = [], {s.hook_name: [] for s in read}
+    logits: list[Tensor] = []
+    acts: dict[str, list[Tensor]] = {s.hook_name: [] for s in read}
     for start in range(0, tokens.shape[0], batch_size):
         rows = torch.arange(start, min(start + batch_size, tokens.shape[0]))
         at = end[rows].to(model.device)

@@ -243,7 +243,7 @@ def head_patch_probe(
         def hooks(rows: Tensor):
             end = pp.target_end[rows]
             return [
-                (Site("z", layer), last_token_hook(end, lambda at, v=src_z[layer][rows]: v))
+                (Site("z", layer), last_token_hook(end, lambda at, v=src_z[layer][rows]: v))  # type: ignore[misc]
                 for layer in layers
             ]
 
