@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import tempfile
@@ -10,6 +9,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from interp.files import atomic_write_json
 
 GPT2_SIZES = {
     "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768),
@@ -59,8 +60,4 @@ def device_name() -> str:
 
 
 def write_json(path: str | Path, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=2)

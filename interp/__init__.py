@@ -1,6 +1,8 @@
 """interp: a mechanistic-interpretability workbench for studying what fine-tuning changes inside a language model.
 
 `import interp` is light: torch-free until you use something; TransformerLens, nnsight and sae-lens load lazily.
+The package's layers (which subpackage may import which) are listed once, in README.md ("Layers"), and checked
+by the import-linter contract in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def __getattr__(name: str) -> Any:  # lazy public names (PEP 562)
         "subspace",
         "selection",
         "plotting",
+        "experiments",
         "runner",
     ):
         import importlib

@@ -132,14 +132,53 @@ def bench(
         raise typer.Exit(code)
 
 
-def main() -> None:
-    """Console-script entry point (`interp`): INFO logs from interp to stderr, then the typer app."""
+# loggers of dependencies that chat at INFO or below (bm25s even sets DEBUG at import; see selection.baselines)
+THIRD_PARTY_LOGGERS = (
+    "bm25s",
+    "datasets",
+    "filelock",
+    "fsspec",
+    "httpx",
+    "huggingface_hub",
+    "kaleido",
+    "choreographer",
+    "matplotlib",
+    "nnsight",
+    "PIL",
+    "sae_lens",
+    "torch",
+    "transformer_lens",
+    "transformers",
+    "urllib3",
+)
+
+
+def configure_logging(level: int = logging.INFO) -> logging.Handler:
+    """One rich handler on the root logger, at `level`: interp's records at `level` and above, every other
+    logger's from WARNING (the root's level). A library's plain `logging.info(...)` (TransformerLens) then finds
+    a root handler and installs no second one, so each line prints once."""
     from rich.console import Console
     from rich.logging import RichHandler
 
     handler = RichHandler(show_path=False, show_time=False, console=Console(stderr=True))
     handler.setFormatter(logging.Formatter("%(message)s"))
-    log = logging.getLogger("interp")
-    log.setLevel(logging.INFO)
-    log.addHandler(handler)
+    handler.setLevel(level)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    ours = logging.getLogger("interp")
+    ours.setLevel(level)
+    for old in list(ours.handlers):
+        ours.removeHandler(old)
+    ours.propagate = True
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return handler
+
+
+def main() -> None:
+    """Console-script entry point (`interp`): logging configured once (INFO from interp), then the typer app."""
+    configure_logging()
     app()

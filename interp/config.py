@@ -9,7 +9,6 @@ coercions: list -> tuple, int -> float, `"1e-3"` -> 1e-3 (YAML 1.1 reads it as a
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import sys
 import types
@@ -17,6 +16,8 @@ import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+from interp.suggest import did_you_mean
 
 T = TypeVar("T")
 
@@ -26,9 +27,7 @@ class ConfigError(ValueError):
 
 
 def _suggest(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"{hint} Valid keys: {', '.join(valid) if valid else '(none)'}."
+    return f"{did_you_mean(name, valid)} Valid keys: {', '.join(valid) if valid else '(none)'}."
 
 
 def config_from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "") -> T:

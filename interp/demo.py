@@ -1,43 +1,24 @@
-"""`interp demo`: every capability's demo step, in order, each writing into `out_dir/<step>/`.
+"""`interp demo`: the zoo card, then every experiment kind run with its demo overrides (small and quick), each
+into `out_dir/<kind>/` as an ordinary run folder (so a second demo into the same folder resumes); at the end a
+table lists the figures written.
 
-A capability adds a step with `@register_demo_step("patching", order=30)` on a function
-`fn(out: Path) -> None` in a module listed in `DEMO_MODULES` (imported only when the demo runs). A failing
-step stops the demo with `DemoStepError` (the CLI exits non-zero); nothing is swallowed. At the end a table
-lists the figures written.
+A kind takes part by passing `demo={...overrides...}` to `register_experiment`; a kind whose models are zoo
+entries that are not built is skipped with a note. A failing kind stops the demo with `DemoStepError` (the CLI
+exits non-zero); nothing is swallowed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-F = TypeVar("F", bound=Callable[[Path], None])
-
-# Modules whose import registers demo steps; capabilities add theirs (the zoo step lives here).
-DEMO_MODULES: tuple[str, ...] = (
-    "interp.patching.experiment",
-    "interp.selection.experiment",
-    "interp.subspace.experiment",
-    "interp.finetuning.experiments",
-    "interp.circuits.experiments",
-)
 FIGURE_SUFFIXES = (".html", ".png", ".pdf", ".svg")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DemoStep:
-    """One demo step: `fn(out)` writes into `out`; steps run by ascending `order`, then name."""
-
-    name: str
-    order: int
-    fn: Callable[[Path], None]
-    doc: str = ""
+ZOO_STEP = "zoo"
 
 
 class DemoStepError(RuntimeError):
@@ -48,30 +29,38 @@ class DemoStepError(RuntimeError):
         self.step = step
 
 
-_STEPS: dict[str, DemoStep] = {}
+def demo_kinds() -> list[str]:
+    """The experiment kinds with demo overrides, in name order (imports their modules)."""
+    from interp.experiments import experiment_kinds, get_experiment
+
+    return [k for k in experiment_kinds() if get_experiment(k).demo is not None]
 
 
-def register_demo_step(name: str, order: int) -> Callable[[F], F]:
-    """Register `fn(out: Path) -> None` as demo step `name` (a decorator); `order` places it (zoo = 0)."""
+def demo_config(kind: str) -> dict[str, Any]:
+    """The config `interp demo` runs for `kind`: its defaults with the kind's demo overrides."""
+    from interp.experiments import get_experiment
 
-    def decorator(fn: F) -> F:
-        old = _STEPS.get(name)
-        if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(
-                f"demo step {name!r} is already registered by {old.fn.__module__}.{old.fn.__qualname__}"
-            )
-        doc = (fn.__doc__ or "").strip().splitlines()
-        _STEPS[name] = DemoStep(name=name, order=order, fn=fn, doc=doc[0] if doc else "")
-        return fn
-
-    return decorator
+    return {"experiment": kind, **(get_experiment(kind).demo or {})}
 
 
-def demo_steps() -> list[DemoStep]:
-    """All demo steps in run order (imports `DEMO_MODULES` first)."""
-    for module in DEMO_MODULES:
-        importlib.import_module(module)
-    return sorted(_STEPS.values(), key=lambda s: (s.order, s.name))
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def missing_models(config: dict[str, Any]) -> list[str]:
+    """The zoo entries a config names (after defaults are filled in) that are not built."""
+    from interp import zoo_location
+    from interp.runner import load_config, resolve_config
+
+    resolved = resolve_config(load_config(config)).to_dict()
+    return zoo_location.missing(*dict.fromkeys(_strings(resolved)))
 
 
 def _figures_since(folder: Path, since: float) -> list[Path]:
@@ -82,40 +71,64 @@ def _figures_since(folder: Path, since: float) -> list[Path]:
     )
 
 
-def run_demo(out_dir: str | Path, *, only: Sequence[str] | None = None) -> list[Path]:
-    """Run the demo steps (all, or those named in `only`) into `out_dir/<step>/`; return the figures written.
+def _results_table(kind: str, results: dict[str, Any]) -> Any:
+    from rich.table import Table
 
-    Raises `DemoStepError` at the first failing step.
-    """
+    table = Table(title=f"{kind}: results", show_header=False)
+    for key, value in results.items():
+        if isinstance(value, dict):
+            value = ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
+            )
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    return table
+
+
+def run_demo(out_dir: str | Path, *, only: Sequence[str] | None = None) -> list[Path]:
+    """Run the zoo step and every demo kind (all, or those named in `only`) into `out_dir/<step>/`; return the
+    figures written. Raises `DemoStepError` at the first failing step."""
     from rich.console import Console
     from rich.table import Table
 
+    from interp.runner import run_experiment
+
     console = Console()
     out = Path(out_dir)
-    steps = demo_steps()
+    steps = [ZOO_STEP, *demo_kinds()]
     if only:
-        unknown = sorted(set(only) - {s.name for s in steps})
+        unknown = sorted(set(only) - set(steps))
         if unknown:
-            raise ValueError(f"unknown demo step(s) {unknown}; steps: {', '.join(s.name for s in steps)}")
-        steps = [s for s in steps if s.name in only]
+            raise ValueError(f"unknown demo step(s) {unknown}; steps: {', '.join(steps)}")
+        steps = [s for s in steps if s in only]
     figures: list[tuple[str, Path]] = []
     for i, step in enumerate(steps, 1):
-        console.rule(f"[bold]{i}/{len(steps)} {step.name}[/bold]" + (f" — {step.doc}" if step.doc else ""))
-        folder = out / step.name
-        folder.mkdir(parents=True, exist_ok=True)
+        console.rule(f"[bold]{i}/{len(steps)} {step}[/bold]")
+        folder = out / step
         start = time.time() - 1.0  # mtime granularity
         try:
-            step.fn(folder)
+            if step == ZOO_STEP:
+                folder.mkdir(parents=True, exist_ok=True)
+                zoo_step(folder)
+                continue
+            config = demo_config(step)
+            missing = missing_models(config)
+            if missing:
+                console.print(
+                    f"{step} needs {', '.join(missing)}: build them with `interp zoo build`; skipped"
+                )
+                continue
+            results = run_experiment(config, folder)
         except Exception as err:
-            raise DemoStepError(step.name, err) from err
-        figures += [(step.name, p) for p in _figures_since(folder, start)]
+            raise DemoStepError(step, err) from err
+        console.print(_results_table(step, results))
+        figures += [(step, p) for p in _figures_since(folder, start)]
     table = Table(title=f"Figures written under {out}", show_lines=False)
     table.add_column("step")
     table.add_column("figure")
     for name, path in figures:
         table.add_row(name, str(path))
     if not figures:
-        table.add_row("-", "(none yet: capabilities add their demo steps as they land)")
+        table.add_row("-", "(none)")
     console.print(table)
     return [p for _, p in figures]
 
@@ -134,7 +147,6 @@ def zoo_entry(function: str) -> Callable[..., Any] | None:
     return getattr(zoo, function, None)
 
 
-@register_demo_step("zoo", order=0)
 def zoo_step(out: Path) -> None:
     """The model-organism zoo card, or a note that the zoo is not built."""
     cli_list = zoo_entry("cli_list")

@@ -128,11 +128,21 @@ class Accuracy(Metric):
     token_ids: OptionIds | None = None
 
     @classmethod
-    def from_prompts(cls, ps: PromptSet, *, over: Literal["vocab", "options"] = "vocab") -> Accuracy:
+    def from_prompts(
+        cls, ps: PromptSet, *, over: Literal["vocab", "options", "answer_vs_wrong"] = "vocab"
+    ) -> Accuracy:
+        """Top-1 over the vocabulary, over the prompts' options, or between the answer and the wrong answer
+        (`"answer_vs_wrong"`: IOI's IO above S)."""
         if over == "vocab":
             return cls(positions=ps.end, target=ps.answer_ids)
+        if over == "answer_vs_wrong":
+            return cls(
+                positions=ps.end,
+                target=torch.zeros(len(ps), dtype=torch.long),
+                token_ids=torch.stack([ps.answer_ids, ps.wrong_ids], 1),
+            )
         if over != "options":
-            raise ValueError(f"over must be 'vocab' or 'options', got {over!r}")
+            raise ValueError(f"over must be 'vocab', 'options' or 'answer_vs_wrong', got {over!r}")
         if ps.options is None:
             raise ValueError(f"prompt set {ps.name!r} has no options; use over='vocab'")
         hits = ps.options == ps.answer_ids[:, None]
@@ -163,7 +173,7 @@ def group_pairs(ps: PromptSet) -> PairRows:
             "subsets must keep both prompts of a pair"
         )
     order = {"context": 0, "prior": 1}
-    pairs = [sorted(v, key=lambda i: order.get(ps.metadata[i].get("intent"), 2)) for v in rows.values()]
+    pairs = [sorted(v, key=lambda i: order.get(str(ps.metadata[i].get("intent")), 2)) for v in rows.values()]
     return torch.tensor(pairs, dtype=torch.long)
 
 
@@ -201,12 +211,12 @@ class PairAccuracy(Metric):
     accuracy: Accuracy
     partner: BatchIds
 
-    @property
-    def positions(self) -> BatchIds:
+    @property  # derived from the inner metric
+    def positions(self) -> BatchIds:  # type: ignore[override]
         return self.accuracy.positions
 
     @property
-    def token_ids(self) -> OptionIds | None:
+    def token_ids(self) -> OptionIds | None:  # type: ignore[override]
         return self.accuracy.token_ids
 
     @classmethod
@@ -237,12 +247,12 @@ class NormalisedRecovery(Metric):
         if bool((gap == 0).any()):
             raise ValueError("clean_value equals corrupt_value: recovery is undefined")
 
-    @property
-    def positions(self) -> BatchIds | None:
+    @property  # derived from the inner metric
+    def positions(self) -> BatchIds | None:  # type: ignore[override]
         return self.metric.positions
 
     @property
-    def token_ids(self) -> OptionIds | None:
+    def token_ids(self) -> OptionIds | None:  # type: ignore[override]
         return self.metric.token_ids
 
     @classmethod
@@ -258,9 +268,9 @@ class NormalisedRecovery(Metric):
         """Bind `metric` (default LogitDiff); take its clean/corrupt values (means unless `per_prompt`)."""
         inner = as_metric(LogitDiff if metric is None else metric, ps)
         clean, corrupt = inner(clean_logits), inner(corrupt_logits)
-        if not per_prompt:
-            clean, corrupt = float(clean.mean()), float(corrupt.mean())
-        return cls(metric=inner, clean_value=clean, corrupt_value=corrupt)
+        if per_prompt:
+            return cls(metric=inner, clean_value=clean, corrupt_value=corrupt)
+        return cls(metric=inner, clean_value=float(clean.mean()), corrupt_value=float(corrupt.mean()))
 
     def from_gathered(self, x: Tensor) -> Values:
         value = self.metric.from_gathered(x)

@@ -7,9 +7,10 @@ nothing about backends.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
+
+from interp.suggest import did_you_mean
 
 # component -> (TL hook template, shape description, per-head?)
 _COMPONENTS: dict[str, tuple[str, str, bool]] = {
@@ -42,9 +43,7 @@ class SiteError(ValueError):
 
 
 def _suggest(name: str, valid: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.4)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"{hint} Valid: {', '.join(valid)}."
+    return f"{did_you_mean(name, valid, cutoff=0.4)} Valid: {', '.join(valid)}."
 
 
 def check_component(component: str) -> str:

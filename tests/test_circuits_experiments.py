@@ -47,8 +47,8 @@ def test_ioi_circuit_runs(tiny_task_model, tmp_path, monkeypatch):
 
 
 def test_ioi_circuit_config_rejects_bad_values():
-    from interp.circuits.experiments import IOICircuitConfig
     from interp.config import ConfigError
+    from interp.experiments.ioi_circuit import IOICircuitConfig
 
     with pytest.raises(ConfigError, match="complete_positions must be 'all' or 'stage'"):
         IOICircuitConfig(complete_positions="end")
@@ -95,9 +95,9 @@ def test_circuit_reuse_runs(tiny_task_model, tmp_path, monkeypatch):
 
 
 def test_copy_prompts(word_tokenizer):
-    from interp.circuits.experiments import copy_prompts
     from interp.models.tokenizer import build_word_tokenizer
     from interp.tasks import vocabulary
+    from interp.tasks.copying import copy_prompts
 
     tok = build_word_tokenizer(vocabulary())
     ps = copy_prompts(tok, 6, seed=0, length=6, query=4)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import types
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -77,14 +79,32 @@ def test_demo_exits_zero_and_lists_figures(tmp_path: Path) -> None:
     assert "zoo" in result.output and "Figures written" in result.output
 
 
-def test_failing_demo_step_exits_nonzero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(out: Path) -> None:
-        raise RuntimeError("kaput")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BoomConfig:
+    fail: bool = False
 
-    monkeypatch.setitem(demo_module._STEPS, "boom", demo_module.DemoStep(name="boom", order=99, fn=boom))
-    result = cli.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--only", "boom"])
+
+def boom_experiment(cfg: BoomConfig, run: Run) -> dict[str, float]:
+    if cfg.fail:
+        raise RuntimeError("kaput")
+    return {}
+
+
+def test_failing_demo_step_exits_nonzero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from interp.experiments.api import REGISTRY, Experiment
+
+    boom = Experiment(kind="_test_cli_boom", fn=boom_experiment, config=BoomConfig, demo={"fail": True})
+    monkeypatch.setitem(REGISTRY, "_test_cli_boom", boom)  # in the demo for this test only
+    result = cli.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--only", "_test_cli_boom"])
     assert result.exit_code == 1
-    assert "demo step 'boom' failed: RuntimeError: kaput" in result.output
+    assert "demo step '_test_cli_boom' failed: RuntimeError: kaput" in result.output
+
+
+def test_demo_runs_every_kind_with_its_demo_overrides() -> None:
+    from interp.experiments import module_kinds
+
+    assert set(module_kinds()) <= set(demo_module.demo_kinds())
+    assert demo_module.demo_config("ioi_patching")["n_prompts"] < 32
 
 
 def test_zoo_without_zoo_module_fails_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,10 +147,39 @@ def test_console_entry_point_demo(tmp_path: Path) -> None:
         "from interp.cli import main; main()",
         "demo",
         "--only",
-        "patching",
+        "ioi_patching",
         "--out",
         str(tmp_path / "d"),
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "d" / "patching" / "ioi_resid_pre.html").is_file()
+    assert (tmp_path / "d" / "ioi_patching" / "figures" / "patch_resid_pre.html").is_file()
+
+
+def test_cli_logs_each_line_once_and_no_debug(tmp_path: Path) -> None:
+    """A real `interp run` (TransformerLens load: a root `logging.info`; bm25s: DEBUG at import) prints every
+    log line once, no DEBUG line and no weight-loading bar."""
+    config = tmp_path / "sel.yaml"
+    config.write_text(
+        "experiment: sae_data_selection\nmodel: tiny:gpt2\nsae: random\npool_size: 40\ntarget_share: 0.1\n"
+        "n_targets: 2\nratios: [0.1]\nmain_ratio: 0.1\nmethods: [sae_jaccard, bm25]\n"
+        "downstream_methods: []\n"
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        "from interp.cli import main; main()",
+        "run",
+        str(config),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    env = {**os.environ, "INTERP_FIGURE_FORMATS": "html", "COLUMNS": "200"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [line.rstrip() for line in done.stderr.splitlines() if line.strip()]
+    assert any("step scores: finished" in line for line in lines), lines
+    repeated = [line for line, n in Counter(lines).items() if n > 1]
+    assert not repeated, repeated
+    assert not [line for line in lines if "DEBUG" in line], lines
+    assert "Loading weights" not in done.stderr and "Writing model shards" not in done.stderr

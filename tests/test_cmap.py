@@ -1,18 +1,12 @@
-"""CMAP (Prakash et al. 2024): self-patching is a no-op; patching everything that differs reproduces the sender."""
+"""CMAP (Prakash et al. 2024): self-patching is a no-op; patching everything that differs reproduces the sender.
+Circuit evaluation across models (`interp.circuits`' node-level mean ablation) and Prakash's random circuits."""
 
 import pytest
 import torch
 
 from interp import load_model
-from interp.finetuning import (
-    HeadGroup,
-    PairMismatchError,
-    cmap_input,
-    cmap_output,
-    cmap_sweep,
-    evaluate_circuit,
-    random_circuit,
-)
+from interp.circuits import Circuit, EvalConfig, circuit_values, random_circuits
+from interp.finetuning import PairMismatchError, circuit_groups, cmap_input, cmap_output, cmap_sweep
 from interp.finetuning.pair import perturbed_twin
 from interp.metrics import LogitDiff
 from interp.sites import SiteError
@@ -21,12 +15,14 @@ from interp.tasks.promptset import PromptSet
 ARCHS = ["gpt2", "llama"]
 QKV = {"gpt2": ("attn.c_attn",), "llama": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")}
 BLOCKS = {"gpt2": "transformer.h.", "llama": "model.layers."}
+W_O = {"gpt2": ".attn.c_proj.", "llama": ".self_attn.o_proj."}  # shared by the 'blocks' twins
 B, T = 3, 7
 
 
 @pytest.fixture(scope="module")
 def models(tiny_dirs, tmp_path_factory):
-    """Base model plus two twins per arch: 'qkv' (only W_Q/W_K/W_V differ) and 'blocks' (every block differs)."""
+    """Base model plus two twins per arch: 'qkv' (only W_Q/W_K/W_V differ) and 'blocks' (every block weight
+    differs except the attention output projection W_O, b_O)."""
     root = tmp_path_factory.mktemp("cmap")
     folders = {"base": tiny_dirs}
     folders["qkv"] = {
@@ -40,7 +36,10 @@ def models(tiny_dirs, tmp_path_factory):
     }
     folders["blocks"] = {
         a: perturbed_twin(
-            tiny_dirs[a], root / f"blocks-{a}", scale=0.05, select=lambda n, a=a: n.startswith(BLOCKS[a])
+            tiny_dirs[a],
+            root / f"blocks-{a}",
+            scale=0.05,
+            select=lambda n, a=a: n.startswith(BLOCKS[a]) and W_O[a] not in n,
         )
         for a in ARCHS
     }
@@ -78,14 +77,20 @@ def prompts():
 
 
 def all_heads(model):
-    return tuple((layer, h) for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads))
+    return tuple(f"a{layer}.{h}" for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads))
 
 
-GROUPS = [
-    HeadGroup(name="movers", heads=((1, 0), (1, 2)), position="END"),
-    HeadGroup(name="s2", heads=((0, 1),), position="S2"),
-    HeadGroup(name="mlp", components=(("mlp_out", 0),), heads=((0, 3),), position="all"),
-]
+def groups(*specs):
+    """A Circuit from (group name, nodes, position or None for every position) triples."""
+    return Circuit(
+        nodes=tuple(n for _, nodes, _ in specs for n in nodes),
+        groups={g: tuple(nodes) for g, nodes, _ in specs},
+        positions={n: pos for _, nodes, pos in specs if pos is not None for n in nodes},
+    )
+
+
+GROUPS = groups(("movers", ("a1.0", "a1.2"), "END"), ("s2", ("a0.1",), "S2"), ("mlp", ("m0", "a0.3"), None))
+HEADS_ONLY = groups(("movers", ("a1.0", "a1.2"), "END"), ("s2", ("a0.1",), "S2"))
 
 
 @pytest.mark.parametrize("backend", ["tl", "nnsight"])
@@ -95,7 +100,7 @@ def test_self_patching_is_a_noop(models, prompts, arch, backend):
     out = cmap_output(m, m, prompts, GROUPS, metric=LogitDiff)
     assert out.groups == ("movers", "s2", "mlp", "all groups")
     assert torch.allclose(out.values, out.receiver.expand_as(out.values), atol=1e-5)
-    inp = cmap_input(m, m, prompts, GROUPS[:2], metric=LogitDiff)
+    inp = cmap_input(m, m, prompts, HEADS_ONLY, metric=LogitDiff)
     assert torch.allclose(inp.values, inp.receiver.expand_as(inp.values), atol=1e-5)
     sweep = cmap_sweep(m, m, prompts, component="resid_pre", metric=LogitDiff)
     assert torch.allclose(sweep.scores, torch.full_like(sweep.scores, out.receiver.mean().item()), atol=1e-5)
@@ -106,9 +111,8 @@ def test_self_patching_is_a_noop(models, prompts, arch, backend):
 def test_output_cmap_of_every_head_reproduces_sender(models, prompts, arch, backend):
     """Twins that differ only in W_Q/W_K/W_V: every head's z at every position from the sender = the sender."""
     base, ft = models("base", arch, backend), models("qkv", arch, backend)
-    group = HeadGroup(name="all heads", heads=all_heads(base), position="all")
-    one = HeadGroup(name="one head", heads=((0, 0),), position="END")
-    res = cmap_output(base, ft, prompts, [group, one], metric=LogitDiff)
+    circuit = groups(("all heads", all_heads(base), None), ("one head", ("a0.0",), "END"))
+    res = cmap_output(base, ft, prompts, circuit, metric=LogitDiff)
     assert (res.sender - res.receiver).abs().min() > 1e-3  # the twins really differ
     assert torch.allclose(res.values[0], res.sender, atol=1e-4)
     assert not torch.allclose(res.values[1], res.sender, atol=1e-4)
@@ -117,13 +121,13 @@ def test_output_cmap_of_every_head_reproduces_sender(models, prompts, arch, back
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_output_cmap_of_all_components_reproduces_sender(models, prompts, arch):
-    """Twins whose blocks differ (embeddings and unembedding shared): attn_out + mlp_out everywhere = the sender."""
+def test_output_cmap_of_all_heads_and_mlps_reproduces_sender(models, prompts, arch):
+    """Twins whose blocks differ but for W_O (embeddings and unembedding shared): every head's z and every MLP's
+    output everywhere from the sender = the sender."""
     base, ft = models("base", arch), models("blocks", arch)
-    L = base.cfg.n_layers
-    comps = tuple((c, layer) for layer in range(L) for c in ("attn_out", "mlp_out"))
+    mlps = tuple(f"m{layer}" for layer in range(base.cfg.n_layers))
     res = cmap_output(
-        base, ft, prompts, [HeadGroup(name="everything", components=comps, position="all")], metric=LogitDiff
+        base, ft, prompts, groups(("everything", all_heads(base) + mlps, None)), metric=LogitDiff
     )
     assert (res.sender - res.receiver).abs().min() > 1e-3
     assert torch.allclose(res.values[0], res.sender, atol=1e-4)
@@ -134,11 +138,11 @@ def test_output_cmap_of_all_components_reproduces_sender(models, prompts, arch):
 def test_input_cmap_of_every_head_at_end_reproduces_sender(models, prompts, arch, backend):
     """q at END and k/v at 0..END of every head from a q/k/v-only twin: the END prediction is the sender's."""
     base, ft = models("base", arch, backend), models("qkv", arch, backend)
-    group = HeadGroup(name="all heads", heads=all_heads(base), position="END")
-    res = cmap_input(base, ft, prompts, [group], metric=LogitDiff, kv_through_position=True)
+    group = groups(("all heads", all_heads(base), "END"))
+    res = cmap_input(base, ft, prompts, group, metric=LogitDiff, kv_through_position=True)
     assert torch.allclose(res.values[0], res.sender, atol=1e-4)
-    before = cmap_input(base, ft, prompts, [group], metric=LogitDiff)  # the paper's k/v: strictly before END
-    res_q = cmap_input(base, ft, prompts, [group], metric=LogitDiff, patch=("q",), kv_through_position=True)
+    before = cmap_input(base, ft, prompts, group, metric=LogitDiff)  # the paper's k/v: strictly before END
+    res_q = cmap_input(base, ft, prompts, group, metric=LogitDiff, patch=("q",), kv_through_position=True)
     for partial in (before, res_q):
         assert not torch.allclose(partial.values[0], res.sender, atol=1e-3)
 
@@ -156,27 +160,58 @@ def test_component_sweep_oracles(models, prompts, engine):
     assert z.scores.shape == (base.cfg.n_layers, base.cfg.n_heads) and z.axes == ("layer", "head")
 
 
-def test_circuit_evaluation(models, prompts):
+def test_circuit_evaluation_across_models(models, prompts):
+    """A circuit of model A evaluated inside model B: the complement mean-ablated per position over real tokens."""
     base, ft = models("base", "gpt2"), models("qkv", "gpt2")
-    everything = [HeadGroup(name="all", heads=all_heads(base), position="all")]
-    small = [
-        HeadGroup(name="A", heads=((1, 0),), position="END"),
-        HeadGroup(name="B", heads=((0, 1),), position="S2"),
-    ]
-    ev = evaluate_circuit(
-        base, prompts, {"full": everything, "small": small}, metric=LogitDiff, reference=prompts
-    )
-    assert ev.faithfulness()["full"] == pytest.approx(1.0, abs=1e-5)
-    assert not torch.allclose(ev.values[1], ev.model_value, atol=1e-3)
-    # one reference prompt: its own mean is itself, so ablating with it changes nothing
+    mean = EvalConfig(ablation="mean", mean_by=None)
+    everything = groups(("all", all_heads(base), None))
+    small = groups(("A", ("a1.0",), "END"), ("B", ("a0.1",), "S2"))
+    values = circuit_values(base, [everything, small], prompts=prompts, metric=LogitDiff, config=mean)
+    with torch.no_grad():
+        full = LogitDiff.from_prompts(prompts)(base(prompts.clean, attention_mask=prompts.attention_mask))
+    torch.testing.assert_close(values[0], full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(values[1], full, atol=1e-3)
+    # one prompt: its own mean is itself, so ablating with it changes nothing
     one = prompts.subset([0])
-    ev1 = evaluate_circuit(base, one, small, metric=LogitDiff, reference=one)
-    assert torch.allclose(ev1.values[0], ev1.model_value, atol=1e-5)
+    v1 = circuit_values(base, [small], prompts=one, metric=LogitDiff, config=mean)
+    with torch.no_grad():
+        torch.testing.assert_close(v1[0], LogitDiff.from_prompts(one)(base(one.clean)), atol=1e-5, rtol=1e-5)
     # the base model's circuit evaluated inside the fine-tune
-    in_ft = evaluate_circuit(ft, prompts, {"base circuit": everything}, metric=LogitDiff, reference=prompts)
-    assert in_ft.model == ft.name and in_ft.faithfulness()["base circuit"] == pytest.approx(1.0, abs=1e-5)
-    rand = random_circuit(small, n_layers=2, n_heads=4, seed=0)
-    assert [g.size for g in rand] == [1, 1] and [g.position for g in rand] == ["END", "S2"]
+    in_ft = circuit_values(ft, [everything], prompts=prompts, metric=LogitDiff, config=mean)
+    with torch.no_grad():
+        ft_full = LogitDiff.from_prompts(prompts)(ft(prompts.clean, attention_mask=prompts.attention_mask))
+    torch.testing.assert_close(in_ft[0], ft_full, atol=1e-5, rtol=1e-5)
+
+
+def test_masked_mean_ablation_matches_a_hand_computed_oracle(models, prompts):
+    """Padded prompts: each position's ablation value is the mean over the prompts with a real token there."""
+    from interp.circuits.evaluate import _group_mean
+
+    x = torch.randn(1, B, T, 2)
+    mask = prompts.attention_mask
+    got = _group_mean(x, None, mask)[0]
+    for t in range(T):
+        rows = [b for b in range(B) if mask[b, t]]
+        expect = x[0, rows, t].mean(0)
+        for b in range(B):
+            torch.testing.assert_close(got[b, t], expect)
+
+
+def test_random_circuits_per_group_keep_group_sizes_and_positions(models):
+    base = models("base", "gpt2")
+    small = groups(("A", ("a1.0", "a1.1"), "END"), ("B", ("a0.1",), "S2"))
+    rand = random_circuits(base, small, n=3, seed=0, per_group=True)
+    for r in rand:
+        assert [len(r.groups[g]) for g in ("A", "B")] == [2, 1]
+        for g, pos in (("A", "END"), ("B", "S2")):
+            assert all(pos in r.kept_at(n) for n in r.groups[g])
+    # the same head drawn for two groups is kept at both positions
+    many = random_circuits(
+        base, groups(("A", all_heads(base), "END"), ("B", ("a0.1",), "S2")), seed=1, per_group=True
+    )
+    drawn = many[0].groups["B"][0]
+    assert set(many[0].kept_at(drawn)) == {"END", "S2"}
+    assert [g.name for g in circuit_groups(small)] == ["A", "B"]
 
 
 def test_errors_before_compute(models, prompts, tiny_dirs, tmp_path):
@@ -192,15 +227,15 @@ def test_errors_before_compute(models, prompts, tiny_dirs, tmp_path):
         cmap_output(base, other, prompts, GROUPS, metric=LogitDiff)
     assert "receiver" in str(err.value) and "layers" in str(err.value) and "vocabulary" in str(err.value)
     with pytest.raises(SiteError, match="head 9"):
-        cmap_output(base, base, prompts, [HeadGroup(name="x", heads=((0, 9),))], metric=LogitDiff)
+        cmap_output(base, base, prompts, groups(("x", ("a0.9",), None)), metric=LogitDiff)
     with pytest.raises(ValueError, match="IO"):
-        cmap_output(
-            base, base, prompts, [HeadGroup(name="x", heads=((0, 1),), position="IO")], metric=LogitDiff
-        )
-    with pytest.raises(ValueError, match="empty"):
-        HeadGroup(name="x")
-    with pytest.raises(ValueError, match="components"):
-        cmap_input(base, base, prompts, [GROUPS[2]], metric=LogitDiff)
+        cmap_output(base, base, prompts, groups(("x", ("a0.1",), "IO")), metric=LogitDiff)
+    with pytest.raises(ValueError, match="no head or MLP"):
+        cmap_output(base, base, prompts, Circuit(nodes=("a0.1",), groups={"x": ()}), metric=LogitDiff)
+    with pytest.raises(ValueError, match="MLPs"):
+        cmap_input(base, base, prompts, groups(("mlp", ("m0", "a0.3"), None)), metric=LogitDiff)
+    with pytest.raises(ValueError, match="one position per group"):
+        cmap_input(base, base, prompts, groups(("all", ("a0.3",), None)), metric=LogitDiff)
 
 
 def test_finetune_cmap_experiment_end_to_end(organism_like, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from interp import runner
+from interp import files
 from interp.config import ConfigError, config_from_dict, config_to_dict
 from interp.runner import Run, UnknownExperimentError, get_experiment, register_experiment, run_experiment
 
@@ -123,18 +123,20 @@ def test_unknown_config_key_names_valid_keys(tmp_path: Path) -> None:
         run_experiment({"experiment": "_test_steps"}, tmp_path / "run", device="gpu")
 
 
-def test_experiment_modules_are_imported_lazily(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "lazy_exp_module.py").write_text(
-        "import dataclasses\nfrom interp.runner import register_experiment\n\n"
-        "@dataclasses.dataclass(frozen=True, kw_only=True)\nclass C:\n    k: int = 1\n\n"
-        "@register_experiment('_test_lazy', config=C)\ndef lazy(cfg, run):\n    return {'k': cfg.k}\n"
+def test_kinds_are_found_by_module_name_and_imported_lazily() -> None:
+    """Every module of interp.experiments is a kind of the same name, listed without importing it."""
+    code = (
+        "import sys\n"
+        "from interp.experiments import experiment_kinds, get_experiment\n"
+        "kinds = experiment_kinds()\n"
+        "assert {'ioi_patching', 'ioi_circuit', 'circuit_reuse', 'finetune_cmap', 'tuco', 'context_knob',"
+        " 'sae_data_selection'} <= set(kinds), kinds\n"
+        "assert not [m for m in sys.modules if m.startswith('interp.experiments.') and m != 'interp.experiments.api']\n"
+        "assert 'torch' not in sys.modules\n"
+        "exp = get_experiment('tuco')\n"
+        "assert exp.kind == 'tuco' and exp.fn.__module__ == 'interp.experiments.tuco' and exp.demo\n"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(runner.EXPERIMENT_MODULES, "_test_lazy", "lazy_exp_module")
-    monkeypatch.delitem(runner._REGISTRY, "_test_lazy", raising=False)
-    assert "_test_lazy" in runner.experiment_kinds() and "lazy_exp_module" not in sys.modules
-    assert run_experiment({"experiment": "_test_lazy", "k": 5}, tmp_path / "run") == {"k": 5}
-    runner._REGISTRY.pop("_test_lazy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
 def test_register_rejects_runner_keys_and_duplicates() -> None:
@@ -162,7 +164,7 @@ def test_results_json_is_written_atomically(tmp_path: Path, monkeypatch: pytest.
     def crash(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(runner.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         run.write_results({"a": 2.0})
     assert (tmp_path / "results.json").read_text() == before  # the old file is intact

@@ -31,7 +31,7 @@ from interp.selection import (
     select_top,
     selection_size,
 )
-from interp.selection import encode as encode_mod
+from interp.selection import features as encode_mod
 from interp.selection.similarity import dense_similarity
 
 HOOK = "blocks.1.hook_resid_post"
@@ -344,7 +344,7 @@ def test_two_process_gloo_run_equals_one_process(gpt2, sae, tiny_dirs, tmp_path)
         "--nproc_per_node",
         "2",
         "-m",
-        "interp.selection.encode",
+        "interp.selection.features",
         "--model",
         str(tiny_dirs["gpt2"]),
         "--sae",

@@ -17,8 +17,9 @@ from interp.subspace import (
     SETTINGS,
     CCSDataError,
     DASConfig,
+    InterchangeData,
+    LayerSearchConfig,
     Probe,
-    SearchConfig,
     Subspace,
     auroc,
     ccs_scores,
@@ -45,7 +46,7 @@ from interp.subspace import (
 )
 from interp.subspace.das import resid_at_last
 from interp.subspace.forward import forward_last, last_token_hook
-from interp.subspace.layer_search import PatchPairs, head_patch_probe
+from interp.subspace.layer_search import head_patch_probe
 from interp.subspace.steer import steering_hooks
 
 
@@ -197,7 +198,7 @@ def test_search_finds_the_true_minimal_range_within_budget():
                 *[(k, k + 2) for k in range(hi, n_layers - 2)],
             ]:
                 calls: list = []
-                res = search_layers(_oracle(n_layers, lo, hi, extra, calls), n_layers, SearchConfig())
+                res = search_layers(_oracle(n_layers, lo, hi, extra, calls), n_layers, LayerSearchConfig())
                 assert res.found and res.layers == tuple(range(lo, hi)) + extra, (n_layers, lo, hi, extra)
                 assert (res.upper, res.lower) == (hi, lo)
                 assert res.runs == len(calls) == len(set(calls)) == len(res.trace)
@@ -226,7 +227,7 @@ def test_setting_pairs(ccs, ccs_none):
 def test_head_patch_probe_with_source_equal_target_is_unpatched(model, ccs):
     ps = ccs.prompts
     rows = ccs.rows("prior")
-    pp = PatchPairs(
+    pp = InterchangeData(
         setting="same",
         source_tokens=ps.clean[rows],
         source_end=ps.end[rows],
@@ -243,7 +244,9 @@ def test_head_patch_probe_with_source_equal_target_is_unpatched(model, ccs):
 
 
 def test_search_setting_on_a_model(model, ccs):
-    res = search_setting(model, ccs, "pc", SearchConfig(threshold=0.0))  # any patch passes: ub = 1, lb = 0
+    res = search_setting(
+        model, ccs, "pc", LayerSearchConfig(threshold=0.0)
+    )  # any patch passes: ub = 1, lb = 0
     assert res.found and res.upper == 1 and res.lower == 0 and res.runs <= res.budget
     assert res.to_frame().shape[0] == res.runs
 
@@ -373,9 +376,11 @@ def test_no_intent_pairs_send_each_intent_into_the_no_intent_twin(ccs, ccs_none)
         torch.testing.assert_close(data.target_tokens[rows], ccs_none.prompts.clean[ccs_none.rows("context")])
         torch.testing.assert_close(data.source_tokens[rows], ccs.prompts.clean[ccs.rows(intent)])
         want = ccs.context_answer if intent == "context" else ccs.prior_answer
-        torch.testing.assert_close(data.label[rows], want)
-    assert knob_pairs("no_intent", ccs, ccs_none).label.tolist() == data.label.tolist()
-    assert knob_pairs("intent_swap", ccs).label.tolist() == intent_swap_data(ccs).label.tolist()
+        torch.testing.assert_close(data.source_answer[rows], want)
+    assert knob_pairs("no_intent", ccs, ccs_none).source_answer.tolist() == data.source_answer.tolist()
+    assert (
+        knob_pairs("intent_swap", ccs).source_answer.tolist() == intent_swap_data(ccs).source_answer.tolist()
+    )
 
 
 def test_no_intent_full_rank_interchange_is_the_transplant(model, ccs, ccs_none):
@@ -489,7 +494,6 @@ CONTRACT = (
 
 @pytest.mark.parametrize("das_pairs", ["intent_swap", "no_intent"])
 def test_context_knob_end_to_end_on_tiny_models(ccs_dirs, tmp_path, monkeypatch, das_pairs):
-    import interp.subspace.experiment  # noqa: F401  (registers the kind)
     from interp.runner import run_experiment
 
     monkeypatch.setenv("INTERP_FIGURE_FORMATS", "html")
@@ -549,7 +553,7 @@ def test_context_knob_config_errors_come_before_compute():
 
 def test_interpolate_ends_are_the_two_models(ccs_dirs, model, ccs):
     from interp import load_model
-    from interp.subspace.experiment import interpolate
+    from interp.models.interpolate import interpolate
 
     base = load_model(ccs_dirs["base"], device="cpu")
     tokens, end = ccs.prompts.clean[:3], ccs.prompts.end[:3]

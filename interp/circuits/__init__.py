@@ -6,6 +6,7 @@ prompts=..., metric=..., stages=ioi_stages())` finds head groups; `evaluate_circ
 `dcm` masks heads by desiderata; `overlap` compares circuits; `Intervention` edits a head's pattern or output.
 """
 
+from interp.circuits.classify import IOI_BEHAVIOURS, attention_evidence, classify
 from interp.circuits.compare import Overlap, overlap, stage_sets, top_fraction
 from interp.circuits.dcm import DCMConfig, DCMResult, dcm, ioi_desiderata, masked_logits
 from interp.circuits.eap import EdgeScores, eap, edge_patch
@@ -28,6 +29,7 @@ from interp.circuits.search import (
     SearchConfig,
     SearchResult,
     Stage,
+    ioi_group_stages,
     ioi_stages,
     merullo_stages,
     path_patch_search,
@@ -36,6 +38,7 @@ from interp.circuits.search import (
 )
 
 __all__ = [
+    "IOI_BEHAVIOURS",
     "MIB_FRACTIONS",
     "Circuit",
     "CircuitEval",
@@ -52,7 +55,9 @@ __all__ = [
     "SearchResult",
     "Stage",
     "accuracy_with",
+    "attention_evidence",
     "circuit_values",
+    "classify",
     "complete_circuit",
     "dcm",
     "eap",
@@ -61,6 +66,7 @@ __all__ = [
     "faithfulness_curve",
     "intervention_hooks",
     "ioi_desiderata",
+    "ioi_group_stages",
     "ioi_stages",
     "masked_logits",
     "merullo_stages",

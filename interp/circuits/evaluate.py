@@ -34,7 +34,7 @@ from interp.circuits.eap import (
     source_hooks,
     source_outputs,
 )
-from interp.circuits.graph import Circuit, Graph, head_name, node_of
+from interp.circuits.graph import Circuit, Graph, head_name, node_of, parse_head
 from interp.models.base import HookedModel
 from interp.patching.engine import bytes_per_token, default_budget, read_full
 from interp.sites import Site
@@ -93,14 +93,29 @@ class CircuitEval:
 
 
 # --------------------------------------------------------------------------------------------- ablation values
-def _group_mean(x: Tensor, groups: list[Any] | None) -> Tensor:
-    """Per-position mean over the batch (dim 1 of [n, batch, ...]), per group when `groups` are given."""
-    if groups is None:
+def _group_mean(x: Tensor, groups: list[Any] | None, mask: Tensor | None = None) -> Tensor:
+    """Per-position mean over the batch (dim 1 of [n, batch, pos, ...]), per group when `groups` are given.
+
+    With a padded attention `mask` [batch, pos], each position's mean is over the prompts with a real token
+    there (Prakash et al. take the mean per token position)."""
+    if mask is not None and bool(mask.all()):
+        mask = None
+    if groups is None and mask is None:
         return x.mean(1, keepdim=True).expand_as(x)
+    rows_of = (
+        [torch.arange(x.shape[1], device=x.device)]
+        if groups is None
+        else [torch.tensor([i for i, v in enumerate(groups) if v == g], device=x.device) for g in set(groups)]
+    )
     out = torch.empty_like(x)
-    for g in set(groups):
-        rows = torch.tensor([i for i, v in enumerate(groups) if v == g], device=x.device)
-        out[:, rows] = x[:, rows].mean(1, keepdim=True)
+    for rows in rows_of:
+        if mask is None:
+            out[:, rows] = x[:, rows].mean(1, keepdim=True)
+        else:
+            m = mask[rows].to(x.device, x.dtype)  # [rows, pos]
+            m = m.view(1, *m.shape, *([1] * (x.ndim - 3)))
+            count = m.sum(1, keepdim=True).clamp_min(1.0)
+            out[:, rows] = (x[:, rows] * m).sum(1, keepdim=True) / count
     return out
 
 
@@ -113,14 +128,6 @@ def _groups(prompts: Any, config: EvalConfig) -> list[Any] | None:
     return [m[config.mean_by] for m in meta]
 
 
-def _check_same_length(prompts: Any, config: EvalConfig) -> None:
-    mask = getattr(prompts, "attention_mask", None)
-    if config.ablation == "mean" and mask is not None and not bool(mask.all()):
-        raise ValueError(
-            "per-position mean ablation needs prompts of one length: make(..., same_length=True)"
-        )
-
-
 def _as_prompts(prompts: Any) -> Any:
     if not (hasattr(prompts, "clean") and hasattr(prompts, "corrupt")):
         raise TypeError("prompts must be a PromptSet (clean prompts, corrupt prompts, positions)")
@@ -130,7 +137,6 @@ def _as_prompts(prompts: Any) -> Any:
 # --------------------------------------------------------------------------------------------- node level
 def _node_keep(circuit: Circuit, prompts: Any, L: int, H: int, use_positions: bool) -> Tensor:
     """[L, B, T, H] bool: where each head's output is kept."""
-    from interp.circuits.search import resolve_position
 
     B, T = prompts.clean.shape
     keep = torch.zeros(L, B, T, H, dtype=torch.bool)
@@ -140,11 +146,12 @@ def _node_keep(circuit: Circuit, prompts: Any, L: int, H: int, use_positions: bo
             raise ValueError(
                 f"circuit head a{layer}.{h} does not exist in a model with {L} layers, {H} heads"
             )
-        spec = circuit.positions.get(head_name(layer, h)) if use_positions else None
-        if spec is None:
+        specs = circuit.kept_at(head_name(layer, h)) if use_positions else None
+        if specs is None:
             keep[layer, :, :, h] = True
         else:
-            keep[layer, b, resolve_position(prompts, spec).cpu(), h] = True
+            for spec in specs:
+                keep[layer, b, prompts.position(spec).cpu(), h] = True
     return keep
 
 
@@ -172,6 +179,7 @@ def _node_values(
 
     def mlp_hook(layer: int):
         def fn(act: Tensor, site: Site) -> Tensor:
+            assert mlp_keeps is not None
             k = mlp_keeps[:, layer].to(dev).repeat_interleave(B)[:, None, None]  # (C*B, 1, 1)
             return torch.where(k, act, mlp_abl[layer].repeat(C, 1, 1))
 
@@ -200,7 +208,7 @@ def _node_ablation(
     groups = _groups(prompts, config)
 
     def ablated(x: Tensor) -> Tensor:
-        return x if config.ablation == "resample" else _group_mean(x[None], groups)[0]
+        return x if config.ablation == "resample" else _group_mean(x[None], groups, prompts.attention_mask)[0]
 
     z = {layer: ablated(cache[f"blocks.{layer}.attn.hook_z"]) for layer in range(L)}
     mlp = (
@@ -267,7 +275,7 @@ def _edge_ablation(
     model: HookedModel, graph: Graph, prompts: Any, corrupt_t: Tensor, mask: Tensor | None, config: EvalConfig
 ) -> Tensor:
     src, _ = source_outputs(model, graph, corrupt_t, mask)
-    return src if config.ablation == "resample" else _group_mean(src, _groups(prompts, config))
+    return src if config.ablation == "resample" else _group_mean(src, _groups(prompts, config), mask)
 
 
 def _circuits_per_pass(model: HookedModel, B: int, T: int, *, edge: bool) -> int:
@@ -293,7 +301,6 @@ def circuit_values(
     """[n_circuits, batch] metric values of the model running each circuit alone (edge level: a circuit may
     also be a [source, dest] bool mask)."""
     prompts = _as_prompts(prompts)
-    _check_same_length(prompts, config)
     clean_t, corrupt_t, mask, readout, prompts = prepare(model, prompts, None, metric)
     out: list[Tensor] = []
     n = config.max_circuits_per_pass or _circuits_per_pass(model, *clean_t.shape, edge=config.level == "edge")
@@ -302,7 +309,9 @@ def circuit_values(
             z_abl, mlp_abl = _node_ablation(model, prompts, config)
             L, H = model.cfg.n_layers, model.cfg.n_heads
             for i in range(0, len(circuits), n):
-                chunk = circuits[i : i + n]
+                chunk = [c for c in circuits[i : i + n] if isinstance(c, Circuit)]
+                if len(chunk) != len(circuits[i : i + n]):
+                    raise TypeError("node-level evaluation takes Circuits; edge masks need level='edge'")
                 keeps = torch.stack([_node_keep(c, prompts, L, H, config.use_positions) for c in chunk])
                 mlp_keeps = None
                 if config.ablate_mlps:
@@ -368,22 +377,53 @@ def _drop_node(circuit: Circuit, node: str) -> Circuit:
     )
 
 
-def random_circuits(model: HookedModel, circuit: Circuit, *, n: int = 10, seed: int = 0) -> list[Circuit]:
+def random_circuits(
+    model: HookedModel, circuit: Circuit, *, n: int = 10, seed: int = 0, per_group: bool = False
+) -> list[Circuit]:
     """`n` random head sets of the circuit's size, each head taking the position of the circuit head it
-    replaces (so group sizes and positions match: Prakash et al.'s random baseline)."""
+    replaces (so group sizes and positions match: Prakash et al.'s random baseline).
+
+    `per_group=True` draws each group's heads on their own (in group order; ungrouped heads last), so a head
+    may be drawn for two groups and is then kept at both groups' positions (Prakash et al.'s random circuits);
+    otherwise all heads are drawn at once, without repeats."""
     L, H = model.cfg.n_layers, model.cfg.n_heads
     rng = random.Random(seed)
-    all_heads = [head_name(layer, h) for layer in range(L) for h in range(H)]
     mine = [head_name(*h) for h in circuit.heads]
+    if not per_group:
+        all_heads = [head_name(layer, h) for layer in range(L) for h in range(H)]
+        out = []
+        for _ in range(n):
+            drawn = rng.sample(all_heads, len(mine))
+            positions = {
+                new: circuit.positions[old]
+                for old, new in zip(mine, drawn, strict=True)
+                if old in circuit.positions
+            }
+            out.append(Circuit(nodes=tuple(drawn), positions=positions))
+        return out
+    every = [(layer, h) for layer in range(L) for h in range(H)]
+    groups = {g: [m for m in members if m in mine] for g, members in circuit.groups.items()}
+    grouped = {m for members in groups.values() for m in members}
+    if rest := [m for m in mine if m not in grouped]:
+        groups[""] = rest
     out = []
     for _ in range(n):
-        drawn = rng.sample(all_heads, len(mine))
-        positions = {
-            new: circuit.positions[old]
-            for old, new in zip(mine, drawn, strict=True)
-            if old in circuit.positions
-        }
-        out.append(Circuit(nodes=tuple(drawn), positions=positions))
+        kept: dict[str, list[str] | None] = {}  # node -> positions (None: every position)
+        drawn_groups: dict[str, tuple[str, ...]] = {}
+        for g, members in groups.items():
+            drawn = [head_name(*x) for x in sorted(rng.sample(every, len(members)))]
+            for old, new in zip(sorted(members, key=parse_head), drawn, strict=True):
+                spec = circuit.kept_at(old)
+                if new in kept and (kept[new] is None or spec is None):
+                    kept[new] = None
+                elif spec is not None:
+                    kept[new] = [*dict.fromkeys([*(kept.get(new) or []), *spec])]
+                else:
+                    kept[new] = None
+            if g:
+                drawn_groups[g] = tuple(dict.fromkeys(drawn))
+        positions = {k: v[0] if len(v) == 1 else tuple(v) for k, v in kept.items() if v is not None}
+        out.append(Circuit(nodes=tuple(kept), groups=drawn_groups, positions=positions))
     return out
 
 

@@ -24,7 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.files import atomic_write_json
+
 Edge = tuple[str, str]
+Kept = str | tuple[str, ...]  # where a node is kept: one prompt position name, or several
 _HEAD = re.compile(r"^a(\d+)\.(\d+)$")
 _DEST = re.compile(r"^a(\d+)\.(\d+)\.([qkv])$")
 _MLP = re.compile(r"^m(\d+)$")
@@ -198,14 +201,15 @@ class Circuit:
     `nodes` are node names (`"a3.1"`, `"m2"`; the endpoints of `edges` are added; embed and logits are implicit
     unless listed); `edges` (source, destination) pairs; `scores` maps a node name or
     an edge key `"src->dst"` to its score; `groups` maps a label (a path-patching stage, a head class) to its
-    nodes; `positions` maps a node to the prompt position name where it is kept (absent: every position).
+    nodes; `positions` maps a node to the prompt position name where it is kept, or a tuple of names (a
+    head of two groups at two positions, Prakash et al.); absent: every position.
     """
 
     nodes: tuple[str, ...] = ()
     edges: tuple[Edge, ...] = ()
     scores: dict[str, float] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    positions: dict[str, str] = field(default_factory=dict)
+    positions: dict[str, Kept] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -220,6 +224,14 @@ class Circuit:
             missing = [m for m in members if m not in nodes]
             if missing:
                 raise ValueError(f"group {g!r} names nodes not in the circuit: {missing}")
+        object.__setattr__(
+            self, "positions", {k: v if isinstance(v, str) else tuple(v) for k, v in self.positions.items()}
+        )
+
+    def kept_at(self, node: str) -> tuple[str, ...] | None:
+        """The position names where `node` is kept, or None for every position."""
+        spec = self.positions.get(node)
+        return None if spec is None else (spec,) if isinstance(spec, str) else spec
 
     @property
     def heads(self) -> list[tuple[int, int]]:
@@ -228,7 +240,7 @@ class Circuit:
 
     @property
     def mlps(self) -> list[int]:
-        return sorted(int(_MLP.match(n).group(1)) for n in self.nodes if _MLP.match(n))
+        return sorted(int(m.group(1)) for n in self.nodes if (m := _MLP.match(n)))
 
     def group_of(self, node: str) -> str | None:
         return next((g for g, members in self.groups.items() if node in members), None)
@@ -250,7 +262,7 @@ class Circuit:
                     "layer": int(m.group(1)) if m else None,
                     "head": int(m.group(2)) if m else None,
                     "group": self.group_of(n),
-                    "position": self.positions.get(n),
+                    "position": _kept_text(self.positions.get(n)),
                     "score": self.scores.get(n),
                 }
             )
@@ -275,7 +287,7 @@ class Circuit:
             "edges": [list(e) for e in self.edges],
             "scores": self.scores,
             "groups": {k: list(v) for k, v in self.groups.items()},
-            "positions": self.positions,
+            "positions": {k: v if isinstance(v, str) else list(v) for k, v in self.positions.items()},
             "provenance": self.provenance,
         }
 
@@ -289,18 +301,13 @@ class Circuit:
             edges=tuple(tuple(e) for e in d.get("edges", ())),
             scores={k: float(v) for k, v in d.get("scores", {}).items()},
             groups={k: tuple(v) for k, v in d.get("groups", {}).items()},
-            positions=dict(d.get("positions", {})),
+            positions={k: v if isinstance(v, str) else tuple(v) for k, v in d.get("positions", {}).items()},
             provenance=dict(d.get("provenance", {})),
         )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the circuit as JSON (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=float))
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.to_dict(), default=float)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Circuit:
@@ -313,6 +320,10 @@ class Circuit:
         return circuit_figure(self, n_layers=n_layers, n_heads=n_heads, title=title)
 
 
+def _kept_text(spec: Kept | None) -> str | None:
+    return spec if spec is None or isinstance(spec, str) else "+".join(spec)
+
+
 def _node_xy(name: str, n_layers: int, n_heads: int) -> tuple[float, float]:
     if name == "embed":
         return -1.0, (n_heads - 1) / 2
@@ -321,7 +332,10 @@ def _node_xy(name: str, n_layers: int, n_heads: int) -> tuple[float, float]:
     m = _HEAD.match(name)
     if m:
         return float(m.group(1)), float(m.group(2))
-    return int(_MLP.match(name).group(1)) + 0.5, (n_heads - 1) / 2
+    m = _MLP.match(name)
+    if m is None:
+        raise ValueError(f"unknown node {name!r}")
+    return int(m.group(1)) + 0.5, (n_heads - 1) / 2
 
 
 def circuit_figure(
@@ -385,7 +399,7 @@ def circuit_figure(
                 textposition="top center",
                 hovertext=[
                     f"{n}: score {circuit.scores.get(n, float('nan')):.3g}"
-                    + (f", kept at {circuit.positions[n]}" if n in circuit.positions else "")
+                    + (f", kept at {_kept_text(circuit.positions[n])}" if n in circuit.positions else "")
                     for n in members
                 ],
                 hoverinfo="text",

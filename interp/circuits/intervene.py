@@ -77,7 +77,7 @@ def intervention_hooks(
         if iv.kind == "pattern":
             target = torch.zeros(B, T, device=dev)
             for name in iv.attend_to:
-                target[b, resolve_position(prompts, name).to(dev)] += 1.0
+                target[b, prompts.position(name).to(dev)] += 1.0
             target = target / target.sum(-1, keepdim=True)  # (B, key)
 
             def pattern(p: Tensor, site: Site, iv=iv, at=at, target=target) -> Tensor:
@@ -108,7 +108,7 @@ def intervention_hooks(
                     z[b, at, iv.head] = new[b, at]
                 return z
 
-            hooks.append((Site("z", iv.layer), output))
+            hooks.append((Site("z", iv.layer), output))  # type: ignore[arg-type]
     return hooks
 
 
@@ -128,4 +128,4 @@ def accuracy_with(
     from interp.metrics import Accuracy
 
     logits = run_with_interventions(model, prompts, interventions)
-    return float(Accuracy.from_prompts(prompts.to(model.device), over=over)(logits).mean())
+    return float(Accuracy.from_prompts(prompts.to(model.device), over=over)(logits).mean())  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp.circuits.graph import Circuit, head_name
+from interp.circuits.graph import Circuit, Kept, head_name
 from interp.models.base import HookedModel
 from interp.patching.path import CONVENTIONS, PathPatchResult, path_patch
 from interp.sites import Site
@@ -107,6 +107,34 @@ def ioi_stages(
     )
 
 
+def ioi_group_stages(sizes: tuple[int, int, int] = (3, 2, 2)) -> tuple[Stage, ...]:
+    """The IOI head groups as Prakash et al. 2024 patch them across models (experiment `finetune_cmap`): name
+    movers (logits at END) → S-inhibition (the movers' queries at END) → induction / duplicate-token heads (at
+    S2, through the S-inhibition heads' values read at END); the top `sizes` heads per group, whatever the sign
+    of their scores."""
+    movers, inhibition, induction = sizes
+    anything = float("-inf")  # no minimum score: the top k of the stage
+    return (
+        Stage(name="name movers", receivers="logits", sender_pos="END", k=movers, min_score=anything),
+        Stage(
+            name="S-inhibition",
+            receivers="q",
+            sender_pos="END",
+            receiver_pos="END",
+            k=inhibition,
+            min_score=anything,
+        ),
+        Stage(
+            name="induction",
+            receivers="v",
+            sender_pos="S2",
+            receiver_pos="END",
+            k=induction,
+            min_score=anything,
+        ),
+    )
+
+
 def merullo_stages(*, k: int = 3) -> tuple[Stage, ...]:
     """Merullo et al. 2024's iterated stages at the last position only: logits → movers' queries → the
     queries of those heads (the exact receiver list per task is in their JSON configs: UNVERIFIED here)."""
@@ -151,7 +179,12 @@ def prakash_stages(*, k: tuple[int, int, int, int] = (20, 5, 10, 5)) -> tuple[St
     )
 
 
-PRESETS = {"ioi": ioi_stages, "merullo": merullo_stages, "prakash": prakash_stages}
+PRESETS = {
+    "ioi": ioi_stages,
+    "ioi_groups": ioi_group_stages,
+    "merullo": merullo_stages,
+    "prakash": prakash_stages,
+}
 
 
 def resolve_position(prompts: Any, spec: str | None) -> Tensor | None:
@@ -195,7 +228,7 @@ class SearchResult:
         edges: list[tuple[str, str]] = []
         scores: dict[str, float] = {}
         groups: dict[str, tuple[str, ...]] = {}
-        positions: dict[str, str] = {}
+        positions: dict[str, Kept] = {}
         for s in self.stages:
             names = [head_name(*h) for h in s.chosen]
             groups[s.stage.name] = tuple(n for n in names if n not in nodes)

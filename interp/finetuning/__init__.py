@@ -1,15 +1,10 @@
-"""Analyses that compare a base model with its fine-tune: TuCo (Nuti et al. 2025) and CMAP (Prakash et al. 2024)."""
+"""Analyses that compare a base model with its fine-tune: TuCo (Nuti et al. 2025) and CMAP (Prakash et al. 2024).
 
-from interp.finetuning.cmap import (
-    CircuitEvaluation,
-    CMAPResult,
-    HeadGroup,
-    cmap_input,
-    cmap_output,
-    cmap_sweep,
-    evaluate_circuit,
-    random_circuit,
-)
+The circuits CMAP patches, and their evaluation inside either model, are `interp.circuits`' `Circuit` and
+`evaluate_circuit` / `circuit_values` (Prakash et al.'s random circuits: `random_circuits(..., per_group=True)`).
+"""
+
+from interp.finetuning.cmap import CMAPResult, PatchGroup, circuit_groups, cmap_input, cmap_output, cmap_sweep
 from interp.finetuning.pair import ModelPair, PairMismatchError, check_pair, pair_mismatches
 from interp.finetuning.tuco import (
     TuCoResult,
@@ -22,19 +17,17 @@ from interp.finetuning.tuco import (
 
 __all__ = [
     "CMAPResult",
-    "CircuitEvaluation",
-    "HeadGroup",
     "ModelPair",
     "PairMismatchError",
+    "PatchGroup",
     "TuCoResult",
     "check_pair",
+    "circuit_groups",
     "cmap_input",
     "cmap_output",
     "cmap_sweep",
-    "evaluate_circuit",
     "generate_scaled",
     "pair_mismatches",
-    "random_circuit",
     "scaled_logits",
     "tuco",
     "tuco_score",

@@ -1,10 +1,11 @@
-"""CMAP, cross-model activation patching, and circuit evaluation across models (Prakash, Rott Shaham, Haklay,
-Belinkov, Bau, ICLR 2024, "Fine-Tuning Enhances Existing Mechanisms: A Case Study on Entity Tracking").
+"""CMAP, cross-model activation patching (Prakash, Rott Shaham, Haklay, Belinkov, Bau, ICLR 2024, "Fine-Tuning
+Enhances Existing Mechanisms: A Case Study on Entity Tracking").
 
 The same prompts run through a *receiver* and a *sender* model (a base model and its fine-tune, either way):
 
-- output CMAP (`cmap_output`): the per-head outputs `z` of a head group, at the group's own token position, are
-  replaced in the receiver's run by the sender's values (Prakash et al.'s `cmap_out`);
+- output CMAP (`cmap_output`): the per-head outputs `z` of a circuit's head group (and its MLP outputs), where
+  the circuit keeps them (`Circuit.positions`), are replaced in the receiver's run by the sender's values
+  (Prakash et al.'s `cmap_out`);
 - input CMAP (`cmap_input`): the group's heads receive the sender's query at the group's position and/or its
   keys/values at the positions before it (optionally at the position too); every head's output at earlier
   positions, and the group's heads' outputs at later positions, stay frozen at the receiver's values, so the
@@ -12,15 +13,14 @@ The same prompts run through a *receiver* and a *sender* model (a base model and
 - component CMAP (`cmap_sweep`): one residual / attention-out / MLP-out site (or per-head site) at a time, every
   layer and position, run by the batched patching engines with the sender's activations as the source.
 
-`evaluate_circuit` scores a circuit (head groups at their positions) inside any model of the pair with every
-other head output mean-ablated (Prakash et al. `eval_circuit_performance`): the circuit of model A evaluated
-inside model B. Patch specifications are stacked along the batch, many per forward pass, chunked to memory.
+The groups are a `interp.circuits.Circuit`'s groups (a circuit without groups is one group, "circuit"); the
+circuit of model A is evaluated inside model B with `interp.circuits.evaluate_circuit(B, circuit, ...)`. Patch
+specifications are stacked along the batch, many per forward pass, chunked to memory.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from interp.circuits.graph import Circuit, parse_head
 from interp.finetuning.pair import check_pair
 from interp.metrics import as_metric
 from interp.models.base import HookedModel
@@ -45,64 +46,45 @@ from interp.patching.sweep import PatchResult, SweepConfig
 from interp.sites import HEAD_COMPONENTS, Site, SiteError
 from interp.tasks.promptset import PromptSet
 
-GROUP_COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 SWEEP_COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v")
 _ROLES = ("receiver", "sender")
 
 
 # ------------------------------------------------------------------------------------------------ groups
 @dataclass(frozen=True, kw_only=True)
-class HeadGroup:
-    """Sites patched together at one token position (a circuit's head group, Prakash et al.).
-
-    `heads`: (layer, head) pairs, patched at their output `z` (or q/k/v in input CMAP). `components`: optional
-    whole-layer sites such as ("mlp_out", 3). `position`: a PromptSet position name ("END", "S2", ...), a token
-    index, or "all" (every position).
-    """
+class PatchGroup:
+    """One group of a circuit as CMAP patches it: heads (layer, head) and MLP layers, each with the position
+    names where it is patched (None: every position)."""
 
     name: str
-    heads: tuple[tuple[int, int], ...] = ()
-    components: tuple[tuple[str, int], ...] = ()
-    position: str | int = "END"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "heads", tuple((int(layer), int(h)) for layer, h in self.heads))
-        object.__setattr__(self, "components", tuple((str(c), int(layer)) for c, layer in self.components))
-        if not self.heads and not self.components:
-            raise ValueError(f"head group {self.name!r} is empty: give heads and/or components")
-        bad = [c for c, _ in self.components if c not in GROUP_COMPONENTS]
-        if bad:
-            raise SiteError(
-                f"head group {self.name!r}: components {bad} are not whole-layer sites; valid: "
-                f"{', '.join(GROUP_COMPONENTS)}"
-            )
-
-    def validate(self, model: HookedModel) -> HeadGroup:
-        """Raise if a layer, head or component does not exist in `model`."""
-        for layer, h in self.heads:
-            model.check_site(Site("z", layer, head=h))
-        for comp, layer in self.components:
-            model.check_site(Site(comp, layer))
-        return self
-
-    @property
-    def size(self) -> int:
-        return len(self.heads)
+    heads: tuple[tuple[int, int, tuple[str, ...] | None], ...]
+    mlps: tuple[tuple[int, tuple[str, ...] | None], ...]
 
 
-def resolve_position(position: str | int, prompts: PromptSet) -> Tensor | None:
-    """Per-prompt token index [batch] of a group position (None for "all"; see `PromptSet.position`)."""
-    return None if position == "all" else prompts.position(position)
+def circuit_groups(circuit: Circuit) -> list[PatchGroup]:
+    """The circuit's groups in order (a circuit without groups: one group "circuit" of all its nodes)."""
+    if not isinstance(circuit, Circuit):
+        raise TypeError(f"CMAP patches the groups of a Circuit; got {type(circuit).__name__}")
+    named = circuit.groups or {"circuit": circuit.nodes}
+    out = []
+    for name, members in named.items():
+        heads = tuple((*parse_head(m), circuit.kept_at(m)) for m in members if m.startswith("a"))
+        mlps = tuple((int(m[1:]), circuit.kept_at(m)) for m in members if m.startswith("m"))
+        if not heads and not mlps:
+            raise ValueError(f"circuit group {name!r} has no head or MLP to patch")
+        out.append(PatchGroup(name=name, heads=heads, mlps=mlps))
+    return out
 
 
-def random_circuit(groups: Sequence[HeadGroup], *, n_layers: int, n_heads: int, seed: int) -> list[HeadGroup]:
-    """Groups with the same sizes and positions but randomly drawn heads (Prakash et al.'s random baseline)."""
-    rng = random.Random(seed)
-    every = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
-    return [
-        HeadGroup(name=g.name, heads=tuple(sorted(rng.sample(every, g.size))), position=g.position)
-        for g in groups
-    ]
+def _node_mask(prompts: PromptSet, specs: tuple[str, ...] | None, relation: str = "eq") -> Tensor:
+    """[B, T] where a node is patched: the OR over its positions (all positions if `specs` is None)."""
+    B, T = prompts.clean.shape
+    if specs is None:
+        return _position_mask(None, B, T, relation)
+    out = torch.zeros(B, T, dtype=torch.bool)
+    for spec in specs:
+        out |= _position_mask(prompts.position(spec), B, T, relation)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ engine
@@ -235,57 +217,26 @@ class CMAPResult:
         )
 
 
-@dataclass(frozen=True, kw_only=True)
-class CircuitEvaluation:
-    """A model's metric with only each circuit's heads kept (everything else mean-ablated), and faithfulness."""
-
-    circuits: tuple[str, ...]
-    values: Float[Tensor, "circuit batch"]
-    model_value: Float[Tensor, " batch"]
-    metric: str
-    model: str
-
-    def scores(self) -> dict[str, float]:
-        return {c: float(v) for c, v in zip(self.circuits, self.values.mean(-1), strict=True)}
-
-    def faithfulness(self) -> dict[str, float]:
-        """metric(circuit) / metric(model) (Prakash et al.: accuracy ratio)."""
-        full = float(self.model_value.mean())
-        return {c: v / full if full != 0 else float("nan") for c, v in self.scores().items()}
-
-    def to_frame(self):
-        import pandas as pd
-
-        faith = self.faithfulness()
-        return pd.DataFrame(
-            [
-                {
-                    "circuit": c,
-                    "value": v,
-                    "model_value": float(self.model_value.mean()),
-                    "faithfulness": faith[c],
-                }
-                for c, v in self.scores().items()
-            ]
-        )
-
-
 # ------------------------------------------------------------------------------------------------ CMAP
 def _prepare(
-    receiver: HookedModel, sender: HookedModel, prompts: Any, groups: Sequence[HeadGroup]
-) -> tuple[PromptSet, list[HeadGroup], list[Tensor | None]]:
+    receiver: HookedModel, sender: HookedModel, prompts: Any, circuit: Circuit
+) -> tuple[PromptSet, list[PatchGroup], list[dict[str, Tensor]]]:
+    """Check the pair, prompts and groups before any forward pass; per group, the [B, T] patch mask of each of
+    its nodes (keyed by node name)."""
     check_pair(receiver, sender, _ROLES)
     prompts = _check_prompts(prompts)
-    groups = list(groups)
-    if not groups:
-        raise ValueError("give at least one HeadGroup")
-    names = [g.name for g in groups]
-    if len(set(names)) != len(names):
-        raise ValueError(f"head group names must be unique; got {names}")
+    groups = circuit_groups(circuit)
+    masks = []
     for g in groups:
-        g.validate(receiver)
-    positions = [resolve_position(g.position, prompts) for g in groups]
-    return prompts.to(receiver.device), groups, positions
+        m: dict[str, Tensor] = {}
+        for layer, h, specs in g.heads:
+            receiver.check_site(Site("z", layer, head=h))
+            m[f"a{layer}.{h}"] = _node_mask(prompts, specs)
+        for layer, specs in g.mlps:
+            receiver.check_site(Site("mlp_out", layer))
+            m[f"m{layer}"] = _node_mask(prompts, specs)
+        masks.append(m)
+    return prompts.to(receiver.device), groups, masks
 
 
 @torch.no_grad()
@@ -293,16 +244,16 @@ def cmap_output(
     receiver: HookedModel,
     sender: HookedModel,
     prompts: PromptSet,
-    groups: Sequence[HeadGroup],
+    circuit: Circuit,
     *,
     metric: Any,
     include_union: bool = True,
     budget: int | None = None,
 ) -> CMAPResult:
-    """Output CMAP: each group's head outputs (and components) at its position, taken from `sender`'s run on the
-    same prompts, written into `receiver`'s run (Prakash et al. `cmap_out`). One stacked spec per group, plus
-    every group at once ("all groups") when `include_union` and there are several groups."""
-    prompts, groups, positions = _prepare(receiver, sender, prompts, groups)
+    """Output CMAP: each group's head outputs (and MLP outputs) where the circuit keeps them, taken from
+    `sender`'s run on the same prompts, written into `receiver`'s run (Prakash et al. `cmap_out`). One stacked
+    spec per group, plus every group at once ("all groups") when `include_union` and there are several."""
+    prompts, groups, masks = _prepare(receiver, sender, prompts, circuit)
     tokens, mask = prompts.clean, prompts.attention_mask
     B, T = tokens.shape
     readout = _bind(metric, prompts, receiver)
@@ -312,29 +263,28 @@ def cmap_output(
         specs.append(list(range(len(groups))))
         names.append("all groups")
     H = receiver.cfg.n_heads
-    z_layers = sorted({layer for g in groups for layer, _ in g.heads})
-    comp_sites = sorted({(c, layer) for g in groups for c, layer in g.components})
-    sites = [Site("z", layer) for layer in z_layers] + [Site(c, layer) for c, layer in comp_sites]
+    z_layers = sorted({layer for g in groups for layer, _, _ in g.heads})
+    mlp_layers = sorted({layer for g in groups for layer, _ in g.mlps})
+    sites = [Site("z", layer) for layer in z_layers] + [Site("mlp_out", layer) for layer in mlp_layers]
     sender_logits, cache = sender.run_with_cache(tokens, sites, attention_mask=mask)
     writes = []
     for layer in z_layers:
         where = torch.zeros(len(specs), B, T, H, dtype=torch.bool)
         for c, members in enumerate(specs):
             for i in members:
-                pm = _position_mask(positions[i], B, T)
-                for gl, h in groups[i].heads:
+                for gl, h, _ in groups[i].heads:
                     if gl == layer:
-                        where[c, :, :, h] |= pm
+                        where[c, :, :, h] |= masks[i][f"a{gl}.{h}"]
         writes.append(
             MaskedWrite(site=Site("z", layer), source=cache[Site("z", layer).hook_name], where=where)
         )
-    for comp, layer in comp_sites:
+    for layer in mlp_layers:
         where = torch.zeros(len(specs), B, T, dtype=torch.bool)
         for c, members in enumerate(specs):
             for i in members:
-                if (comp, layer) in groups[i].components:
-                    where[c] |= _position_mask(positions[i], B, T)
-        site = Site(comp, layer)
+                if f"m{layer}" in masks[i]:
+                    where[c] |= masks[i][f"m{layer}"]
+        site = Site("mlp_out", layer)
         writes.append(MaskedWrite(site=site, source=cache[site.hook_name], where=where))
     values = run_masked(
         receiver, tokens, writes, readout, n_specs=len(specs), attention_mask=mask, budget=budget
@@ -350,12 +300,25 @@ def cmap_output(
     )
 
 
+def _group_position(g: PatchGroup, prompts: PromptSet) -> Tensor:
+    """The one position [batch] of a group's heads (input CMAP needs it); raise otherwise."""
+    if g.mlps:
+        raise ValueError(f"input CMAP patches head inputs only; group {g.name!r} has MLPs")
+    specs = {specs for _, _, specs in g.heads}
+    if len(specs) != 1 or None in specs or len(next(iter(specs)) or ()) != 1:
+        raise ValueError(
+            f"input CMAP needs one position per group; the heads of group {g.name!r} are kept at "
+            f"{sorted('every position' if s is None else '+'.join(s) for s in specs)}"
+        )
+    return prompts.position(next(iter(specs))[0])  # type: ignore[index]
+
+
 @torch.no_grad()
 def cmap_input(
     receiver: HookedModel,
     sender: HookedModel,
     prompts: PromptSet,
-    groups: Sequence[HeadGroup],
+    circuit: Circuit,
     *,
     metric: Any,
     patch: Sequence[str] = ("q", "k", "v"),
@@ -370,18 +333,14 @@ def cmap_input(
     patch = tuple(patch)
     if not patch or any(p not in ("q", "k", "v") for p in patch):
         raise ValueError(f"patch must be a non-empty subset of ('q', 'k', 'v'); got {patch}")
-    prompts, groups, positions = _prepare(receiver, sender, prompts, groups)
-    for g, p in zip(groups, positions, strict=True):
-        if g.components:
-            raise ValueError(f"input CMAP patches head inputs only; group {g.name!r} has components")
-        if p is None:
-            raise ValueError(f"input CMAP needs one position per group; group {g.name!r} has position 'all'")
+    prompts, groups, _ = _prepare(receiver, sender, prompts, circuit)
+    positions = [_group_position(g, prompts) for g in groups]
     tokens, mask = prompts.clean, prompts.attention_mask
     B, T = tokens.shape
     cfg = receiver.cfg
     H, KV, L = cfg.n_heads, cfg.n_kv_heads, cfg.n_layers
     readout = _bind(metric, prompts, receiver)
-    layers = sorted({layer for g in groups for layer, _ in g.heads})
+    layers = sorted({layer for g in groups for layer, _, _ in g.heads})
     src_sites = [Site(c, layer) for layer in layers for c in patch]
     sender_logits, src = sender.run_with_cache(tokens, src_sites, attention_mask=mask)
     receiver_logits, own = receiver.run_with_cache(
@@ -396,7 +355,7 @@ def cmap_input(
             where = torch.zeros(n, B, T, heads, dtype=torch.bool)
             for c, g in enumerate(groups):
                 pm = _position_mask(positions[c], B, T, "eq" if comp == "q" else kv_rel)
-                for gl, h in g.heads:
+                for gl, h, _ in g.heads:
                     if gl == layer:
                         where[c, :, :, h if comp == "q" else h * KV // H] |= pm
             site = Site(comp, layer)
@@ -406,7 +365,7 @@ def cmap_input(
         for c, g in enumerate(groups):
             where[c] |= _position_mask(positions[c], B, T, "lt")[..., None]
             after = _position_mask(positions[c], B, T, "gt")
-            for gl, h in g.heads:
+            for gl, h, _ in g.heads:
                 if gl == layer:
                     where[c, :, :, h] |= after
         site = Site("z", layer)
@@ -462,9 +421,10 @@ def cmap_sweep(
     elif positions == "all":
         pos_list = [None]
     else:
-        pos_list = [int(p) for p in positions]
-        if any(not 0 <= p < T for p in pos_list):
-            raise ValueError(f"positions {pos_list} must lie in [0, {T})")
+        given = [int(p) for p in positions]
+        if any(not 0 <= p < T for p in given):
+            raise ValueError(f"positions {given} must lie in [0, {T})")
+        pos_list = list(given)
     heads = list(range(n_heads)) if per_head else [None]
     cells = [Cell(layer, p, h) for layer in range(L) for p in pos_list for h in heads]
     readout = _bind(metric, prompts, receiver)
@@ -478,7 +438,7 @@ def cmap_sweep(
             receiver, tokens, cells, component, sources, readout, attention_mask=mask, budget=budget
         )
     shape = (L, len(pos_list), n_heads) if per_head else (L, len(pos_list))
-    axes = ("layer", "pos", "head") if per_head else ("layer", "pos")
+    axes: tuple[str, ...] = ("layer", "pos", "head") if per_head else ("layer", "pos")
     scores = vals.mean(-1).view(*shape).cpu()
     if positions == "all":
         scores, axes = scores[:, 0], tuple(a for a in axes if a != "pos")
@@ -486,7 +446,7 @@ def cmap_sweep(
     labels = {
         "layer": [str(i) for i in range(L)],
         "head": [str(h) for h in range(n_heads)],
-        "pos": ["all"] if positions == "all" else [f"{p}:{toks[p]}" for p in pos_list],
+        "pos": ["all"] if positions == "all" else [f"{p}:{toks[p]}" for p in pos_list if p is not None],
     }
     base = {
         "clean": readout.from_logits(receiver(tokens, attention_mask=mask)).mean().item(),
@@ -495,7 +455,7 @@ def cmap_sweep(
     cfg = SweepConfig(
         component=component,
         per_head=per_head,
-        positions=positions if isinstance(positions, str) else tuple(pos_list),
+        positions=positions if isinstance(positions, str) else tuple(p for p in pos_list if p is not None),
         direction="cmap",
         source=f"model:{sender.name}",
         mode="exact",
@@ -504,87 +464,3 @@ def cmap_sweep(
         seed=0,
     )
     return PatchResult(scores=scores, axes=axes, labels=labels, config=cfg, baseline=base)
-
-
-# ------------------------------------------------------------------------------------------------ circuits
-def mean_head_outputs(model: HookedModel, reference: PromptSet, width: int) -> dict[int, Tensor]:
-    """Per layer, the mean head output z at each position over the reference prompts' real tokens:
-    [width, head, d_head] (Prakash et al. take the mean per token position)."""
-    ref = reference.to(model.device)
-    if ref.clean.shape[1] < width:
-        raise ValueError(
-            f"the reference prompts have {ref.clean.shape[1]} positions, fewer than the evaluated "
-            f"prompts' {width}: use reference prompts at least as long"
-        )
-    L = model.cfg.n_layers
-    _, cache = model.run_with_cache(
-        ref.clean, [Site("z", layer) for layer in range(L)], attention_mask=ref.attention_mask
-    )
-    m = ref.attention_mask[:, :width].float()  # [R, width]
-    count = m.sum(0).clamp_min(1.0)[:, None, None]
-    if bool((m.sum(0) == 0).any()):
-        raise ValueError("some positions have no real token in any reference prompt; use longer references")
-    out = {}
-    for layer in range(L):
-        z = cache[Site("z", layer).hook_name][:, :width].float()  # [R, width, head, d_head]
-        out[layer] = (z * m[..., None, None]).sum(0) / count
-    return out
-
-
-@torch.no_grad()
-def evaluate_circuit(
-    model: HookedModel,
-    prompts: PromptSet,
-    circuits: Mapping[str, Sequence[HeadGroup]] | Sequence[HeadGroup],
-    *,
-    metric: Any,
-    reference: PromptSet,
-    budget: int | None = None,
-) -> CircuitEvaluation:
-    """`model`'s metric with only each circuit's heads kept at their groups' positions and every other head
-    output (all positions) mean-ablated over `reference` in `model` itself (Prakash et al. §B).
-
-    The circuit is only head indices: a circuit found in model A is evaluated inside model B by passing B.
-    """
-    prompts = _check_prompts(prompts)
-    if not isinstance(circuits, Mapping):
-        circuits = {"circuit": list(circuits)}
-    if not circuits:
-        raise ValueError("give at least one circuit")
-    for groups in circuits.values():
-        for g in groups:
-            g.validate(model)
-            if g.components:
-                raise ValueError(f"circuit evaluation keeps heads only; group {g.name!r} has components")
-    positions = {
-        name: [resolve_position(g.position, prompts) for g in groups] for name, groups in circuits.items()
-    }
-    prompts = prompts.to(model.device)
-    tokens, mask = prompts.clean, prompts.attention_mask
-    B, T = tokens.shape
-    cfg = model.cfg
-    readout = _bind(metric, prompts, model)
-    means = mean_head_outputs(model, reference, T)
-    names = list(circuits)
-    writes = []
-    for layer in range(cfg.n_layers):
-        where = torch.ones(len(names), B, T, cfg.n_heads, dtype=torch.bool)  # ablate all ...
-        for c, name in enumerate(names):
-            for g, pos in zip(circuits[name], positions[name], strict=True):
-                keep = _position_mask(pos, B, T)
-                for gl, h in g.heads:
-                    if gl == layer:
-                        where[c, :, :, h] &= ~keep  # ... except the circuit's heads at their positions
-        src = means[layer][None].expand(B, -1, -1, -1)  # [B, T, head, d_head]
-        writes.append(MaskedWrite(site=Site("z", layer), source=src, where=where))
-    values = run_masked(
-        model, tokens, writes, readout, n_specs=len(names), attention_mask=mask, budget=budget
-    )
-    full = readout.from_logits(model(tokens, attention_mask=mask))
-    return CircuitEvaluation(
-        circuits=tuple(names),
-        values=values.cpu(),
-        model_value=full.cpu(),
-        metric=readout.name,
-        model=model.name,
-    )

@@ -127,7 +127,8 @@ def pair_mismatches(
         out.append(vocab)
     if base.backend == finetuned.backend == "tl":  # processed weights change the residual basis
         for key in ("normalization_type", "positional_embedding_type"):
-            va, vb = getattr(base.tl.cfg, key, None), getattr(finetuned.tl.cfg, key, None)
+            va = getattr(getattr(base, "tl").cfg, key, None)  # noqa: B009  (TL backend: has .tl)
+            vb = getattr(getattr(finetuned, "tl").cfg, key, None)  # noqa: B009
             if va != vb:
                 out.append(f"TransformerLens {key}: {va} vs {vb} (load both with the same process_weights)")
     (da, dev_a), (db, dev_b) = _param_facts(base), _param_facts(finetuned)
@@ -195,7 +196,10 @@ def perturbed_twin(
     (all when None) get seeded Gaussian noise of std `scale`. For tests and benchmarks of pair analyses."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(src))
+    from interp.models.progress import load_progress
+
+    with load_progress(src):
+        model = AutoModelForCausalLM.from_pretrained(str(src))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

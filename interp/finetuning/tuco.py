@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.files import atomic_save_safetensors
 from interp.finetuning.pair import ModelPair
 from interp.models.base import HookedModel
 
@@ -127,19 +128,12 @@ class TuCoResult:
         )
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write `tuco.safetensors` (all tensors) to `folder`."""
-        from safetensors.torch import save_file
-
+        """Write `tuco.safetensors` (all tensors) to `folder` (atomically)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {"score": self.score, "ptc": self.ptc, "ftc": self.ftc, "x0": self.x0, "last": self.last}
         if self.attention_mask is not None:
             tensors["attention_mask"] = self.attention_mask
-        tmp = folder / "tuco.safetensors.tmp"
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=self.models
-        )
-        os.replace(tmp, folder / "tuco.safetensors")
+        atomic_save_safetensors(folder / "tuco.safetensors", tensors, metadata=self.models)
         return folder
 
 
@@ -152,7 +146,7 @@ class _TLRoute:
     """Blocks of two TransformerLens models: `tl.blocks[l](x) - x` is a block's update."""
 
     def __init__(self, pair: ModelPair) -> None:
-        self.ft, self.pt = pair.finetuned.tl, pair.base.tl
+        self.ft, self.pt = pair.finetuned.tl, pair.base.tl  # type: ignore[attr-defined]  # TL backend
         if self.ft.cfg.positional_embedding_type == "shortformer":
             raise NotImplementedError("TuCo does not support shortformer positional embeddings")
 
@@ -207,7 +201,8 @@ class _HFRoute:
     def __init__(self, pair: ModelPair) -> None:
         from interp.models.nnsight_backend import ARCH_MAPS, _get
 
-        self.ft_model, self.pt_model = pair.finetuned.hf_model, pair.base.hf_model
+        self.ft_model = pair.finetuned.hf_model  # type: ignore[attr-defined]  # nnsight backend
+        self.pt_model = pair.base.hf_model  # type: ignore[attr-defined]
         path = ARCH_MAPS[pair.finetuned.cfg.architecture].layers
         self.ft_layers, self.pt_layers = _get(self.ft_model, path), _get(self.pt_model, path)
         self.calls: list[tuple[tuple, dict]] = []
@@ -287,7 +282,7 @@ class _HFRoute:
             layer.register_forward_hook(mixer(i), with_kwargs=True) for i, layer in enumerate(self.ft_layers)
         ]
         try:
-            inputs = self._inputs(tokens, mask)
+            inputs: dict[str, Any] = dict(self._inputs(tokens, mask))
             if state is not None:
                 inputs |= {self.cache_kw: state[0], "use_cache": True}
             else:

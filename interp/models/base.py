@@ -122,11 +122,19 @@ class HookedModel(ABC):
         return self.run_with_hooks(tokens, (), attention_mask=attention_mask)
 
     def run_with_cache(
-        self, tokens: Tensor, sites: Iterable[Site | str], *, attention_mask: Tensor | None = None
+        self,
+        tokens: Tensor,
+        sites: Iterable[Site | str],
+        *,
+        attention_mask: Tensor | None = None,
+        hooks: Hooks = (),
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits plus the activations of `sites`, keyed by TL hook name (full tensors, not narrowed)."""
+        """Logits plus the activations of `sites` (after `hooks`, if any, have edited them), keyed by TL hook
+        name (full tensors, not narrowed)."""
         cache: dict[str, Tensor] = {}
-        logits = self.run_with_hooks(tokens, (), attention_mask=attention_mask, cache=sites, _cache_out=cache)
+        logits = self.run_with_hooks(
+            tokens, hooks, attention_mask=attention_mask, cache=sites, _cache_out=cache
+        )
         return logits, cache
 
     def run_with_hooks(

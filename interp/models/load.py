@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
+from interp import zoo_location
 from interp.models.base import HookedModel, ModelConfig
+from interp.models.progress import load_progress
 
 BACKENDS = ("tl", "nnsight")
 _DTYPES = {
@@ -27,14 +29,13 @@ class ModelLoadError(RuntimeError):
 
 
 def _organism_folder(name: str) -> Path | None:
-    """The zoo folder of an organism/SAE name, or None if `name` is not one (the zoo is optional here)."""
-    if not name.startswith(("organism/", "sae/")):
+    """The folder of a built zoo entry, or None if `name` is not a zoo name."""
+    if not zoo_location.is_zoo_name(name):
         return None
     try:
-        from interp import zoo
-    except ImportError as e:  # pragma: no cover - the zoo ships with the package
-        raise ModelLoadError(f"{name!r} names a model organism but interp.zoo is unavailable: {e}") from e
-    return zoo.path(name)
+        return zoo_location.built_folder(name)
+    except FileNotFoundError as e:
+        raise ModelLoadError(str(e)) from None
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
@@ -160,7 +161,8 @@ def load_model(
     if device_map is not None:
         load_kw["device_map"] = device_map
     try:
-        hf = AutoModelForCausalLM.from_pretrained(str(folder), **load_kw)
+        with load_progress(folder):
+            hf = AutoModelForCausalLM.from_pretrained(str(folder), **load_kw)
     except Exception as e:
         raise ModelLoadError(f"transformers could not load {folder}: {_cause(e)}") from e
     if device_map is None and not remote:

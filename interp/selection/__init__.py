@@ -21,7 +21,7 @@ from interp.selection.baselines import (
     dense_embedding_available,
     make_selector,
 )
-from interp.selection.encode import (
+from interp.selection.features import (
     EncodeConfig,
     SparseEmbeddings,
     encode_dataset,

@@ -14,6 +14,7 @@ inputs are checked before anything is computed. Selectors:
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.selection.encode import (
+from interp.selection.features import (
     EncodeConfig,
     SparseEmbeddings,
     encode_dataset,
@@ -152,6 +153,8 @@ class BM25Selector(Selector):
     def _score(self, pool: Sequence[str], targets: Sequence[str]) -> Tensor:
         import bm25s
 
+        logging.getLogger("bm25s").setLevel(logging.NOTSET)  # bm25s sets DEBUG at import; inherit instead
+
         corpus = bm25s.tokenize(list(pool), stopwords=self.stopwords, return_ids=False, show_progress=False)
         retriever = bm25s.BM25(k1=self.k1, b=self.b)
         retriever.index(corpus, show_progress=False)
@@ -249,7 +252,7 @@ def make_selector(
             return SAESelector(
                 model,
                 sae,
-                metric=metric,
+                metric=metric,  # type: ignore[arg-type]
                 encode=encode,  # type: ignore[arg-type]
                 pool_embeddings=pool_embeddings,
             )

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp import zoo_location
 from interp.sites import Site, SiteError, from_hook_name
 
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -126,6 +127,7 @@ class SparseCoder:
         if x.shape[-1] != self.d_in:
             raise SAESiteError(f"SAE {self.name} expects inputs of width d_in={self.d_in}, got {x.shape[-1]}")
         if self.dense_encode is None:
+            assert self.k is not None  # a coder without dense_encode is TopK
             values, indices = self.pre_acts(x).topk(self.k, dim=-1, sorted=False)
             return values, indices
         dense = torch.relu(self.dense_encode(x.to(self.W_enc.dtype)))
@@ -331,22 +333,10 @@ def _load_folder(folder: Path, hook_name: str | None) -> SparseCoder:
 
 
 def _zoo_folder(name: str) -> Path:
-    from interp import zoo
-
-    if not hasattr(zoo, "path"):
-        raise SAELoadError(f"{name!r} names a zoo SAE but this checkout's interp.zoo has no path() yet")
     try:
-        folder = Path(zoo.path(name))
-    except Exception as e:
-        known = (
-            ", ".join(n for n in getattr(zoo, "names", list)() if n.startswith("sae/")) or "(none built yet)"
-        )
-        raise SAELoadError(f"no zoo SAE {name!r}: {e}. Zoo SAEs: {known}") from e
-    if not folder.is_dir():
-        raise SAELoadError(
-            f"zoo SAE {name!r} is not built ({folder} is missing): build it with `interp zoo build`"
-        )
-    return folder
+        return zoo_location.built_folder(name)
+    except (FileNotFoundError, ValueError) as e:
+        raise SAELoadError(f"no zoo SAE {name!r}: {e}") from None
 
 
 def _hub_sae(release: str, sae_id: str, hook_name: str | None) -> SparseCoder:
@@ -406,3 +396,23 @@ def load_sae(
                 "given for a sae-lens release or hub repo"
             )
     return coder.to(device=device, dtype=dtype)
+
+
+def selection_sae(
+    model: Any,
+    source: str,
+    *,
+    sae_id: str | None = None,
+    random_layer: int | None = None,
+    random_d: int = 1024,
+    random_k: int = 16,
+) -> SparseCoder:
+    """The SAE a data selection uses, on `model`'s device: `load_sae(source, sae_id=...)`, or for
+    `source="random"` a random TopK SAE (`random_d` features, `random_k` active) on `resid_post` of
+    `random_layer` (default: the penultimate block), an offline stand-in."""
+    if source == "random":
+        layer = random_layer if random_layer is not None else max(0, model.cfg.n_layers - 2)
+        return random_topk_sae(
+            model.cfg.d_model, random_d, random_k, f"blocks.{layer}.hook_resid_post", seed=0
+        ).to(model.device)
+    return load_sae(source, sae_id=sae_id, device=model.device)

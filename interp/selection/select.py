@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from interp.files import atomic_write_text
 
 
 def selection_size(n: int, *, ratio: float | None = None, count: int | None = None) -> int:
@@ -87,7 +88,7 @@ class Selection:
         `selected.jsonl` with one line per selected record (best first); both atomically. Returns the folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / "selection.json", json.dumps(self.to_dict(), indent=1))
+        atomic_write_text(folder / "selection.json", json.dumps(self.to_dict(), indent=1))
         if records is not None:
             if len(records) != self.n_pool:
                 raise ValueError(f"{len(records)} records for a pool of {self.n_pool}")
@@ -96,14 +97,8 @@ class Selection:
                 rec = records[i]
                 rec = {"text": rec} if isinstance(rec, str) else dict(rec)
                 lines.append(json.dumps({"index": i, "rank": rank, "score": s, **rec}))
-            _atomic_write(folder / "selected.jsonl", "\n".join(lines) + "\n")
+            atomic_write_text(folder / "selected.jsonl", "\n".join(lines) + "\n")
         return folder
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def select_top(
@@ -124,3 +119,26 @@ def select_top(
         ratio=ratio,
         count=count,
     )
+
+
+def selections(scores: Mapping[str, Sequence[float]], ratio: float) -> dict[str, Selection]:
+    """The top `ratio` of the pool by each method's scores (keys `method` or `method@seed`)."""
+    return {k: select_top(torch.tensor(v), ratio=ratio, method=k.split("@")[0]) for k, v in scores.items()}
+
+
+def precision_table(
+    scores: Mapping[str, Sequence[float]], labels: Sequence[bool], ratios: Sequence[float]
+) -> list[dict[str, Any]]:
+    """One row per (method, ratio): precision, the random method averaged over its seeds (`random@<seed>`)."""
+    rows = []
+    for ratio in ratios:
+        by_method: dict[str, list[float]] = {}
+        n_selected: dict[str, int] = {}
+        for key, sel in selections(scores, ratio).items():
+            by_method.setdefault(key.split("@")[0], []).append(sel.precision(labels))
+            n_selected[key.split("@")[0]] = len(sel)
+        rows += [
+            {"method": m, "ratio": ratio, "precision": sum(p) / len(p), "n_selected": n_selected[m]}
+            for m, p in by_method.items()
+        ]
+    return rows

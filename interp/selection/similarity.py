@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp.selection.encode import SparseEmbeddings
+from interp.selection.features import SparseEmbeddings
 
 Metric = Literal["jaccard", "cosine", "euclidean"]
 METRICS: tuple[str, ...] = ("jaccard", "cosine", "euclidean")

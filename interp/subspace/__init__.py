@@ -2,13 +2,14 @@
 
 CCS data and scores (`ccs`), token-identity patchscope decoding (`patchscope`), the linear-time layer search
 (`layer_search`), a DAS subspace with its interchange intervention (`das`), steering by setting `uᵀh = c`
-(`steer`) and the separation analysis (`separation`). The `context_knob` experiment lives in `experiment`.
+(`steer`) and the separation analysis (`separation`). The `context_knob` experiment is `interp.experiments.context_knob`.
 """
 
 from interp.subspace.ccs import (
     CCSDataError,
     CCSPairs,
     CCSScores,
+    InterchangeData,
     ccs_scores,
     ccs_sets,
     check_ccs,
@@ -20,7 +21,6 @@ from interp.subspace.das import (
     DAS_PAIRS,
     DASConfig,
     DASResult,
-    InterchangeData,
     Subspace,
     confident_pairs,
     confident_subset,
@@ -36,9 +36,9 @@ from interp.subspace.das import (
 )
 from interp.subspace.layer_search import (
     SETTINGS,
+    LayerSearchConfig,
     LayerSearchResult,
     Probe,
-    SearchConfig,
     run_budget,
     search_figure,
     search_layers,
@@ -70,7 +70,7 @@ __all__ = [
     "InterchangeData",
     "LayerSearchResult",
     "Probe",
-    "SearchConfig",
+    "LayerSearchConfig",
     "Separation",
     "SteerCurve",
     "Subspace",

@@ -80,6 +80,27 @@ class CCSPairs:
         return self.subset(perm[n_test:].sort().values), self.subset(perm[:n_test].sort().values)
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)
+class InterchangeData:
+    """Row-aligned (target, source) prompts for an interchange: the source's activation goes into the target's
+    run. `source_answer` is the answer under the source's intent (DAS's label), `target_answer` the target's.
+    `setting` names the layer-search setting that built them (if any) and `dropped` counts the rows it left
+    out because their two answers coincided. The two sides may differ in length, unlike a `PromptSet`'s
+    clean/corrupt pairs."""
+
+    target_tokens: Int[Tensor, "n pos"]
+    target_end: Int[Tensor, " n"]
+    source_tokens: Int[Tensor, "n pos_s"]
+    source_end: Int[Tensor, " n"]
+    source_answer: Int[Tensor, " n"]
+    target_answer: Int[Tensor, " n"]
+    setting: str = ""
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return self.target_tokens.shape[0]
+
+
 def check_ccs(ps: PromptSet, *, format: str | None = None, needs: Sequence[str] = ()) -> CCSPairs:
     """Check a context_prior PromptSet and pair its rows; raise `CCSDataError` with a count and examples.
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 
 from interp.models.base import HookedModel
 from interp.sites import Site
-from interp.subspace.ccs import CCSPairs, check_twins, predict
+from interp.subspace.ccs import CCSPairs, InterchangeData, check_twins, predict
 from interp.subspace.forward import HooksFor, forward_last, frozen, last_token_hook
 
 Hidden = Float[Tensor, "... d_model"]
@@ -61,15 +61,16 @@ class Subspace(nn.Module):
 
     @property
     def d_model(self) -> int:
-        return self.rotation.weight.shape[0]
+        return int(self.basis.shape[0])
 
     @property
     def rank(self) -> int:
-        return self.rotation.weight.shape[1]
+        return int(self.basis.shape[1])
 
     @property
     def basis(self) -> Float[Tensor, "d_model rank"]:
-        return self.rotation.weight
+        weight: Tensor = self.rotation.weight  # type: ignore[assignment]  # orthogonal() parametrization
+        return weight
 
     def set_basis(self, basis: Float[Tensor, "d_model rank"]) -> None:
         """Set `U` to `basis`, which must have orthonormal columns."""
@@ -119,22 +120,6 @@ class Subspace(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- data
-@dataclass(frozen=True, kw_only=True, eq=False)
-class InterchangeData:
-    """Row-aligned (target, source) prompts: same context and query, opposite intent; `label` is the answer
-    under the source's intent, `target_answer` the one under the target's."""
-
-    target_tokens: Int[Tensor, "n pos"]
-    target_end: Int[Tensor, " n"]
-    source_tokens: Int[Tensor, "n pos_s"]
-    source_end: Int[Tensor, " n"]
-    label: Int[Tensor, " n"]
-    target_answer: Int[Tensor, " n"]
-
-    def __len__(self) -> int:
-        return self.target_tokens.shape[0]
-
-
 def intent_swap_data(ccs: CCSPairs) -> InterchangeData:
     """Both directions of every pair: (context target, prior source) and (prior target, context source)."""
     ps = ccs.prompts
@@ -145,7 +130,7 @@ def intent_swap_data(ccs: CCSPairs) -> InterchangeData:
         target_end=ps.end[tgt],
         source_tokens=ps.clean[src],
         source_end=ps.end[src],
-        label=ps.answer_ids[src],
+        source_answer=ps.answer_ids[src],
         target_answer=ps.answer_ids[tgt],
     )
 
@@ -162,7 +147,7 @@ def no_intent_data(ccs_intent: CCSPairs, ccs_none: CCSPairs) -> InterchangeData:
         target_end=sn.end[tgt],
         source_tokens=si.clean[src],
         source_end=si.end[src],
-        label=si.answer_ids[src],
+        source_answer=si.answer_ids[src],
         target_answer=sn.answer_ids[tgt],
     )
 
@@ -258,7 +243,7 @@ def _check_layer(model: HookedModel, layer: int) -> None:
 
 def train_das(model: HookedModel, data: InterchangeData, cfg: DASConfig) -> DASResult:
     """Train a rank-`cfg.rank` subspace at `resid_post` of `cfg.layer` (last token) with cross-entropy on
-    `data.label` under the interchange intervention; the model's weights stay frozen."""
+    `data.source_answer` under the interchange intervention; the model's weights stay frozen."""
     _check_layer(model, cfg.layer)
     if len(data) == 0:
         raise ValueError("no training pairs (after confident-pair filtering?)")
@@ -275,7 +260,7 @@ def train_das(model: HookedModel, data: InterchangeData, cfg: DASConfig) -> DASR
                 logits, _ = forward_last(
                     model, data.target_tokens[idx], end, hooks=hooks, batch_size=len(idx)
                 )
-                loss = F.cross_entropy(logits, data.label[idx].to(logits.device))
+                loss = F.cross_entropy(logits, data.source_answer[idx].to(logits.device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -294,7 +279,7 @@ def interchange_accuracy(
         logits, _ = forward_last(
             model, data.target_tokens, data.target_end, hooks=hooks, batch_size=batch_size
         )
-    return float((logits.argmax(-1).cpu() == data.label).float().mean())
+    return float((logits.argmax(-1).cpu() == data.source_answer).float().mean())
 
 
 def mean_difference_subspace(

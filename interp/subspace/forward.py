@@ -70,16 +70,14 @@ def forward_last(
     Runs under the caller's grad mode (so DAS can train through it).
     """
     check_rows(tokens, end)
-    logits, acts = [], {s.hook_name: [] for s in read}
+    logits: list[Tensor] = []
+    acts: dict[str, list[Tensor]] = {s.hook_name: [] for s in read}
     for start in range(0, tokens.shape[0], batch_size):
         rows = torch.arange(start, min(start + batch_size, tokens.shape[0]))
         at = end[rows].to(model.device)
         width = int(at.max()) + 1
         batch = tokens[rows, :width]
-        cache: dict[str, Tensor] = {}
-        out = model.run_with_hooks(
-            batch, hooks(rows) if hooks is not None else (), cache=read, _cache_out=cache
-        )
+        out, cache = model.run_with_cache(batch, read, hooks=hooks(rows) if hooks is not None else ())
         b = torch.arange(len(rows), device=out.device)
         logits.append(out[b, at.to(out.device)].float())
         for name in acts:

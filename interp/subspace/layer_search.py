@@ -21,12 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from interp.models.base import HookedModel
 from interp.sites import Site
-from interp.subspace.ccs import CCSPairs
+from interp.subspace.ccs import CCSPairs, InterchangeData
 from interp.subspace.forward import forward_last, last_token_hook
 from interp.subspace.patchscope import IdentityPrompt, identity_prompt, tip_probs
 
@@ -50,7 +50,7 @@ class Probe:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SearchConfig:
+class LayerSearchConfig:
     """The search's thresholds (the paper's values)."""
 
     threshold: float = 0.88  # max-over-layers TIP P(source) a range must exceed
@@ -69,7 +69,7 @@ class LayerSearchResult:
     runs: int
     budget: int
     trace: list[dict] = field(default_factory=list)  # one entry per run: step, layers, score, p_src, p_tgt
-    config: SearchConfig = field(default_factory=SearchConfig)
+    config: LayerSearchConfig = field(default_factory=LayerSearchConfig)
     setting: str = ""
 
     def to_dict(self) -> dict:
@@ -77,7 +77,7 @@ class LayerSearchResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> LayerSearchResult:
-        return cls(**{**d, "layers": tuple(d["layers"]), "config": SearchConfig(**d["config"])})
+        return cls(**{**d, "layers": tuple(d["layers"]), "config": LayerSearchConfig(**d["config"])})
 
     def to_frame(self):
         import pandas as pd
@@ -93,7 +93,7 @@ def run_budget(n_layers: int) -> int:
 def search_layers(
     probe: Callable[[tuple[int, ...]], Probe],
     n_layers: int,
-    cfg: SearchConfig = SearchConfig(),
+    cfg: LayerSearchConfig = LayerSearchConfig(),
     *,
     setting: str = "",
 ) -> LayerSearchResult:
@@ -184,24 +184,7 @@ def search_layers(
 
 
 # ------------------------------------------------------------------------------------------ on a model
-@dataclass(frozen=True, kw_only=True, eq=False)
-class PatchPairs:
-    """Source and target prompts (row-aligned) with their answers, for one search setting."""
-
-    setting: str
-    source_tokens: Int[Tensor, "batch pos"]
-    source_end: Int[Tensor, " batch"]
-    target_tokens: Int[Tensor, "batch pos_t"]
-    target_end: Int[Tensor, " batch"]
-    source_answer: Int[Tensor, " batch"]
-    target_answer: Int[Tensor, " batch"]
-    dropped: int = 0  # cross-pair rows dropped because source and target answers coincided
-
-    def __len__(self) -> int:
-        return self.source_tokens.shape[0]
-
-
-def setting_pairs(ccs: CCSPairs, setting: str) -> PatchPairs:
+def setting_pairs(ccs: CCSPairs, setting: str) -> InterchangeData:
     """The (source, target) rows of `setting` (see `SETTINGS`) on `ccs` (instruction or weight format).
 
     prior/context pair each prompt with the same-intent prompt of the next pair; rows whose two answers coincide
@@ -231,7 +214,7 @@ def setting_pairs(ccs: CCSPairs, setting: str) -> PatchPairs:
     if not bool(keep.any()):
         raise ValueError(f"setting {setting!r}: every source answer equals its target answer")
     src, tgt = src[keep], tgt[keep]
-    return PatchPairs(
+    return InterchangeData(
         setting=setting,
         source_tokens=ps.clean[src],
         source_end=ps.end[src],
@@ -244,7 +227,7 @@ def setting_pairs(ccs: CCSPairs, setting: str) -> PatchPairs:
 
 
 def head_patch_probe(
-    model: HookedModel, pp: PatchPairs, *, prompt: IdentityPrompt | None = None, batch_size: int = 64
+    model: HookedModel, pp: InterchangeData, *, prompt: IdentityPrompt | None = None, batch_size: int = 64
 ) -> Callable[[tuple[int, ...]], Probe]:
     """`probe(layers)`: patch every head's `z` of `layers` at the last token, source -> target, and read TIP."""
     n_layers = model.cfg.n_layers
@@ -260,7 +243,7 @@ def head_patch_probe(
         def hooks(rows: Tensor):
             end = pp.target_end[rows]
             return [
-                (Site("z", layer), last_token_hook(end, lambda at, v=src_z[layer][rows]: v))
+                (Site("z", layer), last_token_hook(end, lambda at, v=src_z[layer][rows]: v))  # type: ignore[misc]
                 for layer in layers
             ]
 
@@ -282,7 +265,7 @@ def search_setting(
     model: HookedModel,
     ccs: CCSPairs,
     setting: str,
-    cfg: SearchConfig = SearchConfig(),
+    cfg: LayerSearchConfig = LayerSearchConfig(),
     *,
     prompt: IdentityPrompt | None = None,
     batch_size: int = 64,

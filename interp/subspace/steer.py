@@ -177,7 +177,7 @@ def transplant_shares(
         )
 
         def hooks(r: Tensor, src: Tensor = src) -> list:
-            return [(site, last_token_hook(end[r], lambda at, r=r: src[r.to(src.device)]))]
+            return [(site, last_token_hook(end[r], lambda at, r=r: src[r.to(src.device)]))]  # type: ignore[misc]
 
         with torch.no_grad():
             logits, _ = forward_last(model, tokens, end, hooks=hooks, batch_size=batch_size)

@@ -16,8 +16,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from interp.zoo.build import ROOT, BuildError, folder_of
+from interp.zoo.build import BuildError
 from interp.zoo.organisms import RECIPES, SAES
+from interp.zoo_location import ROOT, folder_of, is_built
 
 __all__ = ["BuildError", "ROOT", "ZooError", "build", "card", "cli_list", "names", "path", "rows"]
 
@@ -39,7 +40,7 @@ def path(name: str) -> Path:
     if name not in RECIPES and name not in SAES:
         raise ZooError(f"unknown zoo name {name!r}; valid names: {', '.join(names())}")
     folder = folder_of(name)
-    if not (folder / "card.json").is_file():
+    if not is_built(name):
         raise ZooError(
             f"{name!r} is a zoo name but {folder} is not built; run `interp zoo build --only {name}`"
         )
@@ -56,7 +57,7 @@ def rows() -> list[dict]:
     out = []
     for name in names():
         folder = folder_of(name)
-        row: dict = {"name": name, "built": (folder / "card.json").is_file(), "path": str(folder)}
+        row: dict = {"name": name, "built": is_built(name), "path": str(folder)}
         if row["built"]:
             c = json.loads((folder / "card.json").read_text())
             row |= {
@@ -114,7 +115,7 @@ def build(only: str | Iterable[str] | None = None, *, jobs: int = 2) -> dict[str
     wanted = set(selected)
     for n in reversed(names()):  # and the dependencies that are not built yet
         if n in wanted:
-            wanted |= {d for d in _dependencies(n) if not (folder_of(d) / "card.json").is_file()}
+            wanted |= {d for d in _dependencies(n) if not is_built(d)}
     selected = [n for n in names() if n in wanted]
     pending = list(selected)  # build order respects dependencies
     failed: dict[str, int] = {}

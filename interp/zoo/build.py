@@ -16,19 +16,13 @@ from pathlib import Path
 import torch
 
 from interp.zoo.organisms import RECIPES, SAES, Recipe
+from interp.zoo_location import folder_of
 
-ROOT = Path(__file__).resolve().parent / "organisms"
 QUICK = ("ioi", "facts", "copy")  # measured every eval_every steps during training
 
 
 class BuildError(RuntimeError):
     """An organism missed a behaviour target (the message lists every target with its measured number)."""
-
-
-def folder_of(name: str) -> Path:
-    """The committed folder of an organism or SAE name ("organism/base" -> organisms/base)."""
-    kind, _, rest = name.partition("/")
-    return ROOT / (rest if kind == "organism" else f"{kind}-{rest}")
 
 
 def model_config(arch: str, tok, n_layers: int, n_heads: int, d_model: int, n_ctx: int, n_kv_heads: int = 2):

@@ -6,25 +6,23 @@ and higher ranks for comparison; steering on no-instruction prompts (the steerin
 prompts, evaluated on held-out ones); transfer of the same `u` to the base model and further models of the same
 width; the separation of `uᵀh` by intent and its correlation with PairAcc across models (base, fine-tuned,
 others sharing their residual basis, and weight interpolations between base and fine-tuned, since no
-intermediate checkpoints are saved). Also the `context_knob` demo step (the steering curve).
+intermediate checkpoints are saved).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from interp.config import ConfigError
-from interp.demo import register_demo_step, zoo_entry
+from interp.experiments.api import Run, register_experiment
 from interp.models.base import HookedModel
+from interp.models.interpolate import interpolate
 from interp.models.load import BACKENDS
-from interp.runner import Run, register_experiment
 from interp.subspace.ccs import CCSPairs, ccs_sets, evaluate_ccs, make_ccs
 from interp.subspace.das import (
     DAS_PAIRS,
@@ -38,8 +36,8 @@ from interp.subspace.das import (
 )
 from interp.subspace.layer_search import (
     SETTINGS,
+    LayerSearchConfig,
     LayerSearchResult,
-    SearchConfig,
     search_figure,
     search_setting,
 )
@@ -135,28 +133,26 @@ def _key(name: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", name.split("/")[-1]).strip("_").lower()
 
 
-def interpolate(a: HookedModel, b: HookedModel, alpha: float) -> HookedModel:
-    """The TL model with weights `(1 - alpha) * a + alpha * b` (same architecture), named after both."""
-    from interp.models.tl import TLModel
-
-    if not (isinstance(a, TLModel) and isinstance(b, TLModel)):
-        raise ValueError("weight interpolation needs two models on the TL backend")
-    if a.cfg != b.cfg:
-        raise ValueError(f"cannot interpolate {a.name} and {b.name}: their configs differ")
-    tl = copy.deepcopy(a.tl)
-    pb = dict(b.tl.named_parameters())
-    with torch.no_grad():  # parameters only: buffers (causal masks, the -inf IGNORE) stay as they are
-        for name, p in tl.named_parameters():
-            p.lerp_(pb[name], alpha)
-    return TLModel(tl, a.tokenizer, a.cfg, name=f"{a.name}*{1 - alpha:g}+{b.name}*{alpha:g}")
-
-
 def _search(model: HookedModel, ccs: CCSPairs, cfg: ContextKnobConfig) -> dict[str, dict]:
-    scfg = SearchConfig(threshold=cfg.threshold, epsilon=cfg.epsilon, phi=cfg.phi)
+    scfg = LayerSearchConfig(threshold=cfg.threshold, epsilon=cfg.epsilon, phi=cfg.phi)
     return {s: search_setting(model, ccs, s, scfg, batch_size=cfg.batch_size).to_dict() for s in cfg.settings}
 
 
-@register_experiment("context_knob", config=ContextKnobConfig)
+DEMO = {
+    "das_pairs": "no_intent",
+    "transfer_to": [],
+    "interpolations": [],
+    "n_train_pairs": 64,
+    "n_test_pairs": 32,
+    "n_search_pairs": 16,
+    "settings": ["cp"],
+    "epochs": 2,
+    "lr": 1e-2,
+    "compare_ranks": [],
+}
+
+
+@register_experiment("context_knob", config=ContextKnobConfig, demo=DEMO)
 def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
     """Find the context/prior knob in a CCS-fine-tuned model and steer it and its base (Minder et al. 2025)."""
     from interp.plotting import line
@@ -201,7 +197,7 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
 
     # ---- DAS: layer choice, the knob, baselines
     candidates = [cfg.das_layer] if cfg.das_layer is not None else (swap or list(range(ft.cfg.n_layers)))
-    das_kw = dict(
+    das_kw: dict[str, Any] = dict(
         epochs=cfg.epochs,
         batch_size=cfg.das_batch_size,
         lr=cfg.lr,
@@ -362,64 +358,3 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
             results[f"transfer_{_key(name)}_context_share"] = curves[name].at(c_ctx)[0]
             results[f"transfer_{_key(name)}_prior_share"] = curves[name].at(c_pri)[1]
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in results.items()}
-
-
-# ------------------------------------------------------------------------------------------------ demo step
-def _available(name: str) -> bool:
-    """Whether the zoo holds a built organism `name` (False in a checkout without a zoo or before a build)."""
-    path = zoo_entry("path")
-    if path is None:
-        return False
-    try:
-        folder = Path(path(name))
-    except (KeyError, ValueError, FileNotFoundError):
-        return False
-    return (folder / "config.json").is_file()
-
-
-@register_demo_step("context_knob", order=60)
-def knob_demo(out: Path) -> None:
-    """The context/prior knob: steering curve of organism/ccs-ft and organism/base (Minder et al. 2025)."""
-    from interp.plotting import save_figure
-
-    names = ("organism/ccs-ft", "organism/base")
-    missing = [n for n in names if not _available(n)]
-    if missing:
-        print(
-            f"The context-knob demo needs the organisms {', '.join(missing)}: build them with `interp zoo build`."
-        )
-        return
-    cfg = ContextKnobConfig(das_pairs="no_intent")  # as the committed experiment config
-    ft, base = (_load(n, cfg, "cpu") for n in names)
-    train = ccs_sets(ft.tokenizer, n_pairs=64, seed=0, formats=("instruction", "none"), split="train")
-    test = ccs_sets(ft.tokenizer, n_pairs=32, seed=1, formats=("instruction", "none"), split="test")
-    search = search_setting(ft, test["instruction"].subset(range(16)), "cp")
-    layers = search.layers if search.found else range(ft.cfg.n_layers)
-    fits = {
-        layer: fit_knob(
-            ft,
-            train["instruction"],
-            test["instruction"],
-            layer,
-            epochs=2,
-            lr=1e-2,
-            pairs=cfg.das_pairs,
-            train_none=train["none"],
-            test_none=test["none"],
-        )
-        for layer in layers
-    }
-    layer = max(fits, key=lambda k: fits[k][2])
-    knob = fits[layer][0]
-    c_values = default_c_values(ft, knob, layer, train["instruction"])
-    c_ctx, c_pri = pick_c(steer_sweep(ft, knob, layer, train["none"], c_values))
-    curves = {
-        "ccs-ft": steer_sweep(ft, knob, layer, test["none"], c_values),
-        "base": steer_sweep(base, knob, layer, test["none"], c_values),
-    }
-    save_figure(steering_figure(curves, c_ctx, c_pri), out / "steering_curve")
-    ft_ctx, ft_pri = curves["ccs-ft"].at(c_ctx)[0], curves["ccs-ft"].at(c_pri)[1]
-    print(
-        f"knob at layer {layer} (held-out interchange accuracy {fits[layer][2]:.2f}): ccs-ft answers from the "
-        f"context {ft_ctx:.0%} at c={c_ctx:.3g} and from the prior {ft_pri:.0%} at c={c_pri:.3g}"
-    )

@@ -6,7 +6,7 @@ batch) and keeps the result sparse: `SparseEmbeddings`, CSR-like (offsets, indic
 of similar length. `encode_dataset` does the same in shards written atomically to a folder: an interrupted run
 resumes at the first missing shard, and under `torchrun` rank r encodes shards r, r+W, ... and rank 0 merges.
 
-    torchrun --nproc_per_node 2 -m interp.selection.encode --model organism/base --sae sae/base-resid-L2 \
+    torchrun --nproc_per_node 2 -m interp.selection.features --model organism/base --sae sae/base-resid-L2 \
         --texts pool.jsonl --out encoded/
 """
 
@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.files import atomic_save_safetensors, atomic_write_json
 from interp.selection.sae import SparseCoder, load_sae
 from interp.sites import Site
 
@@ -176,20 +177,9 @@ class SparseEmbeddings:
         return out.index_add_(0, sub.indices.long(), sub.values) / len(sub)
 
     def save(self, path: str | Path) -> Path:
-        """Write to a safetensors file atomically (temp file + os.replace)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tensors = {
-            "offsets": self.offsets.cpu().contiguous(),
-            "indices": self.indices.cpu().contiguous(),
-            "values": self.values.cpu().contiguous(),
-        }
-        save_file(tensors, str(tmp), metadata={"d_sae": str(self.d_sae)})
-        os.replace(tmp, path)
-        return path
+        """Write to a safetensors file atomically."""
+        tensors = {"offsets": self.offsets, "indices": self.indices, "values": self.values}
+        return atomic_save_safetensors(path, tensors, metadata={"d_sae": str(self.d_sae)})
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SparseEmbeddings:
@@ -372,7 +362,7 @@ def mean_activations(
     site = model.check_site(as_site(site))
     _check_inputs(texts)
     out: Tensor | None = None
-    for idx, acts, mask in _site_batches(model, site, texts, cfg):
+    for idx, acts, mask in _site_batches(model, site, texts, cfg):  # type: ignore[arg-type]
         pooled = (acts.float() * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         if out is None:
             out = torch.zeros(len(texts), pooled.shape[-1])
@@ -477,9 +467,7 @@ def encode_dataset(
                 "folder or delete it"
             )
     elif rank == 0:
-        tmp = mpath.with_name(f".{MANIFEST}.tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, mpath)
+        atomic_write_json(mpath, manifest)
     merged = out / MERGED
     if not merged.exists():
         for shard in range(rank, n_shards, world):
@@ -513,7 +501,7 @@ def read_texts(path: str | Path, *, key: str = "text") -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Encode a text file with a model and an SAE into a shard folder (one process, or one rank of torchrun)."""
-    p = argparse.ArgumentParser(prog="python -m interp.selection.encode", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m interp.selection.features", description=main.__doc__)
     p.add_argument("--model", required=True, help="hub id, local checkpoint folder or organism name")
     p.add_argument("--sae", required=True, help="zoo name, local SAE folder, sae-lens release or hub repo")
     p.add_argument("--sae-id", default=None, help="SAE id within a release / folder within a hub repo")

@@ -1,4 +1,4 @@
-"""The `ioi_patching` experiment and the demo's patching step: where does a model compute IOI?
+"""Experiment `ioi_patching`: where does a model compute IOI (Wang et al. 2022)?
 
 Activation patching of the residual stream and of every head's output on IOI (denoising clean → ABC corrupt),
 path patching of every head to the logits (direct effect), and attribution patching against exact patching.
@@ -7,14 +7,12 @@ path patching of every head to the logits (direct effect), and attribution patch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from interp.demo import register_demo_step
+from interp.experiments.api import Run, register_experiment
 from interp.metrics import rank_correlation
-from interp.runner import Run, register_experiment
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,14 +24,18 @@ class IOIPatchingConfig:
     components: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_out")
 
 
+DEMO = {"n_prompts": 8, "components": ["resid_pre"]}
+
+
+@register_experiment("ioi_patching", config=IOIPatchingConfig, demo=DEMO)
 def ioi_patching(cfg: IOIPatchingConfig, run: Run) -> dict[str, Any]:
-    """Run the sweeps, write heatmaps and tables, return headline numbers."""
-    import interp
+    """Activation, path and attribution patching on IOI: heatmaps, tables and headline numbers."""
     from interp import tasks
     from interp.metrics import LogitDiff
+    from interp.models.load import load_model
     from interp.patching import attribution_patch, patch_sweep, path_patch
 
-    model = interp.load_model(cfg.model, backend=cfg.backend, device=run.device)
+    model = load_model(cfg.model, backend=cfg.backend, device=run.device)
     prompts = tasks.make("ioi", model.tokenizer, n=cfg.n_prompts, seed=run.seed, template=cfg.template)
     metric = LogitDiff.from_prompts(prompts)
     results: dict[str, Any] = {"model": cfg.model, "n_prompts": len(prompts)}
@@ -61,29 +63,3 @@ def ioi_patching(cfg: IOIPatchingConfig, run: Run) -> dict[str, Any]:
     )
     results["atp_spearman_heads"] = rank_correlation(atp.scores, heads.scores)
     return results
-
-
-register_experiment("ioi_patching", config=IOIPatchingConfig)(ioi_patching)
-
-
-@register_demo_step("patching", order=10)
-def patching_demo(out: Path) -> None:
-    """The IOI residual-stream patching heatmap on organism/base."""
-    import interp
-    from interp import tasks
-    from interp.metrics import LogitDiff
-    from interp.patching import patch_sweep
-    from interp.plotting import save_figure
-
-    model = interp.load_model("organism/base", backend="tl", device="cpu")
-    prompts = tasks.make("ioi", model.tokenizer, n=16, seed=0, template=0)
-    res = patch_sweep(model, clean=prompts, metric=LogitDiff.from_prompts(prompts), component="resid_pre")
-    res.save(out / "ioi_resid_pre")
-    save_figure(
-        res.figure(title="organism/base, IOI: patching resid_pre (clean → corrupt), logit difference"),
-        out / "ioi_resid_pre",
-    )
-    print(
-        f"IOI logit difference: clean {res.baseline['clean']:.2f}, corrupt {res.baseline['corrupt']:.2f}; "
-        f"strongest cell {res.scores.max():.2f}"
-    )
