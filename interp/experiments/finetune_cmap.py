@@ -1,8 +1,15 @@
 """Experiment `finetune_cmap` (Prakash et al. 2024, "Fine-Tuning Enhances Existing Mechanisms") on the zoo: the
-base model's IOI circuit, found by staged path patching on the IOI variant the base model solves (name movers ->
-logits, S-inhibition -> name-mover queries, duplicate/induction -> S-inhibition values at S2); on the hard variant
-that the fine-tune was trained on: its faithfulness in the base model and inside the fine-tune (complement
-mean-ablated over the ABC prompts), and output/input CMAP of each head group from the fine-tune into the base.
+base model's circuit, found by staged path patching where the base model solves the task; on the harder
+prompts the fine-tune was trained on: its faithfulness in the base model and inside the fine-tune (complement
+mean-ablated over the prompts), and output/input CMAP of each head group from the fine-tune into the base.
+
+`task: ioi` (organism/base vs ioi-ft): name movers -> logits, S-inhibition -> name-mover queries,
+duplicate/induction -> S-inhibition values at S2; found on normal IOI, evaluated on the hard variant.
+`task: entity_tracking` (organism/rope-base vs et-ft, the paper's task): Prakash's groups A value fetcher
+(logits, END) -> B position transmitter (A's queries) -> C position detector (B's values at the query label)
+-> D structure reader (C's values at the previous query label), scored by the answer probability's relative
+change; found with `circuit_n_boxes` boxes, evaluated with `n_boxes`; DCM of each group on the positional /
+object-value / box-label-value desiderata, and the overlap with the circuit found in the fine-tune.
 """
 
 from __future__ import annotations
@@ -12,14 +19,16 @@ from typing import Any
 
 import torch
 
+from interp.circuits.compare import overlap
 from interp.circuits.evaluate import EvalConfig, circuit_values, random_circuits
 from interp.circuits.graph import Circuit, parse_head
-from interp.circuits.search import ioi_group_stages, path_patch_search
+from interp.circuits.search import SearchConfig, ioi_group_stages, path_patch_search, prakash_stages
 from interp.experiments.api import Run, register_experiment
 from interp.finetuning.cmap import cmap_input, cmap_output, cmap_sweep
 from interp.models.base import HookedModel
 
 METRICS = ("io_vs_s", "top1")
+TASKS = ("ioi", "entity_tracking")
 
 
 def _load(name: str, backend: str, device: str) -> HookedModel:
@@ -58,11 +67,42 @@ class FinetuneCMAPConfig:
         "io_vs_s"  # "io_vs_s": IO's logit above S's (chance 0.5); "top1": IO top-1 over the vocabulary
     )
     n_prompts: int = 200  # held-out prompts per variant (one token length, for path patching)
-    group_sizes: tuple[int, int, int] = (3, 2, 2)  # name movers, S-inhibition, duplicate/induction heads
+    # heads per group: IOI name movers, S-inhibition, duplicate/induction heads; entity tracking A, B, C, D
+    group_sizes: tuple[int, ...] = (3, 2, 2)
     n_random: int = 5  # random circuits of the same group sizes (baseline)
+    task: str = "ioi"  # ioi | entity_tracking
+    n_boxes: int = 9  # entity_tracking: boxes of the evaluated prompts (where the fine-tune improves)
+    circuit_n_boxes: int = 5  # entity_tracking: boxes of the prompts the circuit is found on
+    n_dcm: int = 400  # entity_tracking: DCM pairs per desideratum (0: no DCM)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}; got {self.task!r}")
+        want = 3 if self.task == "ioi" else 4
+        if len(self.group_sizes) != want or min(self.group_sizes) < 1:
+            raise ValueError(
+                f"group_sizes: {self.task} has {want} head groups; give {want} positive sizes, got "
+                f"{list(self.group_sizes)}"
+            )
+        if self.task == "entity_tracking":
+            from interp.tasks.entity_tracking import MAX_BOXES
+
+            for key in ("n_boxes", "circuit_n_boxes"):
+                if not 2 <= getattr(self, key) <= MAX_BOXES:
+                    raise ValueError(f"{key} must be in [2, {MAX_BOXES}], got {getattr(self, key)}")
+        if self.n_dcm < 0:
+            raise ValueError(f"n_dcm must be >= 0, got {self.n_dcm}")
 
 
-DEMO = {"n_prompts": 32, "n_random": 2}
+DEMO = {"n_prompts": 32, "n_random": 2, "n_dcm": 64}
+# group name -> results key (IOI) and the entity-tracking groups' positions (Prakash et al.)
+IOI_KEYS = {"name movers": "name_movers", "S-inhibition": "s_inhibition", "induction": "induction"}
+ET_GROUP_POSITIONS = {
+    "value_fetcher": "END",
+    "position_transmitter": "END",
+    "position_detector": "query_label",
+    "structure_reader": "prev_query_label",
+}
 # Prakash et al. ablate the circuit's complement with per-position means over the ABC prompts (no template groups)
 MEAN_ABLATION = EvalConfig(level="node", ablation="mean", mean_by=None)
 
@@ -74,8 +114,7 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
     from interp.plotting import bar, heatmap
 
     base, ft = _load(cfg.base, cfg.backend, run.device), _load(cfg.finetuned, cfg.backend, run.device)
-    ps = _ioi_prompts(base.tokenizer, cfg.n_prompts, run.seed + 7, cfg.variant)
-    found_on = _ioi_prompts(base.tokenizer, cfg.n_prompts, run.seed + 8, cfg.circuit_variant)
+    ps, found_on = _prompt_sets(cfg, base.tokenizer, run.seed)
     acc, top1 = _accuracy(ps, cfg.metric), _accuracy(ps, "top1")
     acc_found_on = _accuracy(found_on, cfg.metric)
 
@@ -92,21 +131,26 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
 
     accs = run.step("accuracy", accuracies)
 
-    def search() -> dict[str, Any]:
-        res = path_patch_search(
-            base, prompts=found_on, metric=LogitDiff, stages=ioi_group_stages(cfg.group_sizes)
-        )
-        keys = {"name movers": "name_movers", "S-inhibition": "s_inhibition", "induction": "induction"}
+    def search_in(model: HookedModel) -> dict[str, Any]:
+        if cfg.task == "ioi":
+            res = path_patch_search(
+                model, prompts=found_on, metric=LogitDiff, stages=ioi_group_stages(cfg.group_sizes)
+            )
+        else:  # Prakash et al.: the answer probability's relative change, most negative heads chosen
+            from interp.metrics import AnswerProb
+
+            config = SearchConfig(stages=prakash_stages(k=tuple(cfg.group_sizes)), convention="prob_change")
+            res = path_patch_search(model, prompts=found_on, metric=AnswerProb, config=config)
         return {
             "circuit": res.circuit().to_dict(),
             "grids": {  # the stages that ran (a stage whose receivers have no earlier heads scores nothing)
-                keys[s.stage.name]: s.scores.tolist()
+                IOI_KEYS.get(s.stage.name, s.stage.name): s.scores.tolist()
                 for s in res.stages
                 if bool(torch.isfinite(s.scores).any())
             },
         }
 
-    found = run.step("circuit", search)
+    found = run.step("circuit", lambda: search_in(base))
     circuit = Circuit.from_dict(found["circuit"])
     L, H = base.cfg.n_layers, base.cfg.n_heads
     randoms = {
@@ -140,6 +184,31 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
         }
 
     ev = run.step("evaluation", evaluation)
+    et: dict[str, Any] = {}
+    if cfg.task == "entity_tracking":  # the fine-tune's own circuit and each group's function (DCM)
+        ft_found = run.step("circuit_in_ft", lambda: search_in(ft))
+        ft_circuit = Circuit.from_dict(ft_found["circuit"])
+        ov = overlap(dict(circuit.groups), dict(ft_circuit.groups))
+        et = {
+            "ft_circuit_heads": "; ".join(
+                f"{g}: {_heads_text(ft_circuit, g, ' ')}" for g in ft_circuit.groups
+            ),
+            "circuit_overlap": ov.overlap,
+            "circuit_jaccard": ov.jaccard,
+            **{f"overlap_{g}": v["overlap"] for g, v in ov.per_stage.items()},
+        }
+        if cfg.n_dcm:
+            dcm_rows = run.step("dcm", lambda: _dcm_table(base, circuit, cfg, run.seed))
+            run.table(dcm_rows, "dcm")
+            et["dcm_test_accuracy"] = {
+                f"{r['group']}/{r['desideratum']}": r["test_accuracy"] for r in dcm_rows
+            }
+            et["dcm_best_desideratum"] = {
+                g: max((r for r in dcm_rows if r["group"] == g), key=lambda r: r["test_accuracy"])[
+                    "desideratum"
+                ]
+                for g in circuit.groups
+            }
     random_acc = sum(ev["in_base"][k] for k in randoms) / max(1, len(randoms))
     faith = ev["in_base"]["base circuit"] / accs["base"] if accs["base"] else float("nan")
     per_group = {k: v for k, v in ev["cmap_out"].items() if k != "all groups"}
@@ -206,15 +275,17 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
         ev["on_task"]["base circuit"] / accs["base_circuit_task"] if accs["base_circuit_task"] else None
     )
     random_task = sum(ev["on_task"][k] for k in randoms) / max(1, len(randoms))
+    # the prompts the circuit was found on: an IOI variant, or a number of boxes ("b5")
+    found_label = cfg.circuit_variant if cfg.task == "ioi" else f"b{cfg.circuit_n_boxes}"
     return {
         "base_acc": accs["base"],
         "ft_acc": accs["ft"],
         "base_circuit_faithfulness": faith,
         "base_top1_acc": accs["base_top1"],
         "ft_top1_acc": accs["ft_top1"],
-        f"base_acc_{cfg.circuit_variant}": accs["base_circuit_task"],
-        f"base_circuit_faithfulness_{cfg.circuit_variant}": faith_task,
-        f"random_circuit_acc_{cfg.circuit_variant}": random_task,
+        f"base_acc_{found_label}": accs["base_circuit_task"],
+        f"base_circuit_faithfulness_{found_label}": faith_task,
+        f"random_circuit_acc_{found_label}": random_task,
         "base_circuit_acc": ev["in_base"]["base circuit"],
         "random_circuit_acc": random_acc,
         "base_circuit_acc_in_ft": ev["in_ft"]["base circuit"],
@@ -224,7 +295,59 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
         "base_logit_diff": ev["ld"]["base"],
         "ft_logit_diff": ev["ld"]["ft"],
         "circuit_heads": "; ".join(f"{g}: {_heads_text(circuit, g, ' ')}" for g in circuit.groups),
+        **et,
     }
+
+
+def _prompt_sets(cfg: FinetuneCMAPConfig, tokenizer: Any, seed: int) -> tuple[Any, Any]:
+    """(evaluation prompts: where the fine-tune improves, prompts the circuit is found on: where base succeeds)."""
+    if cfg.task == "ioi":
+        return (
+            _ioi_prompts(tokenizer, cfg.n_prompts, seed + 7, cfg.variant),
+            _ioi_prompts(tokenizer, cfg.n_prompts, seed + 8, cfg.circuit_variant),
+        )
+    from interp.tasks import make
+
+    def et(n_boxes: int, s: int) -> Any:
+        return make("entity_tracking", tokenizer, n=cfg.n_prompts, seed=s, n_boxes=n_boxes, same_length=True)
+
+    return et(cfg.n_boxes, seed + 7), et(cfg.circuit_n_boxes, seed + 8)
+
+
+def _dcm_table(model: HookedModel, circuit: Circuit, cfg: FinetuneCMAPConfig, seed: int) -> list[dict]:
+    """DCM (Prakash et al.'s settings) of every head group at its position, on each entity-tracking
+    desideratum (with `circuit_n_boxes` boxes): test accuracy of patching the selected heads only."""
+    from interp.circuits.dcm import DCMConfig, dcm
+    from interp.tasks.entity_tracking import DESIDERATA, desiderata
+
+    rows = []
+    for kind in DESIDERATA:
+        base_set, source_set, targets = desiderata(
+            model.tokenizer, kind, n=cfg.n_dcm, seed=seed + 11, n_boxes=cfg.circuit_n_boxes
+        )
+        for group, members in circuit.groups.items():
+            heads = sorted(parse_head(n) for n in members)
+            res = dcm(
+                model,
+                base=base_set,
+                source=source_set,
+                targets=targets,
+                heads=heads,
+                position=ET_GROUP_POSITIONS.get(group, "END"),
+                config=DCMConfig(seed=seed),
+                desideratum=kind,
+            )
+            rows.append(
+                {
+                    "group": group,
+                    "desideratum": kind,
+                    "test_accuracy": res.test_accuracy,
+                    "val_accuracy": res.val_accuracy,
+                    "n_heads": len(heads),
+                    "selected": " ".join(f"{a}.{b}" for a, b in res.selected),
+                }
+            )
+    return rows
 
 
 def _heads_text(circuit: Circuit, group: str, sep: str) -> str:
