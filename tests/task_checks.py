@@ -31,7 +31,7 @@ def expected_words(name: str, meta: dict) -> dict[str, set[str]]:
             "answer_object": {obj[q]},
             "answer_color": {col[q]},
             "wrong_color": {col[j]},
-        }
+        } | {f"other_color_{k}": {c} for k, c in enumerate(c for i, c in enumerate(col) if i != q)}
     if name == "entity_tracking":
         label = meta["labels"][meta["query_index"]]
         return {

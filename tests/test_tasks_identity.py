@@ -78,7 +78,10 @@ def _record(ps: PromptSet) -> dict:
         "answer": ps.answer_ids.tolist(),
         "wrong": ps.wrong_ids.tolist(),
         "end": ps.end.tolist(),
-        "positions": {k: v.tolist() for k, v in sorted(ps.positions.items())},
+        # positions added after the pin (Colored Objects' other_color_<k>) are new, not changed
+        "positions": {
+            k: v.tolist() for k, v in sorted(ps.positions.items()) if not k.startswith("other_color_")
+        },
         "prompts": ps.prompts,
         "corrupt_prompts": ps.corrupt_prompts,
         "metadata": ps.metadata,

@@ -49,9 +49,10 @@ def test_every_target_passed_and_size(name):
     assert card["size_bytes"] < 5_000_000
 
 
-def test_committed_zoo_under_25_mb():
+def test_committed_zoo_size():
+    """The GPT-2 family and its SAE stay under 25 MB; the RoPE family and later additions under 25 MB more."""
     total = sum(f.stat().st_size for name in zoo.names() for f in zoo.path(name).rglob("*") if f.is_file())
-    assert total < 25 * 2**20
+    assert total < 50 * 2**20
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ Held-out split: a stable hash of a question's (colour, object) set puts about 1 
 demonstration question is drawn from the same split). Options: `answer_case="lower"` answers with the colour
 word as listed ("blue": the answer token is in the prompt; a training curriculum for small models), and
 `n_objects` lists more objects in the asked question (the demonstration keeps three), a harder variant.
+Key positions: `query_object`, `answer_color`, `answer_object`, `wrong_color` (the corrupt prompt's answer) and
+`other_color_<k>` (every listed colour but the answer, in list order).
 """
 
 from __future__ import annotations
@@ -115,6 +117,9 @@ def _draw(
         "answer_color": spans[f"C{q}"][0],
         "answer_object": spans[f"O{q}"][0],
     }
+    # every listed colour but the answer, in list order: the distractors Merullo et al.'s inhibition heads attend to
+    others = [i for i in range(n_objects) if i != q]
+    key_spans |= {f"other_color_{k}": spans[f"C{i}"][0] for k, i in enumerate(others)}
     meta = {"colors": colors, "objects": [values[f"O{i}"] for i in range(n_objects)], "query_index": q}
     return (
         Sample(prompt=text, answer=label(colors[q], answer_case), spans=key_spans, meta=meta),
