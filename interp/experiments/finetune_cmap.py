@@ -15,9 +15,12 @@ import torch
 from interp.circuits.evaluate import EvalConfig, circuit_values, random_circuits
 from interp.circuits.graph import Circuit, parse_head
 from interp.circuits.search import ioi_group_stages, path_patch_search
+from interp.config import check_fields, each, model_name, non_negative, one_of, param, positive
 from interp.experiments.api import Run, register_experiment
 from interp.finetuning.cmap import cmap_input, cmap_output, cmap_sweep
 from interp.models.base import HookedModel
+from interp.models.load import BACKENDS
+from interp.tasks.ioi import VARIANTS
 
 METRICS = ("io_vs_s", "top1")
 
@@ -47,19 +50,22 @@ def _ioi_prompts(tokenizer: Any, n: int, seed: int, variant: str):
 class FinetuneCMAPConfig:
     """Parameters of `finetune_cmap` (defaults: the zoo organisms on CPU)."""
 
-    base: str = "organism/base"  # where the circuit is found
-    finetuned: str = "organism/ioi-ft"  # fine-tuned on hard IOI
-    backend: str = "tl"
-    circuit_variant: str = (
-        "normal"  # IOI variant the circuit is found on (where the base model does the task)
-    )
-    variant: str = "hard"  # IOI variant the fine-tune improves: accuracies, circuit evaluation and CMAP
-    metric: str = (
-        "io_vs_s"  # "io_vs_s": IO's logit above S's (chance 0.5); "top1": IO top-1 over the vocabulary
-    )
-    n_prompts: int = 200  # held-out prompts per variant (one token length, for path patching)
-    group_sizes: tuple[int, int, int] = (3, 2, 2)  # name movers, S-inhibition, duplicate/induction heads
-    n_random: int = 5  # random circuits of the same group sizes (baseline)
+    base: str = param("organism/base", check=model_name)  # where the circuit is found
+    finetuned: str = param("organism/ioi-ft", check=model_name)  # fine-tuned on hard IOI
+    backend: str = param("tl", check=one_of(BACKENDS))
+    # IOI variant the circuit is found on (where the base model does the task)
+    circuit_variant: str = param("normal", check=one_of(VARIANTS))
+    # IOI variant the fine-tune improves: accuracies, circuit evaluation and CMAP
+    variant: str = param("hard", check=one_of(VARIANTS))
+    # "io_vs_s": IO's logit above S's (chance 0.5); "top1": IO top-1 over the vocabulary
+    metric: str = param("io_vs_s", check=one_of(METRICS))
+    n_prompts: int = param(200, check=positive)  # held-out prompts per variant (one token length)
+    # name movers, S-inhibition, duplicate/induction heads
+    group_sizes: tuple[int, int, int] = param((3, 2, 2), check=each(non_negative))
+    n_random: int = param(5, check=non_negative)  # random circuits of the same group sizes (baseline)
+
+    def __post_init__(self) -> None:
+        check_fields(self, where="finetune_cmap")
 
 
 DEMO = {"n_prompts": 32, "n_random": 2}
