@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 FIGURE_SUFFIXES = (".html", ".png", ".pdf", ".svg")
+DEMO_FORMATS = ("html", "png")  # the demo's figures: interactive HTML and a PNG preview
 ZOO_STEP = "zoo"
 
 
@@ -117,7 +118,7 @@ def run_demo(out_dir: str | Path, *, only: Sequence[str] | None = None) -> list[
                     f"{step} needs {', '.join(missing)}: build them with `interp zoo build`; skipped"
                 )
                 continue
-            results = run_experiment(config, folder)
+            results = run_experiment(config, folder, figure_formats=DEMO_FORMATS)
         except Exception as err:
             raise DemoStepError(step, err) from err
         console.print(_results_table(step, results))

@@ -182,14 +182,19 @@ def _check_out_dir(out: Path, config: Mapping[str, Any]) -> None:
 
 
 def run_experiment(
-    source: str | Path | Mapping[str, Any], out_dir: str | Path, *, device: str | None = None
+    source: str | Path | Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    device: str | None = None,
+    figure_formats: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Run the experiment described by `source` (a config file, an experiment folder or a dict) in `out_dir`.
 
     The whole config is checked before anything is written or loaded. Resumes when `out_dir` holds an earlier
     run of the same config (finished steps are loaded, not redone). SIGTERM / SIGINT end the run with
     `RunInterrupted`, recorded in `provenance.json` as `interrupted` with the time; a folder that finished once
-    keeps that record whatever a later attempt does. Returns the headline numbers as written to `results.json`.
+    keeps that record whatever a later attempt does. `figure_formats` overrides the default figure formats
+    (`INTERP_FIGURE_FORMATS`, else all four). Returns the headline numbers as written to `results.json`.
     """
     resolved = resolve_config(load_config(source), device=device)
     settings = resolved.settings
@@ -201,7 +206,7 @@ def run_experiment(
     out = Path(out_dir)
     config = resolved.to_dict()
     _check_out_dir(out, config)
-    run = Run(out, seed=settings.seed, device=settings.device)
+    run = Run(out, seed=settings.seed, device=settings.device, figure_formats=figure_formats)
     with _signals_interrupt():
         try:
             run.write_config(config)

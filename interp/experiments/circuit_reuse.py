@@ -96,8 +96,8 @@ DEMO = {
     "distractor_positions": ["prev"],
     "role_positions": {"s_inhibition": ["prev"], "s1_next_reader": ["prev+1"], "mover": ["answer_pos"]},
     "accuracy_over": "vocab",
-    "n_prompts": 32,
-    "n_eval": 48,
+    "n_prompts": 24,
+    "n_eval": 32,
 }
 
 

@@ -68,7 +68,7 @@ class FinetuneCMAPConfig:
         check_fields(self, where="finetune_cmap")
 
 
-DEMO = {"n_prompts": 32, "n_random": 2}
+DEMO = {"n_prompts": 12, "n_random": 2}
 # Prakash et al. ablate the circuit's complement with per-position means over the ABC prompts (no template groups)
 MEAN_ABLATION = EvalConfig(level="node", ablation="mean", mean_by=None)
 

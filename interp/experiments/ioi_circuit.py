@@ -89,7 +89,7 @@ class IOICircuitConfig:
         check_fields(self, where="ioi_circuit")
 
 
-DEMO = {"n_prompts": 32, "n_eval": 48, "ig_steps": 2, "random_draws": 2, "fractions": [0.0, 0.1, 1.0]}
+DEMO = {"n_prompts": 24, "n_eval": 32, "ig_steps": 2, "random_draws": 2, "fractions": [0.0, 0.1, 1.0]}
 
 
 def _ioi_prompts(tok: Any, n: int, seed: int):
