@@ -187,6 +187,7 @@ def run_experiment(
     *,
     device: str | None = None,
     figure_formats: tuple[str, ...] | None = None,
+    static_figures: list[tuple[Any, Path]] | None = None,
 ) -> dict[str, Any]:
     """Run the experiment described by `source` (a config file, an experiment folder or a dict) in `out_dir`.
 
@@ -194,7 +195,9 @@ def run_experiment(
     run of the same config (finished steps are loaded, not redone). SIGTERM / SIGINT end the run with
     `RunInterrupted`, recorded in `provenance.json` as `interrupted` with the time; a folder that finished once
     keeps that record whatever a later attempt does. `figure_formats` overrides the default figure formats
-    (`INTERP_FIGURE_FORMATS`, else all four). Returns the headline numbers as written to `results.json`.
+    (`INTERP_FIGURE_FORMATS`, else all four); with a `static_figures` list the run's PNG/PDF/SVG jobs are
+    appended to it for the caller to write in one batch, instead of being written here. Returns the headline
+    numbers as written to `results.json`.
     """
     resolved = resolve_config(load_config(source), device=device)
     settings = resolved.settings
@@ -215,7 +218,10 @@ def run_experiment(
             seed_everything(settings.seed)
             results = resolved.experiment.fn(resolved.params, run)
             results_path = run.write_results(results if results is not None else {})
-            run.flush_figures()
+            if static_figures is None:
+                run.flush_figures()
+            else:
+                static_figures += run.take_static_figures()
         except (RunInterrupted, KeyboardInterrupt) as err:
             name = err.signal if isinstance(err, RunInterrupted) else "SIGINT"
             if run._attempt is not None:

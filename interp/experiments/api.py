@@ -353,8 +353,16 @@ class Run:
         if formats is None:
             formats = self.figure_formats if self.figure_formats is not None else default_formats()
         html = write_html(fig, stem)
-        self._pending_static += [(fig, html.with_suffix(f".{f}")) for f in formats if f in STATIC_FORMATS]
+        static = [html.with_suffix(f".{f}") for f in formats if f in STATIC_FORMATS]
+        if self._attempt is not None and not self.steps_run:  # nothing recomputed: the images stand
+            static = [p for p in static if not p.exists()]
+        self._pending_static += [(fig, p) for p in static]
         return html
+
+    def take_static_figures(self) -> list[tuple[Any, Path]]:
+        """The queued static image jobs, handed over (the caller writes them, e.g. many runs in one batch)."""
+        jobs, self._pending_static = self._pending_static, []
+        return jobs
 
     def flush_figures(self) -> list[Path]:
         """Write the queued static images in one kaleido call; returns the paths written."""
