@@ -281,12 +281,12 @@ class Run:
         """
         json_path, st_path = self._step_files(name)
         if json_path.exists() or st_path.exists():
-            logger.info("step %s: done before, loading it", name)
+            logger.info("%s: step %s: done before, loading it", self.dir.name, name)
             self.steps_skipped.append(name)
             self._record_steps()
             _pause_for_tests(len(self.steps_run) + len(self.steps_skipped))
             return json.loads(json_path.read_text()) if json_path.exists() else _load_safetensors(st_path)
-        logger.info("step %s: running", name)
+        logger.info("%s: step %s: running", self.dir.name, name)
         start = time.perf_counter()
         value = fn()
         if _is_tensor_dict(value):
@@ -302,7 +302,7 @@ class Run:
             atomic_write_text(json_path, text)
             stored = json.loads(text)
         self.steps_run.append(name)
-        logger.info("step %s: finished in %.1f s", name, time.perf_counter() - start)
+        logger.info("%s: step %s: finished in %.1f s", self.dir.name, name, time.perf_counter() - start)
         self._record_steps()
         _pause_for_tests(len(self.steps_run) + len(self.steps_skipped))
         return stored
