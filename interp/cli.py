@@ -6,10 +6,12 @@ short flag anywhere: nnsight reads `-d` from `sys.argv` at import and would swit
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,9 +30,60 @@ zoo_app = typer.Typer(help="The model-organism zoo: list what is built, or build
 app.add_typer(zoo_app, name="zoo")
 
 
+DEBUG = {"on": False}  # `--debug`: let errors raise with their traceback
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    """interp: a mechanistic-interpretability workbench (run experiments, the demo, the model zoo)."""
+    DEBUG["on"] = debug
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean the input was wrong (a config, a path, a model name): one line, exit status 2."""
+    from interp.config import ConfigError
+    from interp.models.load import ModelLoadError
+
+    return (
+        ConfigError,
+        ModelLoadError,
+        FileNotFoundError,
+        FileExistsError,
+        NotADirectoryError,
+        PermissionError,
+    )
+
+
+@contextlib.contextmanager
+def _one_line_errors(debug: bool, out: Path | None = None) -> Iterator[None]:
+    """User errors as `error: <message>` (exit 2), other errors as one line with a hint (exit 1), an interrupt
+    as a note on how to resume (exit 128 + signal); with `--debug`, errors keep their traceback."""
+    from interp.runner import RunInterrupted
+
+    try:
+        yield
+    except (RunInterrupted, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, RunInterrupted) else signal.SIGINT
+        where = f"; {out} keeps its finished steps: run the same command again to resume" if out else ""
+        typer.secho(f"interrupted by {signal.Signals(signum).name}{where}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(128 + int(signum)) from None
+    except typer.Exit:
+        raise
+    except _user_errors() as err:
+        if debug:
+            raise
+        raise _fail(str(err), 2) from None
+    except Exception as err:
+        if debug:
+            raise
+        raise _fail(f"{type(err).__name__}: {err} (run with --debug for the traceback)", 1) from None
 
 
 @app.command()
@@ -45,20 +98,18 @@ def run(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu | cuda | cuda:N (overrides the config).")
     ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
 ) -> None:
     """Run an experiment config into a run folder (config, provenance, results, figures); resumable."""
     from rich.console import Console
     from rich.table import Table
 
-    from interp.config import ConfigError
     from interp.runner import run_experiment
 
     name = config.name if config.is_dir() else config.stem
     out = out if out is not None else Path("runs") / name
-    try:
+    with _one_line_errors(debug or DEBUG["on"], out):
         results = run_experiment(config, out, device=device)
-    except (ConfigError, FileNotFoundError, FileExistsError) as err:
-        raise _fail(str(err)) from err
     table = Table(title=f"results ({out / 'results.json'})")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -70,18 +121,23 @@ def run(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo's outputs.")] = Path("out/demo"),
-    only: Annotated[list[str] | None, typer.Option("--only", help="Run only this step (repeatable).")] = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Run only this step: zoo or a kind (repeatable).")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
 ) -> None:
-    """Run every capability's demo step in order and list the figures written."""
+    """The zoo card, then every experiment kind with its demo overrides; lists the figures written."""
     from interp.demo import DemoStepError, run_demo
 
-    try:
-        run_demo(out, only=only)
-    except DemoStepError as err:
-        import traceback
-
-        traceback.print_exception(err.__cause__ or err, file=sys.stderr)
-        raise _fail(str(err)) from err
+    with _one_line_errors(debug or DEBUG["on"], out):
+        try:
+            run_demo(out, only=only)
+        except DemoStepError as err:
+            if debug or DEBUG["on"]:
+                raise
+            raise _fail(f"{err} (run with --debug for the traceback)", 1) from None
+        except ValueError as err:  # an unknown --only step
+            raise _fail(str(err), 2) from None
 
 
 def _zoo(function: str) -> Callable[..., Any]:
@@ -107,7 +163,12 @@ def zoo_build(
     ] = None,
 ) -> None:
     """Train and save the model organisms that are missing (minutes on CPU)."""
-    _zoo("build")(only=only)
+    build = _zoo("build")
+    with _one_line_errors(DEBUG["on"]):
+        try:
+            build(only=only)
+        except KeyError as err:  # the zoo's ZooError: an unknown name
+            raise _fail(str(err), 2) from None
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

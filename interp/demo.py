@@ -10,6 +10,7 @@ exits non-zero); nothing is swallowed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 FIGURE_SUFFIXES = (".html", ".png", ".pdf", ".svg")
+DEMO_FORMATS = ("html", "png")  # the demo's figures: interactive HTML and a PNG preview
 ZOO_STEP = "zoo"
 
 
@@ -55,12 +57,19 @@ def _strings(value: Any) -> Iterable[str]:
 
 
 def missing_models(config: dict[str, Any]) -> list[str]:
-    """The zoo entries a config names (after defaults are filled in) that are not built."""
+    """The zoo entries a config names (its kind's defaults filled in) that are not built; read before the
+    config is checked, so that a demo without its organisms says what to build instead of failing."""
     from interp import zoo_location
-    from interp.runner import load_config, resolve_config
+    from interp.experiments import get_experiment
 
-    resolved = resolve_config(load_config(config)).to_dict()
-    return zoo_location.missing(*dict.fromkeys(_strings(resolved)))
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(get_experiment(config["experiment"]).config):
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    values |= config
+    return zoo_location.missing(*dict.fromkeys(_strings(values)))
 
 
 def _figures_since(folder: Path, since: float) -> list[Path]:
@@ -90,6 +99,7 @@ def run_demo(out_dir: str | Path, *, only: Sequence[str] | None = None) -> list[
     from rich.console import Console
     from rich.table import Table
 
+    from interp.plotting.export import write_static
     from interp.runner import run_experiment
 
     console = Console()
@@ -101,6 +111,7 @@ def run_demo(out_dir: str | Path, *, only: Sequence[str] | None = None) -> list[
             raise ValueError(f"unknown demo step(s) {unknown}; steps: {', '.join(steps)}")
         steps = [s for s in steps if s in only]
     figures: list[tuple[str, Path]] = []
+    static_jobs: list[tuple[Any, Path]] = []  # every kind's PNGs, written in one batch at the end
     for i, step in enumerate(steps, 1):
         console.rule(f"[bold]{i}/{len(steps)} {step}[/bold]")
         folder = out / step
@@ -117,20 +128,22 @@ def run_demo(out_dir: str | Path, *, only: Sequence[str] | None = None) -> list[
                     f"{step} needs {', '.join(missing)}: build them with `interp zoo build`; skipped"
                 )
                 continue
-            results = run_experiment(config, folder)
+            results = run_experiment(config, folder, figure_formats=DEMO_FORMATS, static_figures=static_jobs)
         except Exception as err:
             raise DemoStepError(step, err) from err
         console.print(_results_table(step, results))
         figures += [(step, p) for p in _figures_since(folder, start)]
+        figures += [(step, p) for _, p in static_jobs if folder in p.parents and (step, p) not in figures]
+    write_static(static_jobs)
     table = Table(title=f"Figures written under {out}", show_lines=False)
     table.add_column("step")
     table.add_column("figure")
-    for name, path in figures:
+    for name, path in sorted(figures):
         table.add_row(name, str(path))
     if not figures:
         table.add_row("-", "(none)")
     console.print(table)
-    return [p for _, p in figures]
+    return [p for _, p in sorted(figures)]
 
 
 def zoo_entry(function: str) -> Callable[..., Any] | None:

@@ -10,20 +10,21 @@ Running again into a finished folder skips finished steps; a different config th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
 import logging
 import random
-import re
-import time
-from collections.abc import Mapping
+import signal
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from interp.config import ConfigError, config_from_dict, config_to_dict
+from interp.config import ConfigError, config_from_dict, config_to_dict, load_yaml
 from interp.experiments import UnknownExperimentError, experiment_kinds, get_experiment
 from interp.experiments.api import RUN_KEYS, Experiment, Run, RunSettings, register_experiment
 from interp.files import atomic_path, atomic_write_text
@@ -33,6 +34,7 @@ __all__ = [
     "Experiment",
     "ResolvedConfig",
     "Run",
+    "RunInterrupted",
     "RunSettings",
     "UnknownExperimentError",
     "atomic_path",
@@ -47,8 +49,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
 # ---------------------------------------------------------------------------------------------------- configs
@@ -65,10 +65,24 @@ def load_config(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         raise FileNotFoundError(
             f"no experiment config at {path} (give a config file or a folder with config.yaml)"
         )
-    data = yaml.safe_load(path.read_text())
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with an `experiment:` key, got {type(data).__name__}")
     return data
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML file at `path` (safe: plain values only; a duplicate key is an error); `ConfigError` naming the
+    file, line and problem when it does not parse."""
+    try:
+        return load_yaml(path.read_text(), source=str(path))
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        if isinstance(err, yaml.constructor.ConstructorError) and "tag" in str(problem):
+            problem = f"{problem}; configs hold plain values only (no Python objects)"
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -93,13 +107,13 @@ def resolve_config(raw: Mapping[str, Any], *, device: str | None = None) -> Reso
     if device is not None:
         run_part["device"] = device
     settings = config_from_dict(RunSettings, run_part, where="run settings")
-    if not _DEVICE.match(settings.device):
-        raise ConfigError(f"device {settings.device!r} is not one of cpu, cuda, cuda:N, mps")
     try:
         params: Any = config_from_dict(
             experiment.config, {k: v for k, v in raw.items() if k not in RUN_KEYS}, where=experiment.kind
         )
     except ConfigError as err:
+        if "unknown key" not in str(err):
+            raise
         raise ConfigError(f"{err} Runner keys: {', '.join(RUN_KEYS)}.") from None
     return ResolvedConfig(settings=settings, experiment=experiment, params=params)
 
@@ -119,8 +133,37 @@ def seed_everything(seed: int) -> None:
 # ------------------------------------------------------------------------------------------------- running
 
 
+class RunInterrupted(BaseException):
+    """SIGTERM or SIGINT arrived during a run (a BaseException, so experiment code does not swallow it)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.signal = signal.Signals(signum).name
+        super().__init__(f"interrupted by {self.signal}")
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Within the block SIGTERM and SIGINT raise `RunInterrupted` (main thread only; handlers restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise RunInterrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 def _check_out_dir(out: Path, config: Mapping[str, Any]) -> None:
     """Refuse to resume into a folder that holds another config, or that is not a run folder at all."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; give a folder for the run")
     previous = out / "config.yaml"
     if not previous.exists():
         if out.exists() and any(out.iterdir()):
@@ -128,7 +171,7 @@ def _check_out_dir(out: Path, config: Mapping[str, Any]) -> None:
                 f"{out} is not empty and holds no config.yaml: not a run folder; choose another --out"
             )
         return
-    old = yaml.safe_load(previous.read_text()) or {}
+    old = read_yaml(previous) or {}
     keys = (set(old) | set(config)) - {"device", "description"}
     changed = sorted(k for k in keys if old.get(k) != config.get(k))
     if changed:
@@ -139,12 +182,22 @@ def _check_out_dir(out: Path, config: Mapping[str, Any]) -> None:
 
 
 def run_experiment(
-    source: str | Path | Mapping[str, Any], out_dir: str | Path, *, device: str | None = None
+    source: str | Path | Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    device: str | None = None,
+    figure_formats: tuple[str, ...] | None = None,
+    static_figures: list[tuple[Any, Path]] | None = None,
 ) -> dict[str, Any]:
     """Run the experiment described by `source` (a config file, an experiment folder or a dict) in `out_dir`.
 
-    Resumes when `out_dir` holds an earlier run of the same config (finished steps are loaded, not redone).
-    Returns the headline numbers as written to `results.json`.
+    The whole config is checked before anything is written or loaded. Resumes when `out_dir` holds an earlier
+    run of the same config (finished steps are loaded, not redone). SIGTERM / SIGINT end the run with
+    `RunInterrupted`, recorded in `provenance.json` as `interrupted` with the time; a folder that finished once
+    keeps that record whatever a later attempt does. `figure_formats` overrides the default figure formats
+    (`INTERP_FIGURE_FORMATS`, else all four); with a `static_figures` list the run's PNG/PDF/SVG jobs are
+    appended to it for the caller to write in one batch, instead of being written here. Returns the headline
+    numbers as written to `results.json`.
     """
     resolved = resolve_config(load_config(source), device=device)
     settings = resolved.settings
@@ -156,29 +209,28 @@ def run_experiment(
     out = Path(out_dir)
     config = resolved.to_dict()
     _check_out_dir(out, config)
-    run = Run(out, seed=settings.seed, device=settings.device)
-    run.write_config(config)
-    run.write_provenance(experiment=settings.experiment, status="running")
-    logger.info("running %s into %s", settings.experiment, out)
-    seed_everything(settings.seed)
-    start = time.perf_counter()
-    try:
-        results = resolved.experiment.fn(resolved.params, run)
-        results_path = run.write_results(results if results is not None else {})
-        run.flush_figures()
-    except BaseException as err:
-        run.write_provenance(
-            experiment=settings.experiment,
-            status="failed",
-            error=f"{type(err).__name__}: {err}",
-            elapsed_s=round(time.perf_counter() - start, 3),
-        )
-        raise
-    run.write_provenance(
-        experiment=settings.experiment,
-        status="finished",
-        elapsed_s=round(time.perf_counter() - start, 3),
-        steps_run=run.steps_run,
-        steps_skipped=run.steps_skipped,
-    )
+    run = Run(out, seed=settings.seed, device=settings.device, figure_formats=figure_formats)
+    with _signals_interrupt():
+        try:
+            run.write_config(config)
+            run.begin_attempt(settings.experiment)
+            logger.info("running %s into %s", settings.experiment, out)
+            seed_everything(settings.seed)
+            results = resolved.experiment.fn(resolved.params, run)
+            results_path = run.write_results(results if results is not None else {})
+            if static_figures is None:
+                run.flush_figures()
+            else:
+                static_figures += run.take_static_figures()
+        except (RunInterrupted, KeyboardInterrupt) as err:
+            name = err.signal if isinstance(err, RunInterrupted) else "SIGINT"
+            if run._attempt is not None:
+                run.end_attempt("interrupted", signal=name)
+            logger.warning("%s: interrupted by %s; run again to resume", out, name)
+            raise
+        except BaseException as err:
+            if run._attempt is not None:
+                run.end_attempt("failed", error=f"{type(err).__name__}: {err}")
+            raise
+        run.end_attempt("finished")
     return json.loads(results_path.read_text())

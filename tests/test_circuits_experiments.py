@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from helpers import interrupted_then_resumed
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +45,19 @@ def test_ioi_circuit_runs(tiny_task_model, tmp_path, monkeypatch):
     assert circuit.get("positions", {}) == {}  # complete_positions="all": every head kept at every position
     again = run_experiment(cfg, tmp_path / "run")  # resumes from the stored steps
     assert again == res
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert prov["status"] == "finished" and prov["steps_run"] == [] and prov["steps_skipped"]
+    killed, done, _ = interrupted_then_resumed(cfg, tmp_path / "killed", after_steps=2)
+    assert killed == res and done == ["model", "path_patching"]
 
 
 def test_ioi_circuit_config_rejects_bad_values():
     from interp.config import ConfigError
     from interp.experiments.ioi_circuit import IOICircuitConfig
 
-    with pytest.raises(ConfigError, match="complete_positions must be 'all' or 'stage'"):
+    with pytest.raises(ConfigError, match="complete_positions: 'end' is not valid. Valid: 'all', 'stage'"):
         IOICircuitConfig(complete_positions="end")
-    with pytest.raises(ConfigError, match="completion must be"):
+    with pytest.raises(ConfigError, match="completion: 'sideways' is not valid"):
         IOICircuitConfig(completion="sideways")
     assert IOICircuitConfig(complete_positions="stage").complete_positions == "stage"
 
@@ -72,6 +77,11 @@ def test_circuit_reuse_runs(tiny_task_model, tmp_path, monkeypatch):
     }
     res = run_experiment(cfg, tmp_path / "run")
     assert {"overlap", "cobj_acc_before", "cobj_acc_after", "jaccard"} <= set(res)
+    assert run_experiment(cfg, tmp_path / "run") == res
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert prov["status"] == "finished" and prov["steps_run"] == [] and prov["steps_skipped"]
+    killed, done, _ = interrupted_then_resumed(cfg, tmp_path / "killed", after_steps=1)
+    assert killed == res and done == ["stage_scores"]
     assert 0 <= res["cobj_acc_before"] <= 1 and 0 <= res["cobj_acc_after"] <= 1
     with pytest.raises(ValueError, match="distractor positions"):
         run_experiment({**cfg, "distractor_positions": ["nowhere"]}, tmp_path / "run2")

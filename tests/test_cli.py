@@ -66,11 +66,11 @@ def test_run_reports_config_errors_cleanly(tmp_path: Path) -> None:
     config.write_text("experiment: _test_cli_echo\nvalu: 2\n")
     result = cli.invoke(app, ["run", str(config), "--out", str(tmp_path / "run")])
     assert (
-        result.exit_code == 1 and "unknown key 'valu'" in result.output and "Traceback" not in result.output
+        result.exit_code == 2 and "unknown key 'valu'" in result.output and "Traceback" not in result.output
     )
     config.write_text("experiment: no_such_kind\n")
     result = cli.invoke(app, ["run", str(config), "--out", str(tmp_path / "run")])
-    assert result.exit_code == 1 and "Valid kinds:" in result.output
+    assert result.exit_code == 2 and "Valid kinds:" in result.output
 
 
 def test_demo_exits_zero_and_lists_figures(tmp_path: Path) -> None:
@@ -183,3 +183,50 @@ def test_cli_logs_each_line_once_and_no_debug(tmp_path: Path) -> None:
     assert not repeated, repeated
     assert not [line for line in lines if "DEBUG" in line], lines
     assert "Loading weights" not in done.stderr and "Writing model shards" not in done.stderr
+
+
+CLI_BAD_INPUTS = [
+    ("experiment: [_test_cli_echo\n", "not valid YAML (line 2"),
+    ("experiment: !!python/object/apply:os.getcwd []\n", "no Python objects"),
+    ("experiment: ioi_patching\nexperiment: tuco\n", "duplicate key 'experiment'"),
+    ("experiment: ioi_patching\nn_prompts: 0\n", "ioi_patching.n_prompts: 0 must be > 0"),
+    ("experiment: ioi_patching\ntemplate: 99\n", "ioi_patching.template: 99 is not valid"),
+    ("experiment: ioi_patching\nbackend: jax\n", "ioi_patching.backend: 'jax' is not valid"),
+    ("experiment: ioi_patching\nmodel: organism/nope\n", "'organism/nope' is not a built zoo entry"),
+    ("experiment: ioi_patching\ncomponents: [resid_pre, bogus]\n", "'bogus' that is not valid"),
+    ("experiment: ioi_patching\nseed: -1\n", "seed: -1 must be >= 0"),
+    ("experiment: _test_cli_echo\nvalue: [1, 2]\n", "value: expected float"),
+    ("experiment: _test_cli_echo\nvalu: 2\n", "Did you mean 'value'?"),
+    ("experiment: ioi_patchin\n", "Did you mean 'ioi_patching'"),
+    ("- just a list\n", "expected a mapping with an `experiment:` key"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), CLI_BAD_INPUTS)
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    result = cli.invoke(app, ["run", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[0].startswith("error: ") and message in " ".join(lines), result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written or loaded
+
+
+def test_path_errors_and_debug_tracebacks(tmp_path: Path) -> None:
+    config = tmp_path / "echo.yaml"
+    config.write_text("experiment: _test_cli_echo\n")
+    (tmp_path / "a_file").write_text("x")
+    for args, message in (
+        (["run", str(config), "--out", str(tmp_path / "a_file")], "is a file, not a folder"),
+        (["run", str(tmp_path / "missing.yaml")], "no experiment config at"),
+    ):
+        result = cli.invoke(app, args)
+        assert result.exit_code == 2 and result.output.startswith("error: ") and message in result.output
+        assert "Traceback" not in result.output
+    result = cli.invoke(app, ["run", str(config), "--out", str(tmp_path / "a_file"), "--debug"])
+    assert result.exit_code != 0 and isinstance(result.exception, Exception)
+    assert "is a file" in str(result.exception)  # raised with its traceback
+    result = cli.invoke(app, ["--debug", "run", str(config), "--out", str(tmp_path / "a_file")])
+    assert "is a file" in str(result.exception)

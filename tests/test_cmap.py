@@ -1,8 +1,11 @@
 """CMAP (Prakash et al. 2024): self-patching is a no-op; patching everything that differs reproduces the sender.
 Circuit evaluation across models (`interp.circuits`' node-level mean ablation) and Prakash's random circuits."""
 
+import json
+
 import pytest
 import torch
+from helpers import interrupted_then_resumed
 
 from interp import load_model
 from interp.circuits import Circuit, EvalConfig, circuit_values, random_circuits
@@ -262,3 +265,8 @@ def test_finetune_cmap_experiment_end_to_end(organism_like, tmp_path, monkeypatc
         assert key in res
     assert res["cmap_best_group"] in ("name movers", "S-inhibition", "induction")
     assert (tmp_path / "run" / "tables" / "cmap.csv").exists()
+    assert run_experiment(config, tmp_path / "run") == res
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert prov["status"] == "finished" and prov["steps_run"] == [] and prov["steps_skipped"]
+    killed, done, _ = interrupted_then_resumed(config, tmp_path / "killed", after_steps=2)
+    assert killed == res and done == ["accuracy", "circuit"]

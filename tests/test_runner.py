@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -119,7 +122,7 @@ def test_unknown_config_key_names_valid_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'nn'.*Did you mean 'n'.*Valid keys: n, scale\."):
         run_experiment({"experiment": "_test_steps", "nn": 3}, tmp_path / "run")
     assert not (tmp_path / "run").exists()  # checked before anything is written
-    with pytest.raises(ConfigError, match="device 'gpu'"):
+    with pytest.raises(ConfigError, match="device: 'gpu' is not a device"):
         run_experiment({"experiment": "_test_steps"}, tmp_path / "run", device="gpu")
 
 
@@ -250,3 +253,100 @@ def test_importing_runner_and_cli_loads_no_backend() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+SLOW_MODULE = """
+import dataclasses
+from interp.experiments.api import register_experiment
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class C:
+    n: int = 3
+
+@register_experiment("_test_signals", config=C)
+def run(cfg, run):
+    return {"total": sum(run.step(f"s{i}", lambda i=i: i) for i in range(cfg.n))}
+"""
+
+
+def _start(tmp_path: Path, out: Path, pause: int) -> subprocess.Popen:
+    (tmp_path / "signals_exp.py").write_text(SLOW_MODULE)
+    (tmp_path / "cfg.yaml").write_text("experiment: _test_signals\n")
+    code = "import sys; sys.path.insert(0, sys.argv.pop(1)); import signals_exp; from interp.cli import main; main()"
+    cmd = [sys.executable, "-c", code, str(tmp_path), "run", str(tmp_path / "cfg.yaml"), "--out", str(out)]
+    env = {**os.environ, "INTERP_TEST_PAUSE_AFTER_STEPS": str(pause)}
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen, attempt: int = 0) -> dict:
+    """Wait until attempt number `attempt` has done `n` steps (it then pauses)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            prov = json.loads((out / "provenance.json").read_text())
+            current = prov["attempts"][attempt]
+            if len(current["steps_run"]) + len(current["steps_skipped"]) >= n:
+                return prov
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, IndexError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no pause after {n} steps: {proc.communicate()[1][-2000:]}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_marks_the_run_interrupted_and_rerunning_resumes(tmp_path: Path, sig: int) -> None:
+    out = tmp_path / "run"
+    proc = _start(tmp_path, out, pause=2)
+    _wait_for_steps(out, 2, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig and f"interrupted by {signal.Signals(sig).name}" in err
+    assert "Traceback" not in err
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["status"] == "interrupted" and prov["signal"] == signal.Signals(sig).name
+    assert prov["interrupted_at"] and prov["steps_run"] == ["s0", "s1"]
+    proc = _start(tmp_path, out, pause=0)
+    assert proc.wait(timeout=120) == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert (
+        prov["status"] == "finished" and prov["steps_skipped"] == ["s0", "s1"] and prov["steps_run"] == ["s2"]
+    )
+    assert json.loads((out / "results.json").read_text()) == {"total": 3}
+
+
+def test_an_interrupted_rerun_keeps_the_finished_record(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _start(tmp_path, out, pause=0).wait(timeout=120) == 0
+    finished = json.loads((out / "provenance.json").read_text())
+    proc = _start(tmp_path, out, pause=1)  # a rerun with nothing to do, stopped after loading s0
+    _wait_for_steps(out, 1, proc, attempt=1)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["status"] == "finished" and prov["steps_run"] == ["s0", "s1", "s2"]
+    assert prov["attempts"][0] == finished["attempts"][0]
+    assert prov["attempts"][1]["status"] == "interrupted" and prov["attempts"][1]["interrupted_at"]
+    assert prov["time"] == finished["time"]
+
+
+def test_yaml_configs_refuse_duplicate_keys_and_python_tags(tmp_path: Path) -> None:
+    from interp.runner import load_config
+
+    bad = {
+        "dup.yaml": ("experiment: _test_steps\nn: 2\nexperiment: other\n", "duplicate key 'experiment'"),
+        "tag.yaml": ("experiment: !!python/object/apply:os.getcwd []\n", "no Python objects"),
+        "broken.yaml": ("experiment: [_test_steps\n", "not valid YAML (line 2"),
+    }
+    for name, (text, message) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as err:
+            load_config(tmp_path / name)
+        assert message in str(err.value) and name in str(err.value)
+    (tmp_path / "ok.yaml").write_text("experiment: _test_steps\nn: 2\nnested: {a: 1, b: [1, 1]}\n")
+    assert load_config(tmp_path / "ok.yaml") == yaml.safe_load((tmp_path / "ok.yaml").read_text())
+
+
+def test_out_pointing_at_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        run_experiment({"experiment": "_test_steps"}, tmp_path / "file")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import interrupted_then_resumed
 
 from interp.selection import (
     BM25Selector,
@@ -393,9 +394,11 @@ def test_experiment_end_to_end_on_random_stand_ins(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["precision"] == precision
     lines = (tmp_path / "run" / "selections" / "sae_jaccard" / "selected.jsonl").read_text().splitlines()
     assert len(lines) == 5 and "family" in json.loads(lines[0])
-    run_experiment(cfg, tmp_path / "run")  # resumes: every step is loaded
+    assert run_experiment(cfg, tmp_path / "run") == res  # resumes: every step is loaded
     prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
     assert prov["steps_run"] == [] and "scores" in prov["steps_skipped"]
+    killed, done, _ = interrupted_then_resumed(cfg, tmp_path / "killed", after_steps=2)
+    assert killed == res and done == ["pool", "scores"]
 
 
 def test_experiment_rejects_bad_config_before_compute(tmp_path):

@@ -7,10 +7,12 @@ identity rotation. Models are tiny random GPT-2s with the task vocabulary (no do
 
 import dataclasses
 import itertools
+import json
 import math
 
 import pytest
 import torch
+from helpers import interrupted_then_resumed
 
 from interp.sites import Site
 from interp.subspace import (
@@ -524,6 +526,11 @@ def test_context_knob_end_to_end_on_tiny_models(ccs_dirs, tmp_path, monkeypatch,
     assert figures == {"layer_search_trace", "das_training", "steering_curve", "separation_histogram"}
     again = run_experiment(config, tmp_path / "run")  # resumes from the stored steps
     assert again == res
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert prov["status"] == "finished" and prov["steps_run"] == [] and prov["steps_skipped"]
+    if das_pairs == "no_intent":
+        killed, done, _ = interrupted_then_resumed(config, tmp_path / "killed", after_steps=3)
+        assert killed == res and done == ["scores", "layer_search", "das"]
 
 
 def test_steering_agrees_across_backends(ccs_dirs, model, ccs_none):
@@ -541,12 +548,14 @@ def test_context_knob_config_errors_come_before_compute():
     from interp.config import ConfigError
     from interp.runner import resolve_config
 
-    with pytest.raises(ConfigError, match=r"unknown search settings \['ctx'\].*c_values need a negative"):
-        resolve_config({"experiment": "context_knob", "settings": ["ctx"], "c_values": [1.0, 2.0]})
+    with pytest.raises(ConfigError, match=r"context_knob.settings: \('ctx',\) has item \[0\] = 'ctx'"):
+        resolve_config({"experiment": "context_knob", "settings": ["ctx"]})
+    with pytest.raises(ConfigError, match="c_values: \\[1.0, 2.0\\] needs a negative and a positive"):
+        resolve_config({"experiment": "context_knob", "c_values": [1.0, 2.0]})
     with pytest.raises(ConfigError, match="Did you mean 'das_layer'"):
         resolve_config({"experiment": "context_knob", "das_layr": 3})
     with pytest.raises(
-        ConfigError, match="das_pairs must be one of .*'intent_swap', 'no_intent'.*got 'both'"
+        ConfigError, match="das_pairs: 'both' is not valid. Valid: 'intent_swap', 'no_intent'"
     ):
         resolve_config({"experiment": "context_knob", "das_pairs": "both"})
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import interrupted_then_resumed
 
 from interp import load_model
 from interp.finetuning import (
@@ -249,3 +250,7 @@ def test_tuco_experiment_end_to_end(organism_like, tmp_path, monkeypatch):
     assert written["refusal_rate_by_alpha"] == res["refusal_rate_by_alpha"]
     assert (tmp_path / "run" / "figures" / "tuco_chat_vs_pretrain.html").exists()
     assert run_experiment(config, tmp_path / "run") == res  # resumes from its stored steps
+    prov = json.loads((tmp_path / "run" / "provenance.json").read_text())
+    assert prov["status"] == "finished" and prov["steps_run"] == [] and prov["steps_skipped"]
+    killed, done, _ = interrupted_then_resumed(config, tmp_path / "killed", after_steps=1)
+    assert killed == res and done == ["scores"]

@@ -25,7 +25,9 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from interp._provenance import collect_provenance
+from interp.config import non_negative, param
 from interp.files import atomic_path, atomic_save_safetensors, atomic_write_text
 
 if TYPE_CHECKING:
@@ -44,16 +47,24 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
 # --------------------------------------------------------------------------------------------- registry
+def device_name(value: Any) -> str | None:
+    """cpu, cuda, cuda:N or mps."""
+    return None if DEVICE.match(str(value)) else "is not a device; valid: cpu, cuda, cuda:N, mps"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunSettings:
     """The config keys the runner owns; every other top-level key is the experiment's."""
 
     experiment: str
-    seed: int = 0  # seeds python, numpy and torch before the experiment starts
-    device: str = "cpu"  # cpu | cuda | cuda:N | mps; `interp run --device` overrides it
+    seed: int = param(0, check=non_negative)  # seeds python, numpy and torch before the experiment starts
+    device: str = param(
+        "cpu", check=device_name
+    )  # cpu | cuda | cuda:N | mps; `interp run --device` overrides it
     description: str = ""  # free text, kept in config.yaml
 
 
@@ -187,6 +198,20 @@ def flat_results(results: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+PAUSE_ENV = "INTERP_TEST_PAUSE_AFTER_STEPS"  # tests: after this many steps (run or loaded), wait for a signal
+
+
+def _pause_for_tests(n_done: int) -> None:
+    """With `INTERP_TEST_PAUSE_AFTER_STEPS=k`, sleep after the k-th step of this attempt, run or loaded (so a
+    test can interrupt a run, or a rerun, at a known point with a real signal)."""
+    wanted = os.environ.get(PAUSE_ENV)
+    if wanted and n_done == int(wanted):
+        logger.info("paused after %d step(s) (%s)", n_done, PAUSE_ENV)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
 # -------------------------------------------------------------------------------------------------- Run
 class Run:
     """A run folder and the helpers an experiment writes through.
@@ -211,6 +236,8 @@ class Run:
         self.steps_skipped: list[str] = []
         self._pending_static: list[tuple[Any, Path]] = []
         self._provenance: dict[str, Any] | None = None
+        self._attempt: dict[str, Any] | None = None  # this process's entry of provenance["attempts"]
+        self._start = time.perf_counter()
 
     def __repr__(self) -> str:
         return f"Run({str(self.dir)!r}, seed={self.seed}, device={self.device!r})"
@@ -254,10 +281,12 @@ class Run:
         """
         json_path, st_path = self._step_files(name)
         if json_path.exists() or st_path.exists():
-            logger.info("step %s: done before, loading it", name)
+            logger.info("%s: step %s: done before, loading it", self.dir.name, name)
             self.steps_skipped.append(name)
+            self._record_steps()
+            _pause_for_tests(len(self.steps_run) + len(self.steps_skipped))
             return json.loads(json_path.read_text()) if json_path.exists() else _load_safetensors(st_path)
-        logger.info("step %s: running", name)
+        logger.info("%s: step %s: running", self.dir.name, name)
         start = time.perf_counter()
         value = fn()
         if _is_tensor_dict(value):
@@ -273,8 +302,25 @@ class Run:
             atomic_write_text(json_path, text)
             stored = json.loads(text)
         self.steps_run.append(name)
-        logger.info("step %s: finished in %.1f s", name, time.perf_counter() - start)
+        logger.info("%s: step %s: finished in %.1f s", self.dir.name, name, time.perf_counter() - start)
+        self._record_steps()
+        _pause_for_tests(len(self.steps_run) + len(self.steps_skipped))
         return stored
+
+    def step_folder(self, name: str, fn: Callable[[Path], Any]) -> Path:
+        """`step` for outputs that save themselves: `fn(folder)` fills `steps/<name>/` once (a half-written
+        folder of an interrupted attempt is cleared first); later calls and resumed runs return the folder."""
+        folder = self.dir / "steps" / self._check_name(name, "step")
+
+        def fill() -> dict[str, str]:
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            fn(folder)
+            return {"folder": name}
+
+        self.step(name, fill)
+        return folder
 
     # tensors ------------------------------------------------------------------------------------------------
 
@@ -307,8 +353,16 @@ class Run:
         if formats is None:
             formats = self.figure_formats if self.figure_formats is not None else default_formats()
         html = write_html(fig, stem)
-        self._pending_static += [(fig, html.with_suffix(f".{f}")) for f in formats if f in STATIC_FORMATS]
+        static = [html.with_suffix(f".{f}") for f in formats if f in STATIC_FORMATS]
+        if self._attempt is not None and not self.steps_run:  # nothing recomputed: the images stand
+            static = [p for p in static if not p.exists()]
+        self._pending_static += [(fig, p) for p in static]
         return html
+
+    def take_static_figures(self) -> list[tuple[Any, Path]]:
+        """The queued static image jobs, handed over (the caller writes them, e.g. many runs in one batch)."""
+        jobs, self._pending_static = self._pending_static, []
+        return jobs
 
     def flush_figures(self) -> list[Path]:
         """Write the queued static images in one kaleido call; returns the paths written."""
@@ -353,6 +407,66 @@ class Run:
     def write_config(self, config: Mapping[str, Any]) -> Path:
         """Write the resolved config to `config.yaml`."""
         return atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
+
+    def begin_attempt(self, experiment: str) -> Path:
+        """Start this process's attempt in `provenance.json`: the first attempt records the environment; a
+        later one (resuming, or rerunning a finished folder) keeps the earlier record and adds its own entry."""
+        path = self.dir / "provenance.json"
+        previous: dict[str, Any] | None = None
+        if path.exists():
+            try:
+                previous = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                previous = None
+        fresh = collect_provenance(seed=self.seed, device=self.device)
+        record = previous if isinstance(previous, dict) else {**fresh, "experiment": experiment}
+        attempts = record.setdefault("attempts", [])
+        self._attempt = {
+            "started": fresh["time"],
+            "status": "running",
+            "command": fresh["command"],
+            "git": fresh["git"],
+            "steps_run": self.steps_run,
+            "steps_skipped": self.steps_skipped,
+        }
+        attempts.append(self._attempt)
+        self._provenance = record
+        self._start = time.perf_counter()
+        return self._write_record()
+
+    def end_attempt(self, status: str, **extra: Any) -> Path:
+        """End this process's attempt with `status` (finished | failed | interrupted) and `extra` facts."""
+        if self._attempt is None:
+            raise RuntimeError("end_attempt() before begin_attempt()")
+        ended = collect_provenance(seed=self.seed, device=self.device)["time"]
+        self._attempt.update(
+            status=status, ended=ended, elapsed_s=round(time.perf_counter() - self._start, 3), **extra
+        )
+        if status == "interrupted":
+            self._attempt["interrupted_at"] = ended
+        return self._write_record()
+
+    def _record_steps(self) -> None:
+        if self._attempt is not None:
+            self._write_record()
+
+    def _write_record(self) -> Path:
+        """Write provenance.json: the top-level status, elapsed time and step lists are those of the latest
+        finished attempt when there is one (a rerun never overwrites a finished record), else of the latest."""
+        assert self._provenance is not None
+        record = self._provenance
+        attempts = record["attempts"]
+        finished = [a for a in attempts if a["status"] == "finished"]
+        shown = finished[-1] if finished else attempts[-1]
+        for key in ("error", "signal", "interrupted_at", "elapsed_s"):
+            record.pop(key, None)
+        record.update(
+            status=shown["status"],
+            steps_run=list(shown["steps_run"]),
+            steps_skipped=list(shown["steps_skipped"]),
+            **{k: shown[k] for k in ("error", "signal", "interrupted_at", "elapsed_s") if k in shown},
+        )
+        return atomic_write_text(self.dir / "provenance.json", json.dumps(record, indent=1, default=str))
 
     def write_provenance(self, **extra: Any) -> Path:
         """Write `provenance.json`: versions, git commit, seed, device, python, start time, plus `extra`

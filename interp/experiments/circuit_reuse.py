@@ -11,13 +11,26 @@ from typing import Any
 
 import torch
 
-from interp.circuits.classify import attention_evidence, classify
+from interp.circuits.classify import IOI_BEHAVIOURS, attention_evidence, classify
 from interp.circuits.compare import overlap, stage_sets
 from interp.circuits.graph import head_name
 from interp.circuits.intervene import Intervention, accuracy_with
 from interp.circuits.search import merullo_stages, path_patch_search, stages_figure
+from interp.config import (
+    check_fields,
+    each,
+    in_range,
+    model_name,
+    non_negative,
+    one_of,
+    param,
+    positive,
+)
 from interp.experiments.api import Run, register_experiment
+from interp.models.load import BACKENDS, DTYPES
 from interp.tasks.copying import copy_prompts
+from interp.tasks.promptset import POSITION_SPEC
+from interp.tasks.registry import TASKS
 
 
 def _second_task(name: str, tok: Any, n: int, seed: int, options: dict[str, Any]):
@@ -28,28 +41,53 @@ def _second_task(name: str, tok: Any, n: int, seed: int, options: dict[str, Any]
     return make(name, tok, n=n, seed=seed, same_length=True, **options)
 
 
+def position_name(value: Any) -> str | None:
+    """A PromptSet position name with an optional offset ("prev", "S1+1")."""
+    return None if POSITION_SPEC.match(str(value)) else "is not a position name like 'prev' or 'S1+1'"
+
+
+def roles_and_positions(value: Any) -> str | None:
+    """IOI head classes mapped to position names."""
+    for role, positions in (value or {}).items():
+        if role not in (*IOI_BEHAVIOURS, "diffuse"):
+            return f"names role {role!r}; valid roles: {', '.join([*IOI_BEHAVIOURS, 'diffuse'])}"
+        bad = [p for p in positions if position_name(p)]
+        if bad:
+            return f"gives role {role!r} the positions {bad}, which are not position names"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class CircuitReuseConfig:
     """Parameters of `circuit_reuse` (Merullo et al. 2024 on the organisms; see the README)."""
 
-    model: str = "organism/base"
-    backend: str = "tl"
-    dtype: str = "float32"
-    second_task: str = "colored_objects"  # a task of interp.tasks, or "copy" (induction, `copy_prompts`)
+    model: str = param("organism/base", check=model_name)
+    backend: str = param("tl", check=one_of(BACKENDS))
+    dtype: str = param("float32", check=one_of(DTYPES))
+    # a task of interp.tasks, or "copy" (induction, `copy_prompts`)
+    second_task: str = param("colored_objects", check=one_of(lambda: [*TASKS, "copy"]))
     second_task_options: dict[str, Any] = field(default_factory=dict)
     second_task_reason: str = ""  # why this second task (when not Colored Objects)
-    n_prompts: int = 96
-    n_eval: int = 192
-    k: int = 3  # heads chosen per path-patching stage (Merullo's stages, last position)
-    fraction: float = 0.02  # top share of heads per stage for the overlap (at least one head per stage)
-    min_per_stage: int = 2
-    distractor_positions: tuple[str, ...] = ("wrong_color",)  # where the task-specific heads are made to look
+    n_prompts: int = param(96, check=positive)
+    n_eval: int = param(192, check=positive)
+    k: int = param(
+        3, check=positive
+    )  # heads chosen per path-patching stage (Merullo's stages, last position)
+    # top share of heads per stage for the overlap (at least `min_per_stage` heads per stage)
+    fraction: float = param(0.02, check=in_range(0, 1, open_low=True))
+    min_per_stage: int = param(2, check=non_negative)
+    # where the task-specific heads are made to look
+    distractor_positions: tuple[str, ...] = param(("wrong_color",), check=each(position_name))
     # IOI role -> positions in the second task: each IOI-only head, classed by its IOI attention, is made to look
     # where its role points (heads of other roles are left alone); empty: every IOI-only head looks at
     # `distractor_positions` (Merullo et al.'s inhibition repair)
-    role_positions: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    mix: float = 1.0
-    accuracy_over: str = "options"  # options (the question's candidates) | vocab
+    role_positions: dict[str, tuple[str, ...]] = param(default_factory=dict, check=roles_and_positions)
+    mix: float = param(1.0, check=in_range(0, 1))
+    # options (the question's candidates) | vocab
+    accuracy_over: str = param("options", check=one_of(("options", "vocab")))
+
+    def __post_init__(self) -> None:
+        check_fields(self, where="circuit_reuse")
 
 
 DEMO = {
@@ -58,8 +96,8 @@ DEMO = {
     "distractor_positions": ["prev"],
     "role_positions": {"s_inhibition": ["prev"], "s1_next_reader": ["prev+1"], "mover": ["answer_pos"]},
     "accuracy_over": "vocab",
-    "n_prompts": 32,
-    "n_eval": 48,
+    "n_prompts": 24,
+    "n_eval": 32,
 }
 
 
@@ -130,10 +168,13 @@ def circuit_reuse(cfg: CircuitReuseConfig, run: Run) -> dict[str, Any]:
     # ---- intervention: the IOI-only heads look at the second task's distractors at the last token
     specific = sorted(ov.a - ov.b)
     ioi_eval = make("ioi", tok, n=cfg.n_eval, seed=run.seed + 1, same_length=True)
-    roles = {
-        head_name(*h): classify(e, "END")
-        for h, e in zip(specific, attention_evidence(model, ioi_eval, specific).values(), strict=True)
-    }
+    roles = run.step(
+        "ioi_roles",
+        lambda: {
+            head_name(*h): classify(e, "END")
+            for h, e in zip(specific, attention_evidence(model, ioi_eval, specific).values(), strict=True)
+        },
+    )
     plain = [
         Intervention(
             layer=layer, head=h, kind="pattern", at="END", attend_to=cfg.distractor_positions, mix=cfg.mix
@@ -154,10 +195,20 @@ def circuit_reuse(cfg: CircuitReuseConfig, run: Run) -> dict[str, Any]:
     ]
     ivs = by_role if cfg.role_positions else plain
 
-    def acc(interventions: list[Intervention], over: str) -> float:
-        return accuracy_with(model, test, interventions, over=over)
+    def accuracies() -> dict[str, float]:
+        def acc(interventions: list[Intervention], over: str) -> float:
+            return accuracy_with(model, test, interventions, over=over)
 
-    before = acc([], cfg.accuracy_over)
+        before, vocab_before = acc([], cfg.accuracy_over), acc([], "vocab")
+        return {
+            "before": before,
+            "after": acc(ivs, cfg.accuracy_over) if ivs else before,
+            "after_distractor_attention": acc(plain, cfg.accuracy_over) if plain else before,
+            "vocab_before": vocab_before,
+            "vocab_after": acc(ivs, "vocab") if ivs else vocab_before,
+        }
+
+    accs = run.step("intervention", accuracies)
     d = ov.to_dict()
     return {
         "second_task": cfg.second_task,
@@ -175,9 +226,9 @@ def circuit_reuse(cfg: CircuitReuseConfig, run: Run) -> dict[str, Any]:
         "ioi_roles": ",".join(f"{k}={v}" for k, v in roles.items()),
         "intervention": "by IOI role" if cfg.role_positions else "distractor attention",
         "intervention_heads": ",".join(f"a{iv.layer}.{iv.head}->{'+'.join(iv.attend_to)}" for iv in ivs),
-        "cobj_acc_before": before,
-        "cobj_acc_after": acc(ivs, cfg.accuracy_over) if ivs else before,
-        "acc_after_distractor_attention": acc(plain, cfg.accuracy_over) if plain else before,
-        "vocab_acc_before": acc([], "vocab"),
-        "vocab_acc_after": acc(ivs, "vocab") if ivs else acc([], "vocab"),
+        "cobj_acc_before": accs["before"],
+        "cobj_acc_after": accs["after"],
+        "acc_after_distractor_attention": accs["after_distractor_attention"],
+        "vocab_acc_before": accs["vocab_before"],
+        "vocab_acc_after": accs["vocab_after"],
     }

@@ -18,11 +18,23 @@ from typing import Any
 
 import torch
 
-from interp.config import ConfigError
+from interp.config import (
+    ConfigError,
+    at_least,
+    check_fields,
+    each,
+    in_range,
+    model_name,
+    non_empty,
+    non_negative,
+    one_of,
+    param,
+    positive,
+)
 from interp.experiments.api import Run, register_experiment
 from interp.models.base import HookedModel
 from interp.models.interpolate import interpolate
-from interp.models.load import BACKENDS
+from interp.models.load import BACKENDS, DTYPES
 from interp.subspace.ccs import CCSPairs, ccs_sets, evaluate_ccs, make_ccs
 from interp.subspace.das import (
     DAS_PAIRS,
@@ -60,56 +72,51 @@ INTENT_SWAP = ("cp", "pc")
 class ContextKnobConfig:
     """Parameters of `context_knob` (defaults: the zoo organisms on CPU; see the README for Llama-3.1-8B)."""
 
-    model: str = "organism/ccs-ft"  # the CCS-fine-tuned model where the knob is found
-    base: str = "organism/base"  # the model the same u is transferred to
-    transfer_to: tuple[str, ...] = ("organism/base-llama",)  # further transfer targets (when d_model matches)
-    compare: tuple[
-        str, ...
-    ] = ()  # more models sharing `model`'s residual basis, for the separation correlation
-    interpolations: tuple[float, ...] = (0.25, 0.5, 0.75)  # base -> model weight mixes (TL backend only)
-    backend: str = "tl"
-    dtype: str = "float32"
-    n_train_pairs: int = 256  # DAS training and steering-value choice (training entities)
-    n_test_pairs: int = 128  # held-out entities: scores, interchange accuracy, steering, separation
-    n_search_pairs: int = 32  # held-out pairs for the layer search
-    settings: tuple[str, ...] = SETTINGS
-    threshold: float = 0.88
-    epsilon: float = 0.3
-    phi: float = 0.05
-    das_layer: int | None = None  # None: best held-out interchange accuracy over the intent-swap ranges
-    compare_ranks: tuple[int, ...] = (2, 4)
-    epochs: int = 3
-    das_batch_size: int = 8
-    lr: float = 1e-3
+    model: str = param(
+        "organism/ccs-ft", check=model_name
+    )  # the CCS-fine-tuned model where the knob is found
+    base: str = param("organism/base", check=model_name)  # the model the same u is transferred to
+    # further transfer targets (when d_model matches)
+    transfer_to: tuple[str, ...] = param(("organism/base-llama",), check=each(model_name))
+    # more models sharing `model`'s residual basis, for the separation correlation
+    compare: tuple[str, ...] = param((), check=each(model_name))
+    # base -> model weight mixes (TL backend only)
+    interpolations: tuple[float, ...] = param(
+        (0.25, 0.5, 0.75), check=each(in_range(0, 1, open_low=True, open_high=True))
+    )
+    backend: str = param("tl", check=one_of(BACKENDS))
+    dtype: str = param("float32", check=one_of(DTYPES))
+    # DAS training and steering-value choice (training entities)
+    n_train_pairs: int = param(256, check=positive)
+    # held-out entities: scores, interchange accuracy, steering, separation
+    n_test_pairs: int = param(128, check=positive)
+    n_search_pairs: int = param(32, check=at_least(2))  # held-out pairs for the layer search
+    settings: tuple[str, ...] = param(SETTINGS, check=(non_empty, each(one_of(SETTINGS))))
+    threshold: float = param(0.88, check=in_range(0, 1))  # the layer search's thresholds (the paper's values)
+    epsilon: float = param(0.3, check=in_range(0, 1))
+    phi: float = param(0.05, check=in_range(0, 1))
+    # None: best held-out interchange accuracy over the intent-swap ranges
+    das_layer: int | None = param(None, check=non_negative)
+    compare_ranks: tuple[int, ...] = param((2, 4), check=each(at_least(2)))  # ranks above 1
+    epochs: int = param(3, check=positive)
+    das_batch_size: int = param(8, check=positive)
+    lr: float = param(1e-3, check=positive)
     # DAS pairs: "intent_swap" (the paper: same context and query, opposite intent) or "no_intent" (target: the
     # prompt without an intent, source: its twin with one; trains for the knob's use on such prompts)
-    das_pairs: str = "intent_swap"
+    das_pairs: str = param("intent_swap", check=one_of(DAS_PAIRS))
     confident_only: bool = True  # train and test DAS on pairs the model answers right under both intents
-    c_values: tuple[
-        float, ...
-    ] = ()  # empty: a symmetric sweep scaled to the coordinates (`default_c_values`)
-    c_scale: float = 1.5
-    n_c: int = 9
-    batch_size: int = 64  # prompts per forward pass
+    # empty: a symmetric sweep scaled to the coordinates (`default_c_values`)
+    c_values: tuple[float, ...] = ()
+    c_scale: float = param(1.5, check=positive)
+    n_c: int = param(9, check=at_least(2))
+    batch_size: int = param(64, check=positive)  # prompts per forward pass
 
     def __post_init__(self) -> None:
-        problems = []
-        if bad := [s for s in self.settings if s not in SETTINGS]:
-            problems.append(f"unknown search settings {bad} (valid: {', '.join(SETTINGS)})")
-        if any(not 0 < a < 1 for a in self.interpolations):
-            problems.append(f"interpolations must lie in (0, 1), got {list(self.interpolations)}")
+        check_fields(self, where="context_knob")
         if self.c_values and not min(self.c_values) < 0 < max(self.c_values):
-            problems.append(f"c_values need a negative and a positive value, got {list(self.c_values)}")
-        if self.das_pairs not in DAS_PAIRS:
-            problems.append(f"das_pairs must be one of {DAS_PAIRS}, got {self.das_pairs!r}")
-        if self.n_c < 2:
-            problems.append(f"n_c must be >= 2, got {self.n_c}")
-        if any(r < 2 for r in self.compare_ranks):
-            problems.append(f"compare_ranks are ranks above 1, got {list(self.compare_ranks)}")
-        if self.backend not in BACKENDS:
-            problems.append(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if problems:
-            raise ConfigError("context_knob: " + "; ".join(problems))
+            raise ConfigError(
+                f"context_knob.c_values: {list(self.c_values)} needs a negative and a positive value"
+            )
 
 
 def _load(name: str, cfg: ContextKnobConfig, device: str) -> HookedModel:
@@ -246,8 +253,11 @@ def context_knob(cfg: ContextKnobConfig, run: Run) -> dict[str, Any]:
     )
 
     # ---- steering on no-instruction prompts, c chosen on training prompts
-    c_values = list(cfg.c_values) or default_c_values(
-        ft, knob, layer, train["instruction"], scale=cfg.c_scale, n=cfg.n_c, batch_size=cfg.batch_size
+    c_values = list(cfg.c_values) or run.step(
+        "c_values",
+        lambda: default_c_values(
+            ft, knob, layer, train["instruction"], scale=cfg.c_scale, n=cfg.n_c, batch_size=cfg.batch_size
+        ),
     )
 
     def steering() -> dict[str, Any]:

@@ -14,18 +14,32 @@ object-value / box-label-value desiderata, and the overlap with the circuit foun
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from interp.circuits.compare import overlap
-from interp.circuits.evaluate import EvalConfig, circuit_values, random_circuits
+from interp.circuits.evaluate import EvalConfig, circuit_values, complete_circuit, random_circuits
 from interp.circuits.graph import Circuit, parse_head
 from interp.circuits.search import SearchConfig, ioi_group_stages, path_patch_search, prakash_stages
+from interp.config import (
+    ConfigError,
+    check_fields,
+    each,
+    in_range,
+    model_name,
+    non_negative,
+    one_of,
+    param,
+    positive,
+)
 from interp.experiments.api import Run, register_experiment
 from interp.finetuning.cmap import cmap_input, cmap_output, cmap_sweep
 from interp.models.base import HookedModel
+from interp.models.load import BACKENDS
+from interp.tasks.entity_tracking import MAX_BOXES
+from interp.tasks.ioi import VARIANTS
 
 METRICS = ("io_vs_s", "top1")
 TASKS = ("ioi", "entity_tracking")
@@ -56,45 +70,39 @@ def _ioi_prompts(tokenizer: Any, n: int, seed: int, variant: str):
 class FinetuneCMAPConfig:
     """Parameters of `finetune_cmap` (defaults: the zoo organisms on CPU)."""
 
-    base: str = "organism/base"  # where the circuit is found
-    finetuned: str = "organism/ioi-ft"  # fine-tuned on hard IOI
-    backend: str = "tl"
-    circuit_variant: str = (
-        "normal"  # IOI variant the circuit is found on (where the base model does the task)
-    )
-    variant: str = "hard"  # IOI variant the fine-tune improves: accuracies, circuit evaluation and CMAP
-    metric: str = (
-        "io_vs_s"  # "io_vs_s": IO's logit above S's (chance 0.5); "top1": IO top-1 over the vocabulary
-    )
-    n_prompts: int = 200  # held-out prompts per variant (one token length, for path patching)
+    base: str = param("organism/base", check=model_name)  # where the circuit is found
+    finetuned: str = param("organism/ioi-ft", check=model_name)  # fine-tuned on hard IOI
+    backend: str = param("tl", check=one_of(BACKENDS))
+    task: str = param("ioi", check=one_of(TASKS))  # ioi (organism/base vs ioi-ft) | entity_tracking
+    # IOI variant the circuit is found on (where the base model does the task)
+    circuit_variant: str = param("normal", check=one_of(VARIANTS))
+    # IOI variant the fine-tune improves: accuracies, circuit evaluation and CMAP
+    variant: str = param("hard", check=one_of(VARIANTS))
+    # entity tracking: boxes of the evaluated prompts (where the fine-tune improves) and of the circuit's prompts
+    n_boxes: int = param(9, check=in_range(2, MAX_BOXES))
+    circuit_n_boxes: int = param(5, check=in_range(2, MAX_BOXES))
+    # "io_vs_s": the answer's logit above the wrong one's (chance 0.5); "top1": top-1 over the vocabulary
+    metric: str = param("io_vs_s", check=one_of(METRICS))
+    n_prompts: int = param(200, check=positive)  # held-out prompts per variant (one token length)
     # heads per group: IOI name movers, S-inhibition, duplicate/induction heads; entity tracking A, B, C, D
-    group_sizes: tuple[int, ...] = (3, 2, 2)
-    n_random: int = 5  # random circuits of the same group sizes (baseline)
-    task: str = "ioi"  # ioi | entity_tracking
-    n_boxes: int = 9  # entity_tracking: boxes of the evaluated prompts (where the fine-tune improves)
-    circuit_n_boxes: int = 5  # entity_tracking: boxes of the prompts the circuit is found on
-    n_dcm: int = 400  # entity_tracking: DCM pairs per desideratum (0: no DCM)
+    group_sizes: tuple[int, ...] = param((3, 2, 2), check=each(non_negative))
+    n_random: int = param(5, check=non_negative)  # random circuits of the same group sizes (baseline)
+    # 0: the staged circuit as found; > 0: complete it with heads kept at every position until it keeps this
+    # share of the base model's accuracy on the circuit's prompts (`complete_circuit`, backward elimination)
+    complete_accuracy: float = param(0.0, check=in_range(0, 1))
+    n_dcm: int = param(400, check=non_negative)  # entity tracking: DCM pairs per desideratum (0: no DCM)
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}; got {self.task!r}")
+        check_fields(self, where="finetune_cmap")
         want = 3 if self.task == "ioi" else 4
-        if len(self.group_sizes) != want or min(self.group_sizes) < 1:
-            raise ValueError(
-                f"group_sizes: {self.task} has {want} head groups; give {want} positive sizes, got "
+        if len(self.group_sizes) != want:
+            raise ConfigError(
+                f"finetune_cmap.group_sizes: {self.task} has {want} head groups; give {want} sizes, got "
                 f"{list(self.group_sizes)}"
             )
-        if self.task == "entity_tracking":
-            from interp.tasks.entity_tracking import MAX_BOXES
-
-            for key in ("n_boxes", "circuit_n_boxes"):
-                if not 2 <= getattr(self, key) <= MAX_BOXES:
-                    raise ValueError(f"{key} must be in [2, {MAX_BOXES}], got {getattr(self, key)}")
-        if self.n_dcm < 0:
-            raise ValueError(f"n_dcm must be >= 0, got {self.n_dcm}")
 
 
-DEMO = {"n_prompts": 32, "n_random": 2, "n_dcm": 64}
+DEMO = {"n_prompts": 12, "n_random": 2, "n_dcm": 32}
 # group name -> results key (IOI) and the entity-tracking groups' positions (Prakash et al.)
 IOI_KEYS = {"name movers": "name_movers", "S-inhibition": "s_inhibition", "induction": "induction"}
 ET_GROUP_POSITIONS = {
@@ -153,15 +161,35 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
     found = run.step("circuit", lambda: search_in(base))
     circuit = Circuit.from_dict(found["circuit"])
     L, H = base.cfg.n_layers, base.cfg.n_heads
+    # the circuit whose faithfulness is reported: the staged one at its positions, or its completion
+    evaluated, eval_config = circuit, MEAN_ABLATION
+    if cfg.complete_accuracy > 0:
+        target = cfg.complete_accuracy * accs["base_circuit_task"]
+        eval_config = replace(MEAN_ABLATION, use_positions=False)
+
+        def completion() -> dict[str, Any]:
+            grown, _ = complete_circuit(
+                base,
+                replace(circuit, positions={}),
+                prompts=found_on,
+                metric=acc_found_on,
+                target=target,
+                config=eval_config,
+            )
+            return grown.to_dict()
+
+        evaluated = Circuit.from_dict(run.step("completed_circuit", completion))
     randoms = {
-        f"random {i}": random_circuits(base, circuit, n=1, seed=run.seed + i, per_group=True)[0]
+        f"random {i}": random_circuits(base, evaluated, n=1, seed=run.seed + i, per_group=True)[0]
         for i in range(cfg.n_random)
     }
 
     def evaluation() -> dict[str, Any]:
-        def scores(model: HookedModel, prompts: Any, circuits: dict[str, Circuit], metric: Any) -> dict:
+        def scores(
+            model: HookedModel, prompts: Any, circuits: dict[str, Circuit], metric: Any, config=eval_config
+        ) -> dict:
             values = circuit_values(
-                model, list(circuits.values()), prompts=prompts, metric=metric, config=MEAN_ABLATION
+                model, list(circuits.values()), prompts=prompts, metric=metric, config=config
             )
             return {k: float(v) for k, v in zip(circuits, values.mean(-1), strict=True)}
 
@@ -172,10 +200,19 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
             c: cmap_sweep(base, ft, ps, component=c, metric=LogitDiff).scores.tolist()
             for c in ("attn_out", "mlp_out")
         }
+        staged = {}
+        if (
+            evaluated is not circuit
+        ):  # the staged circuit at its stages' positions (Prakash et al.'s protocol)
+            staged = {
+                "in_base": scores(base, ps, {"staged": circuit}, acc, MEAN_ABLATION)["staged"],
+                "on_task": scores(base, found_on, {"staged": circuit}, acc_found_on, MEAN_ABLATION)["staged"],
+            }
         return {
-            "in_base": scores(base, ps, {"base circuit": circuit, **randoms}, acc),
-            "in_ft": scores(ft, ps, {"base circuit": circuit}, acc),
-            "on_task": scores(base, found_on, {"base circuit": circuit, **randoms}, acc_found_on),
+            "in_base": scores(base, ps, {"base circuit": evaluated, **randoms}, acc),
+            "in_ft": scores(ft, ps, {"base circuit": evaluated}, acc),
+            "on_task": scores(base, found_on, {"base circuit": evaluated, **randoms}, acc_found_on),
+            **({"staged": staged} if staged else {}),
             "cmap_out": out.scores(),
             "cmap_out_logit_diff": out_ld.scores(),
             "cmap_in": inp.scores(),
@@ -184,7 +221,20 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
         }
 
     ev = run.step("evaluation", evaluation)
+    # the prompts the circuit was found on: an IOI variant, or a number of boxes ("b5")
+    found_label = cfg.circuit_variant if cfg.task == "ioi" else f"b{cfg.circuit_n_boxes}"
     et: dict[str, Any] = {}
+    if "staged" in ev:
+        et |= {
+            "circuit_size": len(evaluated.heads),
+            "completion_heads": _heads_text(evaluated, "completion", " ")
+            if "completion" in evaluated.groups
+            else "",
+            "staged_circuit_faithfulness": ev["staged"]["in_base"] / accs["base"] if accs["base"] else None,
+            f"staged_circuit_faithfulness_{found_label}": (
+                ev["staged"]["on_task"] / accs["base_circuit_task"] if accs["base_circuit_task"] else None
+            ),
+        }
     if cfg.task == "entity_tracking":  # the fine-tune's own circuit and each group's function (DCM)
         ft_found = run.step("circuit_in_ft", lambda: search_in(ft))
         ft_circuit = Circuit.from_dict(ft_found["circuit"])
@@ -275,8 +325,6 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
         ev["on_task"]["base circuit"] / accs["base_circuit_task"] if accs["base_circuit_task"] else None
     )
     random_task = sum(ev["on_task"][k] for k in randoms) / max(1, len(randoms))
-    # the prompts the circuit was found on: an IOI variant, or a number of boxes ("b5")
-    found_label = cfg.circuit_variant if cfg.task == "ioi" else f"b{cfg.circuit_n_boxes}"
     return {
         "base_acc": accs["base"],
         "ft_acc": accs["ft"],

@@ -15,6 +15,7 @@ from interp.circuits.classify import IOI_BEHAVIOURS, attention_evidence, classif
 from interp.circuits.compare import overlap
 from interp.circuits.eap import EdgeScores, eap
 from interp.circuits.evaluate import (
+    ABLATIONS,
     COMPLETION_METHODS,
     EvalConfig,
     FaithfulnessCurve,
@@ -27,9 +28,20 @@ from interp.circuits.evaluate import (
 )
 from interp.circuits.graph import Circuit, Graph, head_name
 from interp.circuits.search import ioi_stages, path_patch_search, stages_figure
-from interp.config import ConfigError
+from interp.config import (
+    check_fields,
+    each,
+    in_range,
+    model_name,
+    non_empty,
+    non_negative,
+    one_of,
+    param,
+    positive,
+)
 from interp.experiments.api import Run, register_experiment
 from interp.models.base import HookedModel
+from interp.models.load import BACKENDS, DTYPES
 
 
 def _load(name: str, backend: str, dtype: str, device: str) -> HookedModel:
@@ -43,42 +55,41 @@ def _load(name: str, backend: str, dtype: str, device: str) -> HookedModel:
 class IOICircuitConfig:
     """Parameters of `ioi_circuit` (defaults: organism/base on CPU; see the README for GPT-2 small)."""
 
-    model: str = "organism/base"
-    backend: str = "tl"
-    dtype: str = "float32"
-    n_prompts: int = 96  # path patching and EAP-IG
-    n_eval: int = 192  # faithfulness (per-template means over their p_ABC corruptions)
-    k_mover: int = 2
-    k_inhibition: int = 2
-    k_induction: int = 2
-    k_previous: int = 1
-    min_score: float = 0.05  # a head is chosen only above this share of its stage's largest score
-    ablation: str = "mean"  # mean (Wang: per-template means of p_ABC) | resample
-    ig_steps: int = 5
-    fractions: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
-    target_recovery: float = 0.8  # the EAP-IG circuit: the smallest top-n reaching this recovery
-    complete_accuracy: float = (
-        0.8  # complete the path-patching circuit until it keeps this share of the model's
+    model: str = param("organism/base", check=model_name)
+    backend: str = param("tl", check=one_of(BACKENDS))
+    dtype: str = param("float32", check=one_of(DTYPES))
+    n_prompts: int = param(96, check=positive)  # path patching and EAP-IG
+    n_eval: int = param(192, check=positive)  # faithfulness (per-template means over their p_ABC corruptions)
+    k_mover: int = param(2, check=non_negative)  # heads chosen per stage
+    k_inhibition: int = param(2, check=non_negative)
+    k_induction: int = param(2, check=non_negative)
+    k_previous: int = param(1, check=non_negative)
+    # a head is chosen only above this share of its stage's largest score
+    min_score: float = param(0.05, check=in_range(0, 1))
+    ablation: str = param(
+        "mean", check=one_of(ABLATIONS)
+    )  # mean (Wang: per-template means of p_ABC) | resample
+    ig_steps: int = param(5, check=non_negative)  # EAP-IG steps (0: plain EAP)
+    fractions: tuple[float, ...] = param(
+        (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0), check=(non_empty, each(in_range(0, 1)))
     )
-    # top-1 accuracy (0 turns it off): one-at-a-time patching misses heads that are needed only jointly
-    completion: str = "backward"  # backward elimination from all heads | forward selection
-    complete_positions: str = "all"  # the completed circuit keeps its heads at every position ("all") or the
-    # path-patching heads only at their stage's position ("stage", Wang et al.'s protocol)
-    random_draws: int = 10
+    # the EAP-IG circuit: the smallest top-n reaching this recovery
+    target_recovery: float = param(0.8, check=in_range(0, 1, open_low=True))
+    # complete the path-patching circuit until it keeps this share of the model's top-1 accuracy (0 turns it
+    # off): one-at-a-time patching misses heads that are needed only jointly
+    complete_accuracy: float = param(0.8, check=in_range(0, 1))
+    # backward elimination from all heads | forward selection
+    completion: str = param("backward", check=one_of(COMPLETION_METHODS))
+    # the completed circuit keeps its heads at every position ("all") or the path-patching heads only at their
+    # stage's position ("stage", Wang et al.'s protocol)
+    complete_positions: str = param("all", check=one_of(("all", "stage")))
+    random_draws: int = param(10, check=positive)
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.completion not in COMPLETION_METHODS:
-            problems.append(f"completion must be one of {COMPLETION_METHODS}, got {self.completion!r}")
-        if self.complete_positions not in ("all", "stage"):
-            problems.append(f"complete_positions must be 'all' or 'stage', got {self.complete_positions!r}")
-        if not 0 <= self.complete_accuracy <= 1:
-            problems.append(f"complete_accuracy must lie in [0, 1], got {self.complete_accuracy}")
-        if problems:
-            raise ConfigError("ioi_circuit: " + "; ".join(problems))
+        check_fields(self, where="ioi_circuit")
 
 
-DEMO = {"n_prompts": 32, "n_eval": 48, "ig_steps": 2, "random_draws": 2, "fractions": [0.0, 0.1, 1.0]}
+DEMO = {"n_prompts": 24, "n_eval": 32, "ig_steps": 2, "random_draws": 2, "fractions": [0.0, 0.1, 1.0]}
 
 
 def _ioi_prompts(tok: Any, n: int, seed: int):
@@ -143,10 +154,17 @@ def ioi_circuit(cfg: IOICircuitConfig, run: Run) -> dict[str, Any]:
     L, H = model.cfg.n_layers, model.cfg.n_heads
     ps = _ioi_prompts(model.tokenizer, cfg.n_prompts, run.seed)
     ev_ps = _ioi_prompts(model.tokenizer, cfg.n_eval, run.seed + 1)
-    with torch.no_grad():
-        logits = model(ev_ps.clean.to(model.device))
-    ld = float(LogitDiff.from_prompts(ev_ps.to(model.device))(logits).mean())
-    acc = float(Accuracy.from_prompts(ev_ps.to(model.device))(logits).mean())
+
+    def model_metrics() -> dict[str, float]:
+        with torch.no_grad():
+            logits = model(ev_ps.clean.to(model.device))
+        return {
+            "logit_diff": float(LogitDiff.from_prompts(ev_ps.to(model.device))(logits).mean()),
+            "accuracy": float(Accuracy.from_prompts(ev_ps.to(model.device))(logits).mean()),
+        }
+
+    full = run.step("model", model_metrics)
+    ld, acc = full["logit_diff"], full["accuracy"]
     eval_cfg = EvalConfig(level="node", ablation=cfg.ablation, mean_by="template")
 
     # ---- staged path patching (Wang et al.'s stages)

@@ -22,78 +22,145 @@ from typing import Any, Literal
 
 import torch
 
+from interp.config import (
+    ConfigError,
+    check_fields,
+    each,
+    in_range,
+    model_name,
+    non_empty,
+    non_negative,
+    one_of,
+    param,
+    positive,
+)
 from interp.experiments.api import Run, register_experiment
-from interp.selection.pool import PoolItem, family_sampler, hf_pool, organism_pool
+from interp.models.load import DTYPES
+from interp.selection.baselines import METHODS
+from interp.selection.pool import PoolItem, hf_pool, organism_pool, pool_families
 from interp.selection.sae import selection_sae
-from interp.selection.select import precision_table, selections
+from interp.selection.select import precision_table, selection_size, selections
 
 logger = logging.getLogger(__name__)
+
+
+def _battery() -> list[str]:
+    from interp.zoo.evaluate import BATTERY
+
+    return list(BATTERY)
+
+
+def selection_model(value: Any) -> str | None:
+    """A model name (see `model_name`) or `tiny:<arch>`, a tiny random stand-in."""
+    from interp.models.tiny import ARCHITECTURES as ARCHS
+
+    if str(value).startswith("tiny:"):
+        arch = str(value).removeprefix("tiny:")
+        return (
+            None
+            if arch in ARCHS
+            else f"names no tiny architecture; valid: {', '.join(f'tiny:{a}' for a in ARCHS)}"
+        )
+    return model_name(value)
+
+
+def sae_name(value: Any) -> str | None:
+    """`random`, a built zoo SAE, an existing folder, or a sae-lens release / hub repo name."""
+    return None if value == "random" else model_name(value) if str(value).startswith("sae/") else None
+
+
+def family(value: Any) -> str | None:
+    """A pool family: a corpus source or `shuffled_<source>`."""
+    valid = pool_families()
+    return None if value in valid else f"is an unknown family; valid: {', '.join(valid)}"
+
+
+def ratio(value: Any) -> str | None:
+    """A share of the pool in (0, 1]."""
+    return in_range(0, 1, open_low=True)(value)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataSelectionConfig:
     """Parameters of `sae_data_selection` (defaults: the organisms, CPU, about 6 minutes)."""
 
-    model: str = "organism/base"  # organism, local folder or hub id; "tiny:gpt2" = random stand-in
-    sae: str = (
-        "sae/base-resid-L2"  # zoo name, folder, sae-lens release or hub repo; "random" = random TopK SAE
-    )
+    # organism, local folder or hub id; "tiny:<arch>" = a tiny random stand-in built in the run folder
+    model: str = param("organism/base", check=selection_model)
+    # zoo name, folder, sae-lens release or hub repo; "random" = random TopK SAE
+    sae: str = param("sae/base-resid-L2", check=sae_name)
     sae_id: str | None = None  # SAE id within a release / folder within a hub repo (online)
-    dtype: str = "float32"  # the selection model's weights (bfloat16 for 8B models on a GPU)
-    sae_layer: int | None = None  # layer of a random SAE's resid_post (default: the penultimate block)
-    sae_d: int = 1024  # width of a random SAE
-    sae_k: int = 16  # k of a random SAE
+    # the selection model's weights (bfloat16 for 8B models on a GPU)
+    dtype: str = param("float32", check=one_of(DTYPES))
+    # layer of a random SAE's resid_post (default: the penultimate block)
+    sae_layer: int | None = param(None, check=non_negative)
+    sae_d: int = param(1024, check=positive)  # width of a random SAE
+    sae_k: int = param(16, check=positive)  # k of a random SAE
     pool_source: Literal["organisms", "hf"] = "organisms"
-    target_family: str = "context_prior"
-    families: tuple[str, ...] = (
-        "ioi",
-        "ioi_hard",
-        "entity_tracking",
-        "colored_objects",
-        "facts",
-        "filler",
-        "repeat",
-        "chat",
-        "chat_refusal",
-        "shuffled_context_prior",
+    target_family: str = param("context_prior", check=family)
+    families: tuple[str, ...] = param(
+        (
+            "ioi",
+            "ioi_hard",
+            "entity_tracking",
+            "colored_objects",
+            "facts",
+            "filler",
+            "repeat",
+            "chat",
+            "chat_refusal",
+            "shuffled_context_prior",
+        ),
+        check=(non_empty, each(family)),
     )
-    pool_size: int = 4000
-    target_share: float = 0.05  # share of the pool drawn from the target family
-    n_targets: int = 8  # target examples (drawn apart from the pool)
-    ratios: tuple[float, ...] = (0.01, 0.05, 0.10)
-    main_ratio: float = 0.05  # MoNA's main setting
-    methods: tuple[str, ...] = (
-        "sae_jaccard",
-        "sae_cosine",
-        "sae_euclidean",
-        "raw_cosine",
-        "bm25",
-        "random",
-        "dense_minilm",
-    )  # dense_minilm is skipped where its package is missing
-    random_seeds: tuple[int, ...] = (
-        0,
-        1,
-        2,
-    )  # precision of `random` is the mean over these (as in the paper)
-    batch_size: int = 64
+    pool_size: int = param(4000, check=positive)
+    # share of the pool drawn from the target family
+    target_share: float = param(0.05, check=in_range(0, 1, open_low=True, open_high=True))
+    n_targets: int = param(8, check=positive)  # target examples (drawn apart from the pool)
+    ratios: tuple[float, ...] = param((0.01, 0.05, 0.10), check=(non_empty, each(ratio)))
+    main_ratio: float = param(0.05, check=ratio)  # MoNA's main setting
+    # dense_minilm is skipped where its package is missing
+    methods: tuple[str, ...] = param(
+        ("sae_jaccard", "sae_cosine", "sae_euclidean", "raw_cosine", "bm25", "random", "dense_minilm"),
+        check=(non_empty, each(one_of(lambda: METHODS))),
+    )
+    # precision of `random` is the mean over these (as in the paper)
+    random_seeds: tuple[int, ...] = param((0, 1, 2), check=(non_empty, each(non_negative)))
+    batch_size: int = param(64, check=positive)
     pool_bos: bool = True  # count BOS in each sample's mean (False: the zoo SAE never saw BOS activations)
-    shard_size: int = 1000
-    downstream_methods: tuple[str, ...] = ("sae_jaccard", "sae_cosine", "raw_cosine", "bm25", "random")
-    finetune_steps: int = 400
-    finetune_batch_size: int = 32
-    finetune_lr: float = 1e-3
-    eval_task: str = "context_prior"  # an entry of interp.zoo.evaluate.BATTERY
+    shard_size: int = param(1000, check=positive)
+    downstream_methods: tuple[str, ...] = param(
+        ("sae_jaccard", "sae_cosine", "raw_cosine", "bm25", "random"), check=each(one_of(lambda: METHODS))
+    )
+    finetune_steps: int = param(400, check=positive)
+    finetune_batch_size: int = param(32, check=positive)
+    finetune_lr: float = param(1e-3, check=positive)
+    eval_task: str = param("context_prior", check=one_of(lambda: _battery()))  # an entry of the zoo battery
     target_metric: str = "context_prior.pair_accuracy"
     # pool_source: hf (online; precision only)
     hf_pool: str = "teknium/OpenHermes-2.5"
-    hf_pool_label_field: str = (
-        "source"  # a pool row is a target-family row when this field equals hf_target_label
-    )
+    # a pool row is a target-family row when this field equals hf_target_label
+    hf_pool_label_field: str = "source"
     hf_target_label: str = "metamath"
     hf_targets: str = "openai/gsm8k"
     hf_targets_config: str | None = "main"
     hf_targets_split: str = "train"
+
+    def __post_init__(self) -> None:
+        check_fields(self, where="sae_data_selection")
+        problems = []
+        for r in (*self.ratios, self.main_ratio):
+            try:
+                selection_size(self.pool_size, ratio=r)
+            except ValueError as err:
+                problems.append(f"ratio {r} of pool_size {self.pool_size}: {err}")
+        if self.main_ratio not in self.ratios:
+            problems.append(f"main_ratio {self.main_ratio} must be one of ratios {list(self.ratios)}")
+        if not set(self.downstream_methods) <= set(self.methods):
+            problems.append(
+                f"downstream_methods {list(self.downstream_methods)} must be among methods {list(self.methods)}"
+            )
+        if problems:
+            raise ConfigError("sae_data_selection: " + "; ".join(problems))
 
 
 def _model_folder(cfg: DataSelectionConfig, run: Run) -> str:
@@ -102,26 +169,6 @@ def _model_folder(cfg: DataSelectionConfig, run: Run) -> str:
 
         return str(tiny_organism(cfg.model.removeprefix("tiny:"), run.dir / "tiny-model"))
     return cfg.model
-
-
-def _check(cfg: DataSelectionConfig) -> None:
-    from interp.selection.baselines import METHODS
-    from interp.selection.select import selection_size
-
-    for r in (*cfg.ratios, cfg.main_ratio):
-        selection_size(cfg.pool_size, ratio=r)
-    if cfg.main_ratio not in cfg.ratios:
-        raise ValueError(f"main_ratio {cfg.main_ratio} must be one of ratios {cfg.ratios}")
-    unknown = sorted(set(cfg.methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}")
-    if not set(cfg.downstream_methods) <= set(cfg.methods):
-        raise ValueError(f"downstream_methods {cfg.downstream_methods} must be among methods {cfg.methods}")
-    if cfg.n_targets < 1:
-        raise ValueError("n_targets must be >= 1: the target set is empty")
-    if cfg.pool_source == "organisms":
-        for f in (cfg.target_family, *cfg.families):
-            family_sampler(f)
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -210,7 +257,6 @@ def sae_data_selection(cfg: DataSelectionConfig, run: Run) -> dict[str, Any]:
     """MoNA data selection on the organisms: precision per method and ratio, downstream fine-tune accuracy."""
     from interp.models import load_model
 
-    _check(cfg)
     folder = _model_folder(cfg, run)
     model = load_model(folder, backend="tl", device=run.device, dtype=cfg.dtype)
     sae = selection_sae(

@@ -13,10 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.config import check_fields, each, in_range, model_name, non_empty, one_of, param, positive
 from interp.experiments.api import Run, register_experiment
 from interp.finetuning.tuco import generate_scaled, tuco, tuco_scores
 from interp.metrics import auroc
 from interp.models.base import HookedModel
+from interp.models.load import BACKENDS
 
 ALPHAS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5)
 
@@ -32,16 +34,22 @@ def _load(name: str, backend: str, device: str) -> HookedModel:
 class TuCoExperimentConfig:
     """Parameters of `tuco` (defaults: the zoo organisms on CPU)."""
 
-    base: str = "organism/base"  # the pre-trained model
-    finetuned: str = "organism/chat-ft"  # its chat fine-tune (refuses requests about weapons)
-    backend: str = "tl"
-    n_chat: int = 200  # held-out chat requests (half about the forbidden topic)
-    n_pretrain: int = 200  # pre-training-mixture texts, cut to the chat prompts' lengths
-    n_generate: int = 64  # forbidden (and as many allowed) requests answered at each alpha
-    alphas: tuple[float, ...] = ALPHAS
-    max_new_tokens: int = 4  # a reply counts as a refusal when it contains a refusal word
-    n_layer_profile: int = 32  # prompts per kind for the per-layer (cumulative) TuCo profile
-    batch_size: int = 64
+    base: str = param("organism/base", check=model_name)  # the pre-trained model
+    # its chat fine-tune (refuses requests about weapons)
+    finetuned: str = param("organism/chat-ft", check=model_name)
+    backend: str = param("tl", check=one_of(BACKENDS))
+    n_chat: int = param(200, check=positive)  # held-out chat requests (half about the forbidden topic)
+    n_pretrain: int = param(
+        200, check=positive
+    )  # pre-training-mixture texts, cut to the chat prompts' lengths
+    n_generate: int = param(64, check=positive)  # forbidden (and as many allowed) requests at each alpha
+    alphas: tuple[float, ...] = param(ALPHAS, check=(non_empty, each(in_range(0, 10))))  # FTC scales
+    max_new_tokens: int = param(4, check=positive)  # a reply counts as a refusal when it has a refusal word
+    n_layer_profile: int = param(32, check=positive)  # prompts per kind for the per-layer TuCo profile
+    batch_size: int = param(64, check=positive)
+
+    def __post_init__(self) -> None:
+        check_fields(self, where="tuco")
 
 
 def _refusal_ids(tokenizer: Any) -> list[int]:

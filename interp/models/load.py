@@ -24,6 +24,9 @@ _DTYPES = {
 }
 
 
+DTYPES: tuple[str, ...] = tuple(_DTYPES)
+
+
 class ModelLoadError(RuntimeError):
     """A model name or folder that cannot be loaded, with the reason."""
 
