@@ -270,3 +270,58 @@ def test_finetune_cmap_experiment_end_to_end(organism_like, tmp_path, monkeypatc
     assert prov["status"] == "finished" and prov["steps_run"] == [] and prov["steps_skipped"]
     killed, done, _ = interrupted_then_resumed(config, tmp_path / "killed", after_steps=2)
     assert killed == res and done == ["accuracy", "circuit"]
+
+
+def test_finetune_cmap_entity_tracking_end_to_end(organism_like, tmp_path, monkeypatch):
+    """The entity-tracking configuration (Prakash et al.'s four groups, DCM, overlap, completion) runs, writes the
+    finetune_cmap keys and its own, and the completed circuit keeps every staged head."""
+    from interp.runner import run_experiment
+
+    monkeypatch.setenv("INTERP_FIGURE_FORMATS", "html")
+    config = {
+        "experiment": "finetune_cmap",
+        "task": "entity_tracking",
+        "metric": "top1",
+        "base": str(organism_like["base"]),
+        "finetuned": str(organism_like["ft"]),
+        "n_prompts": 8,
+        "n_boxes": 4,
+        "circuit_n_boxes": 3,
+        "group_sizes": [1, 1, 1, 1],
+        "complete_accuracy": 0.5,
+        "n_random": 1,
+        "n_dcm": 8,
+    }
+    res = run_experiment(config, tmp_path / "run")
+    for key in (
+        "base_acc",
+        "ft_acc",
+        "base_circuit_faithfulness",
+        "base_circuit_acc_in_ft",
+        "cmap_best_group",
+        "cmap_base_acc_after",
+        "staged_circuit_faithfulness",
+        "circuit_overlap",
+        "dcm_test_accuracy",
+    ):
+        assert key in res, key
+    groups = ("value_fetcher", "position_transmitter", "position_detector", "structure_reader")
+    assert res["cmap_best_group"] in groups
+    assert res["dcm_test_accuracy"] and set(res["dcm_test_accuracy"]) <= {
+        f"{g}/{d}" for g in groups for d in ("positional", "object_value", "box_label_value")
+    }
+    staged = {h for part in res["circuit_heads"].split("; ") for h in part.split(": ")[1].split()}
+    completed = json.loads((tmp_path / "run" / "steps" / "completed_circuit.json").read_text())
+    assert {n.removeprefix("a") for n in completed["nodes"]} >= staged
+    assert res["circuit_size"] == len(completed["nodes"])
+    assert 0 <= res["circuit_overlap"] <= 1
+
+
+def test_finetune_cmap_group_sizes_follow_the_task():
+    from interp.config import ConfigError
+    from interp.experiments.finetune_cmap import FinetuneCMAPConfig
+
+    with pytest.raises(ConfigError, match="entity_tracking has 4 head groups"):
+        FinetuneCMAPConfig(task="entity_tracking", group_sizes=(3, 2, 2))
+    with pytest.raises(ConfigError, match="n_boxes"):
+        FinetuneCMAPConfig(task="entity_tracking", group_sizes=(1, 1, 1, 1), n_boxes=99)

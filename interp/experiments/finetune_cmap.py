@@ -239,7 +239,7 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
         ft_found = run.step("circuit_in_ft", lambda: search_in(ft))
         ft_circuit = Circuit.from_dict(ft_found["circuit"])
         ov = overlap(dict(circuit.groups), dict(ft_circuit.groups))
-        et = {
+        et |= {
             "ft_circuit_heads": "; ".join(
                 f"{g}: {_heads_text(ft_circuit, g, ' ')}" for g in ft_circuit.groups
             ),
