@@ -90,6 +90,9 @@ class FinetuneCMAPConfig:
     # 0: the staged circuit as found; > 0: complete it with heads kept at every position until it keeps this
     # share of the base model's accuracy on the circuit's prompts (`complete_circuit`, backward elimination)
     complete_accuracy: float = param(0.0, check=in_range(0, 1))
+    # where the completion keeps that share: the evaluated prompts (where faithfulness is reported) or the
+    # circuit's own prompts
+    complete_on: str = param("evaluation", check=one_of(("evaluation", "circuit")))
     n_dcm: int = param(400, check=non_negative)  # entity tracking: DCM pairs per desideratum (0: no DCM)
 
     def __post_init__(self) -> None:
@@ -164,15 +167,16 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
     # the circuit whose faithfulness is reported: the staged one at its positions, or its completion
     evaluated, eval_config = circuit, MEAN_ABLATION
     if cfg.complete_accuracy > 0:
-        target = cfg.complete_accuracy * accs["base_circuit_task"]
+        on_eval = cfg.complete_on == "evaluation"
+        target = cfg.complete_accuracy * accs["base" if on_eval else "base_circuit_task"]
         eval_config = replace(MEAN_ABLATION, use_positions=False)
 
         def completion() -> dict[str, Any]:
             grown, _ = complete_circuit(
                 base,
                 replace(circuit, positions={}),
-                prompts=found_on,
-                metric=acc_found_on,
+                prompts=ps if on_eval else found_on,
+                metric=acc if on_eval else acc_found_on,
                 target=target,
                 config=eval_config,
             )
