@@ -6,7 +6,7 @@ prompts=..., metric=..., stages=ioi_stages())` finds head groups; `evaluate_circ
 `dcm` masks heads by desiderata; `overlap` compares circuits; `Intervention` edits a head's pattern or output.
 """
 
-from interp.circuits.classify import IOI_BEHAVIOURS, attention_evidence, classify
+from interp.circuits.classify import IOI_BEHAVIOURS, attention_evidence, behaviour_classes, classify
 from interp.circuits.compare import Overlap, overlap, stage_sets, top_fraction
 from interp.circuits.dcm import DCMConfig, DCMResult, dcm, ioi_desiderata, masked_logits
 from interp.circuits.eap import EdgeScores, eap, edge_patch
@@ -57,6 +57,7 @@ __all__ = [
     "accuracy_with",
     "attention_evidence",
     "circuit_values",
+    "behaviour_classes",
     "classify",
     "complete_circuit",
     "dcm",

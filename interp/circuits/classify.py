@@ -66,3 +66,18 @@ def classify(evidence: dict[str, float], position: str | None, *, min_ratio: flo
     allowed = BEHAVIOURS_AT.get(position or "", tuple(IOI_BEHAVIOURS))
     best = max(allowed, key=lambda k: evidence[k] / evidence[f"uniform_{k}"])
     return best if evidence[best] >= min_ratio * evidence[f"uniform_{best}"] else "diffuse"
+
+
+def behaviour_classes(
+    evidence: dict[str, dict[str, float]], *, min_ratio: float = 2.0
+) -> dict[str, list[str]]:
+    """Every IOI behaviour -> the heads that show it (Wang et al.'s classes, by attention alone): at each query
+    position a head may act at (END, S2, S1+1), its best behaviour there if at least `min_ratio` times uniform.
+    A head can have several classes at different positions (e.g. induction at S2 and mover at END)."""
+    out: dict[str, list[str]] = {name: [] for name in IOI_BEHAVIOURS}
+    for head, ev in evidence.items():
+        for position in BEHAVIOURS_AT:
+            kind = classify(ev, position, min_ratio=min_ratio)
+            if kind != "diffuse":
+                out[kind].append(head)
+    return out

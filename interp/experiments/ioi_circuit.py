@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from interp.circuits.classify import IOI_BEHAVIOURS, attention_evidence, classify
+from interp.circuits.classify import IOI_BEHAVIOURS, attention_evidence, behaviour_classes, classify
 from interp.circuits.compare import overlap
 from interp.circuits.eap import EdgeScores, eap
 from interp.circuits.evaluate import (
@@ -340,6 +340,8 @@ def ioi_circuit(cfg: IOICircuitConfig, run: Run) -> dict[str, Any]:
         "overlap_final_eap_ig": ov.jaccard,
     }
     results |= {f"class_{r['head']}": f"{r['class']} ({r['stage']})" for r in rows}
+    # every head's behaviours at the positions where IOI heads act, by attention alone (not only circuit heads)
+    results["behaviour_heads"] = {k: ",".join(v) for k, v in behaviour_classes(evals["evidence"]).items()}
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in results.items()}
 
 
