@@ -570,6 +570,8 @@ def train_crosscoder(
     start = 0
     key = _checkpoint_key(cfg, cc)
     ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
+    if ckpt is not None:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
     if ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, map_location=dev, weights_only=False)
         if state["key"] != key:
