@@ -20,7 +20,7 @@ from interp.diffing.adl import (
     steering_hooks,
     steering_sweep,
 )
-from interp.diffing.causal import CausalCheck, direction_delta, latent_delta, patch_check
+from interp.diffing.causal import CausalCheck, diff_sae_delta, direction_delta, latent_delta, patch_check
 from interp.diffing.collect import (
     Keep,
     PairedPass,
@@ -81,6 +81,7 @@ __all__ = [
     "continuation_nll",
     "diff_lens_from",
     "diff_lens_keep",
+    "diff_sae_delta",
     "direction_delta",
     "document_kl",
     "final_readout",

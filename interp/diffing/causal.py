@@ -124,6 +124,22 @@ def latent_delta(cc: Crosscoder, latents: Sequence[int] | Tensor) -> DeltaFn:
     return delta
 
 
+def diff_sae_delta(sae: Crosscoder, latents: Sequence[int] | Tensor) -> DeltaFn:
+    """Delta = sum over `latents` of f_j d_j of a diff-SAE (one "model": ft - base), encoding x_ft - x_base."""
+    if sae.n_models != 1:
+        raise ValueError("diff_sae_delta needs a diff-SAE (kind 'diff_sae', one model)")
+    idx = torch.as_tensor(latents, dtype=torch.long)
+
+    def delta(xb: Tensor, xf: Tensor) -> Tensor:
+        b, t, d = xb.shape
+        if len(idx) == 0:
+            return torch.zeros_like(xb)
+        x = (xf - xb).reshape(b * t, 1, d).to(sae.W_enc.device)  # (b*t, 1, d)
+        return sae.contribution(sae.encode(x), idx)[:, 0].reshape(b, t, d).to(xb.device, xb.dtype)
+
+    return delta
+
+
 def direction_delta(vector: Float[Tensor, " d"]) -> DeltaFn:
     """Delta = `vector` at every position."""
 

@@ -340,10 +340,12 @@ class Crosscoder(nn.Module):
 # ------------------------------------------------------------------------------------------------ data
 @dataclass(frozen=True, kw_only=True, eq=False)
 class ActivationShards:
-    """The data shards this process owns (`shards[s]`: [n_s, n_models, d_in]) out of `n_shards`."""
+    """The data shards this process owns (`shards[s]`: [n_s, n_models, d_in]) out of `n_shards`; `weights[s]`
+    ([n_s], optional) makes training draw rows in proportion to them instead of uniformly."""
 
     shards: dict[int, Tensor]
     n_shards: int
+    weights: dict[int, Tensor] | None = None
 
     def __post_init__(self) -> None:
         shapes = {tuple(t.shape[1:]) for t in self.shards.values()}
@@ -354,20 +356,42 @@ class ActivationShards:
                 raise ValueError(
                     f"activation shard {s} must be a non-empty [n, n_models, d_in] tensor; got {tuple(t.shape)}"
                 )
+        if self.weights is not None:
+            for s, t in self.shards.items():
+                w = self.weights.get(s)
+                if w is None or w.shape != (len(t),) or bool((w < 0).any()) or not float(w.sum()) > 0:
+                    raise ValueError(f"shard {s}: weights must be [n_s] non-negative with a positive sum")
+
+    def draw(self, shard: int, n: int, generator: torch.Generator) -> Tensor:
+        """`n` rows of `shard`: uniform, or in proportion to its weights (with replacement)."""
+        t = self.shards[shard]
+        if self.weights is None:
+            return t[torch.randint(len(t), (n,), generator=generator)]
+        w = self.weights[shard].double().cpu()
+        return t[torch.multinomial(w, n, replacement=True, generator=generator).to(t.device)]
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(next(iter(self.shards.values())).shape[1:])  # type: ignore[return-value]
 
 
-def shard_activations(acts: Acts, n_shards: int, *, rank: int = 0, world: int = 1) -> ActivationShards:
-    """Split `acts` into `n_shards` contiguous shards; keep those of `rank` (r, r+world, ...)."""
+def shard_activations(
+    acts: Acts, n_shards: int, *, rank: int = 0, world: int = 1, weights: Tensor | None = None
+) -> ActivationShards:
+    """Split `acts` (and its sampling `weights` [n], if any) into `n_shards` contiguous shards; keep those of
+    `rank` (r, r+world, ...)."""
     if acts.ndim != 3:
         raise ValueError(f"activations must be [n, n_models, d_in]; got {tuple(acts.shape)}")
     if len(acts) < n_shards:
         raise ValueError(f"{len(acts)} activations cannot fill {n_shards} shards")
+    if weights is not None and weights.shape != (len(acts),):
+        raise ValueError(f"weights must be [n] = ({len(acts)},); got {tuple(weights.shape)}")
     parts = torch.tensor_split(acts, n_shards)
-    return ActivationShards(shards={s: parts[s] for s in range(rank, n_shards, world)}, n_shards=n_shards)
+    mine = range(rank, n_shards, world)
+    w = torch.tensor_split(weights, n_shards) if weights is not None else None
+    return ActivationShards(
+        shards={s: parts[s] for s in mine}, n_shards=n_shards, weights={s: w[s] for s in mine} if w else None
+    )
 
 
 def save_activation_shards(
@@ -511,6 +535,7 @@ def train_crosscoder(
     config: CrosscoderConfig | None = None,
     *,
     site: str,
+    sample_weights: Tensor | None = None,
     models: Sequence[ModelIdentity | None] = (None, None),
     kind: str = "crosscoder",
     held_out: Acts | None = None,
@@ -522,7 +547,9 @@ def train_crosscoder(
     """Train a crosscoder (or, with `kind="diff_sae"` and one model, a diff-SAE) on paired activations.
 
     `data`: `[n, n_models, d_in]` (split into `config.n_shards` shards here; under torch.distributed each rank keeps
-    its own) or the `ActivationShards` this rank owns. `out_dir`: checkpoints (`checkpoint.pt`, atomic) and, on
+    its own) or the `ActivationShards` this rank owns. `sample_weights` ([n], with a tensor `data`): draw
+    training rows in proportion to them (e.g. a mixture of uniform and the output KL, to focus the dictionary
+    where the models differ); the activation scales are still those of the whole data. `out_dir`: checkpoints (`checkpoint.pt`, atomic) and, on
     rank 0, the final crosscoder; a rerun with the same config resumes from the last checkpoint. `stop_at`: stop
     after that many steps (checkpointed), e.g. to slice a long run. `held_out`: activations on which the stated
     FVE, L0 and latent frequencies are measured. Every rank returns the same trained crosscoder.
@@ -537,11 +564,12 @@ def train_crosscoder(
     rank, world = dist_info()
     if cfg.n_shards % world:
         raise ValueError(f"n_shards={cfg.n_shards} must be a multiple of the number of processes ({world})")
-    shards = (
-        data
-        if isinstance(data, ActivationShards)
-        else shard_activations(data, cfg.n_shards, rank=rank, world=world)
-    )
+    if isinstance(data, ActivationShards):
+        if sample_weights is not None:
+            raise ValueError("with sharded data, pass the sampling weights as ActivationShards(weights=...)")
+        shards = data
+    else:
+        shards = shard_activations(data, cfg.n_shards, rank=rank, world=world, weights=sample_weights)
     if shards.n_shards != cfg.n_shards:
         raise ValueError(f"the data has {shards.n_shards} shards; the config says n_shards={cfg.n_shards}")
     owned = sorted(shards.shards)
@@ -569,6 +597,17 @@ def train_crosscoder(
     since = torch.zeros(cfg.d_sae, device=dev)
     start = 0
     key = _checkpoint_key(cfg, cc)
+    # a fingerprint of the data: token count, activation scales, sampling weights
+    key["data"] = {"n_tokens": n_tokens, "scale": [round(float(v), 5) for v in scale]}
+    if shards.weights is not None:
+        key["data"]["weights_sum"] = round(
+            float(
+                _all_reduce(
+                    torch.tensor([float(sum(w.sum() for w in shards.weights.values()))], dtype=torch.float64)
+                )[0]
+            ),
+            5,
+        )
     ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if ckpt is not None:
         ckpt.parent.mkdir(parents=True, exist_ok=True)
@@ -591,12 +630,7 @@ def train_crosscoder(
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(cfg, step)
-        rows = [
-            shards.shards[s][
-                torch.randint(len(shards.shards[s]), (per_shard,), generator=_batch_rng(cfg.seed, step, s))
-            ]
-            for s in owned
-        ]
+        rows = [shards.draw(s, per_shard, _batch_rng(cfg.seed, step, s)) for s in owned]
         x = torch.cat(rows).to(dev) / cc.scale[:, None]  # (b, M, d) normalised
         pre = cc.pre_acts(x)  # (b, F)
         w = cc.latent_weights()
