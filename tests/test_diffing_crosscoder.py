@@ -273,3 +273,19 @@ def test_measure_counts_dead_latents():
     stats = measure(cc, x)
     assert stats["dead_fraction"] == pytest.approx(0.5, abs=0.13)
     assert cc.latent_classes()[7] == "dead"
+
+
+def test_sample_weights_draw_only_weighted_rows_and_fingerprint_the_run(tmp_path):
+    x = sparse_pairs(400, seed=9)
+    w = torch.zeros(400)
+    w[:50] = w[200:250] = 1.0  # only these rows may be drawn (each shard needs some weight)
+    shards = shard_activations(x, 2, weights=w)
+    g = torch.Generator().manual_seed(0)
+    drawn = shards.draw(0, 500, g)
+    assert all(any(torch.equal(r, x[i]) for i in range(50)) for r in drawn[:20])
+    with pytest.raises(ValueError, match="positive sum"):
+        shard_activations(x, 2, weights=torch.zeros(400))
+    cfg = CrosscoderConfig(**{**SMALL, "steps": 20})
+    train_crosscoder(x, cfg, site=SITE, sample_weights=w, out_dir=tmp_path / "w", stop_at=10)
+    with pytest.raises(ValueError, match="data"):  # other weights: not the same run, no silent resume
+        train_crosscoder(x, cfg, site=SITE, sample_weights=w + 1, out_dir=tmp_path / "w")

@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.config import ConfigError
 from interp.runner import Run, register_experiment
 
 METHODS = (
@@ -146,6 +147,7 @@ class ModelDiffConfig:
     top_positions: int = 50
     top_tokens: int = 20
     relevance_ratio: float = 8.0
+    relevance_docs: int = 3000  # documents of the fine-tune's source (and 4x of the mixture) counted for it
     # the activation-difference lens
     adl_layer: int = -1  # where the lens is read (-1: the last layer)
     adl_k: int = 5  # first tokens of pre-training text, for `adl_first_tokens`
@@ -177,30 +179,30 @@ class ModelDiffConfig:
         for name in (
             "n_pretrain", "n_chat", "n_task", "max_length", "top_positions", "top_tokens", "adl_k",
             "steer_prompts", "steer_new_tokens", "d_sae", "k", "steps", "batch_size", "n_latents",
-            "n_behaviour", "forward_batch",
+            "n_behaviour", "forward_batch", "relevance_docs",
         ):  # fmt: skip
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"model_diff: {name} must be an int >= 1, got {v!r}")
+                raise ConfigError(f"model_diff: {name} must be an int >= 1, got {v!r}")
         unknown = sorted(set(self.pairs) - set(KNOWN_CHANGES))
         if unknown or not self.pairs:
-            raise ValueError(
+            raise ConfigError(
                 f"model_diff: pairs maps a known change to its fine-tune; unknown change(s) {unknown}; "
                 f"known: {', '.join(KNOWN_CHANGES)}"
             )
         if self.backend not in ("tl", "nnsight"):
-            raise ValueError(f"model_diff: backend must be 'tl' or 'nnsight', got {self.backend!r}")
+            raise ConfigError(f"model_diff: backend must be 'tl' or 'nnsight', got {self.backend!r}")
         for name in ("relevance_ratio", "lr", "coherence_margin"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"model_diff: {name} must be > 0, got {getattr(self, name)}")
+                raise ConfigError(f"model_diff: {name} must be > 0, got {getattr(self, name)}")
         if not 0 <= self.kl_weighting <= 1:
-            raise ValueError(f"model_diff: kl_weighting must lie in [0, 1], got {self.kl_weighting}")
+            raise ConfigError(f"model_diff: kl_weighting must lie in [0, 1], got {self.kl_weighting}")
         if not 0 < self.held_out < 0.5 or not self.ls_max_ratio > 0 or not 0 <= self.min_active_share < 1:
-            raise ValueError(
+            raise ConfigError(
                 "model_diff: held_out must lie in (0, 0.5), ls_max_ratio > 0, min_active_share in [0, 1)"
             )
         if not self.steer_alphas or not self.patchscope_scales:
-            raise ValueError("model_diff: steer_alphas and patchscope_scales must not be empty")
+            raise ConfigError("model_diff: steer_alphas and patchscope_scales must not be empty")
 
 
 # ------------------------------------------------------------------------------------------------ corpus
@@ -606,7 +608,10 @@ def model_diff_experiment(cfg: ModelDiffConfig, run: Run) -> dict[str, Any]:
     changes = [KNOWN_CHANGES[c] for c in cfg.pairs]
     relevant = run.step(
         "relevant_tokens",
-        lambda: {c.name: relevant_tokens(tok, c.source, cfg.relevance_ratio) for c in changes},
+        lambda: {
+            c.name: relevant_tokens(tok, c.source, cfg.relevance_ratio, n_docs=cfg.relevance_docs)
+            for c in changes
+        },
     )
     behaviour = {c.name: behaviour_set(c, tok, cfg.n_behaviour, run.seed + 1) for c in changes}
     b = run.step(
