@@ -14,6 +14,7 @@ from interp.diffing import (
     CrosscoderConfig,
     CrosscoderMismatchError,
     closed_form_beta,
+    kl_attributed_latents,
     latent_delta,
     latent_scaling,
     load_activation_shards,
@@ -289,3 +290,17 @@ def test_sample_weights_draw_only_weighted_rows_and_fingerprint_the_run(tmp_path
     train_crosscoder(x, cfg, site=SITE, sample_weights=w, out_dir=tmp_path / "w", stop_at=10)
     with pytest.raises(ValueError, match="data"):  # other weights: not the same run, no silent resume
         train_crosscoder(x, cfg, site=SITE, sample_weights=w + 1, out_dir=tmp_path / "w")
+
+
+def test_kl_attributed_latents_rank_by_kl_where_active_times_change():
+    f = torch.zeros(6, 4)
+    f[:3, 0] = 1.0  # latent 0: active where KL is high
+    f[3:, 1] = 1.0  # latent 1: active where KL is low
+    f[:3, 2] = 1.0  # latent 2: where KL is high, but its decoder does not change
+    f[0, 3] = 5.0  # latent 3: too rare
+    kl = torch.tensor([4.0, 3.0, 3.0, 0.1, 0.1, 0.1])
+    change = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    assert kl_attributed_latents(f, kl, change, min_active=2, n=4) == [0, 1]
+    assert kl_attributed_latents(f, kl, change, min_active=1, n=1) == [3]
+    with pytest.raises(ValueError, match="kl"):
+        kl_attributed_latents(f, kl[:3], change, min_active=1, n=1)

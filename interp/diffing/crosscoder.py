@@ -337,6 +337,22 @@ class Crosscoder(nn.Module):
         return cc.to(device)
 
 
+def kl_attributed_latents(f: Tensor, kl: Tensor, change: Tensor, *, min_active: int, n: int) -> list[int]:
+    """The `n` latents whose decoded change is largest where the outputs differ (label-free): the
+    activation-weighted mean KL(ft || base) over the tokens where a latent is active, times `change` (its decoder
+    change |d_ft - d_base| for a crosscoder, |d| for a diff-SAE); latents active on fewer than `min_active` tokens
+    are left out. `f`: [n, d_sae] activations, `kl`: [n] per-token KL."""
+    if f.ndim != 2 or kl.shape != (f.shape[0],) or change.shape != (f.shape[1],):
+        raise ValueError(
+            f"f [n, d_sae], kl [n], change [d_sae]; got {tuple(f.shape)}, {tuple(kl.shape)}, {tuple(change.shape)}"
+        )
+    active = (f > 0).sum(0)
+    kappa = (f * kl[:, None]).sum(0) / f.sum(0).clamp_min(1e-12) * change
+    kappa = torch.where(active >= min_active, kappa, torch.full_like(kappa, -1.0))
+    order = kappa.argsort(descending=True)[:n]
+    return [int(j) for j in order if float(kappa[j]) > 0]
+
+
 # ------------------------------------------------------------------------------------------------ data
 @dataclass(frozen=True, kw_only=True, eq=False)
 class ActivationShards:

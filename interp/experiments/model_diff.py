@@ -321,17 +321,6 @@ def _layer(cfg_layer: int, n_layers: int, what: str) -> int:
     return layer
 
 
-def kl_attributed(f: Tensor, kl: Tensor, change: Tensor, *, min_active: int, n: int) -> list[int]:
-    """The `n` latents whose decoded change is largest where the outputs differ: mean KL(ft || base) over the
-    tokens where a latent is active (activation-weighted) times `change` (its decoder change |d_ft - d_base|, or a
-    diff-SAE's |d|); latents active on fewer than `min_active` tokens are left out. Label-free."""
-    active = (f > 0).sum(0)
-    kappa = (f * kl[:, None]).sum(0) / f.sum(0).clamp_min(1e-12) * change
-    kappa = torch.where(active >= min_active, kappa, torch.full_like(kappa, -1.0))
-    order = kappa.argsort(descending=True)[:n]
-    return [int(j) for j in order if float(kappa[j]) > 0]
-
-
 def _mass_score(f: Tensor, latents: list[int], in_region: Tensor, p0: float) -> float:
     """Chance-corrected share of the latents' activation mass that falls on region tokens (0 without latents)."""
     if not latents:
@@ -361,6 +350,7 @@ def diff_pair(
         diff_lens_keep,
         diff_sae_delta,
         direction_delta,
+        kl_attributed_latents,
         latent_delta,
         latent_scaling,
         logit_lens,
@@ -506,8 +496,8 @@ def diff_pair(
     ls = latent_scaling(cc, acts, ft_only) if ft_only else None
     confirmed = ls.confirmed(cfg.ls_max_ratio).tolist() if ls is not None else []
     min_active = max(5, int(cfg.min_active_share * len(acts)))
-    cc_top = kl_attributed(f_cc, kl_tok, cc_change, min_active=min_active, n=cfg.n_latents)
-    sae_top = kl_attributed(f_sae, kl_tok, sae_change, min_active=min_active, n=cfg.n_latents)
+    cc_top = kl_attributed_latents(f_cc, kl_tok, cc_change, min_active=min_active, n=cfg.n_latents)
+    sae_top = kl_attributed_latents(f_sae, kl_tok, sae_change, min_active=min_active, n=cfg.n_latents)
     live = cc.latent_frequency > 0
     out["crosscoder"] = {
         "stats": cc.stats,
