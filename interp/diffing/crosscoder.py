@@ -164,7 +164,7 @@ class Crosscoder(nn.Module):
     # ---- maths --------------------------------------------------------------------------------------
     def normalise(self, x: Acts) -> Acts:
         self._check_input(x)
-        return x.to(self.W_enc.dtype) / self.scale[:, None]
+        return x.to(self.W_enc.device, self.W_enc.dtype) / self.scale[:, None]
 
     def pre_acts(self, xn: Acts) -> Float[Tensor, "n d_sae"]:
         """ReLU(sum_m W_enc[m] x_m + b_enc) of normalised inputs."""

@@ -476,14 +476,15 @@ def diff_pair(
     ].sum().clamp_min(1e-12)
     cc = train_crosscoder(
         acts[train], cc_cfg, site=site, models=identities, held_out=acts[held], sample_weights=weights,
-        out_dir=out_dir / "crosscoder", progress=progress,
+        out_dir=out_dir / "crosscoder", device=base.device, progress=progress,
     )  # fmt: skip
     diff_in = (acts[:, 1] - acts[:, 0])[:, None]  # (n, 1, d): the diff-SAE's input
     sae = train_crosscoder(
         diff_in[train], cc_cfg, site=site, models=identities, kind="diff_sae", held_out=diff_in[held],
         sample_weights=weights,
-        out_dir=out_dir / "diff_sae", progress=progress,
+        out_dir=out_dir / "diff_sae", device=base.device, progress=progress,
     )  # fmt: skip
+    cc, sae = cc.to("cpu"), sae.to("cpu")  # the analysis runs on the CPU copies of the activations
     with torch.no_grad():
         f_cc = cc.encode(acts)
         f_sae = sae.encode(diff_in)
