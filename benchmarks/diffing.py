@@ -42,7 +42,9 @@ def _pair(model: str, device: str):
     return ModelPair(*(interp.load_model(n, backend="tl", device=device) for n in names))
 
 
-def bench(model: str, docs: int, seq: int, batch: int, device: str, repeats: int, steps: int, d_sae: int) -> dict:
+def bench(
+    model: str, docs: int, seq: int, batch: int, device: str, repeats: int, steps: int, d_sae: int
+) -> dict:
     from interp.diffing import CrosscoderConfig, Keep, paired_pass, real_positions, train_crosscoder
 
     pair = _pair(model, device)
@@ -98,7 +100,11 @@ def bench(model: str, docs: int, seq: int, batch: int, device: str, repeats: int
         "crosscoder_seconds": round(tcc, 4),
         "crosscoder_tokens_per_s": round(cc_tps, 1),
         "crosscoder_over_plain_throughput": round(cc_tps / plain_tps, 4),
-        "runs": {"plain": [round(x, 4) for x in t_plain], "collect": [round(x, 4) for x in t_collect], "crosscoder": [round(x, 4) for x in t_cc]},
+        "runs": {
+            "plain": [round(x, 4) for x in t_plain],
+            "collect": [round(x, 4) for x in t_collect],
+            "crosscoder": [round(x, 4) for x in t_cc],
+        },
     }
 
 
@@ -117,13 +123,18 @@ def main() -> None:
     args = p.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    res = bench(args.model, args.docs, args.seq, args.batch, args.device, args.repeats, args.steps, args.d_sae)
+    res = bench(
+        args.model, args.docs, args.seq, args.batch, args.device, args.repeats, args.steps, args.d_sae
+    )
     res["load_average"] = list(os.getloadavg())
     for k, v in res.items():
         if k != "runs":
             print(f"{k:36s} {v}")
     kind = "gpu" if args.device.startswith("cuda") else "cpu"
-    out = args.out or f"benchmarks/results/diffing-{kind}{'' if args.model == 'organisms' else '-' + args.model}.json"
+    out = (
+        args.out
+        or f"benchmarks/results/diffing-{kind}{'' if args.model == 'organisms' else '-' + args.model}.json"
+    )
     write_json(out, res)
     print(f"wrote {out}")
 

@@ -565,8 +565,8 @@ def train_crosscoder(
     `data`: `[n, n_models, d_in]` (split into `config.n_shards` shards here; under torch.distributed each rank keeps
     its own) or the `ActivationShards` this rank owns. `sample_weights` ([n], with a tensor `data`): draw
     training rows in proportion to them (e.g. a mixture of uniform and the output KL, to focus the dictionary
-    where the models differ); the activation scales are still those of the whole data. `out_dir`: checkpoints (`checkpoint.pt`, atomic) and, on
-    rank 0, the final crosscoder; a rerun with the same config resumes from the last checkpoint. `stop_at`: stop
+    where the models differ); the activation scales are still those of the whole data. `out_dir`: checkpoints
+    (`checkpoint.pt`, atomic) and, on rank 0, the final crosscoder; a rerun with the same config resumes from the last checkpoint. `stop_at`: stop
     after that many steps (checkpointed), e.g. to slice a long run. `held_out`: activations on which the stated
     FVE, L0 and latent frequencies are measured. Every rank returns the same trained crosscoder.
     """
@@ -596,6 +596,10 @@ def train_crosscoder(
     M, d = shards.shape
     if kind == "crosscoder" and M != 2:
         raise ValueError(f"a crosscoder reads two models' activations [n, 2, d]; got {M} per token")
+    if kind == "diff_sae" and M != 1:
+        raise ValueError(
+            f"a diff-SAE reads one difference per token [n, 1, d] (ft - base); got {M} per token"
+        )
     if held_out is not None and tuple(held_out.shape[1:]) != (M, d):
         raise ValueError(
             f"held_out {tuple(held_out.shape)} does not match the training activations [n, {M}, {d}]"
@@ -616,13 +620,9 @@ def train_crosscoder(
     # a fingerprint of the data: token count, activation scales, sampling weights
     key["data"] = {"n_tokens": n_tokens, "scale": [round(float(v), 5) for v in scale]}
     if shards.weights is not None:
+        local_sum = float(sum(float(w.sum()) for w in shards.weights.values()))
         key["data"]["weights_sum"] = round(
-            float(
-                _all_reduce(
-                    torch.tensor([float(sum(w.sum() for w in shards.weights.values()))], dtype=torch.float64)
-                )[0]
-            ),
-            5,
+            float(_all_reduce(torch.tensor([local_sum], dtype=torch.float64))[0]), 5
         )
     ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if ckpt is not None:
