@@ -92,3 +92,21 @@ def test_zoo_sae_records_its_organism():
     sae.check_model(base)
     with pytest.raises(ModelMismatchError, match="organism/chat-ft"):
         sae.check_model(chat)
+
+
+def test_sae_lens_folder_records_the_weights_hash(tiny_dirs, twin_dir, tmp_path):
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    base = load_model(tiny_dirs["gpt2"], backend="tl", device="cpu")
+    sl = TopKSAE(TopKSAEConfig(d_in=base.cfg.d_model, d_sae=16, k=2))
+    sl.cfg.metadata.hook_name = HOOK
+    sl.cfg.metadata.model_name = "tiny-gpt2"
+    sl.cfg.metadata.model_weights_sha256 = model_identity(base).weights_sha256  # as the zoo writes it
+    sl.save_model(tmp_path / "sl")
+    coder = load_sae(tmp_path / "sl")
+    assert coder.trained_on == ModelIdentity(
+        name="tiny-gpt2", weights_sha256=model_identity(base).weights_sha256
+    )
+    coder.check_model(base)  # another name for the same weights is fine
+    with pytest.raises(ModelMismatchError):
+        coder.check_model(load_model(twin_dir, backend="tl", device="cpu"))

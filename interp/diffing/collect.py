@@ -23,6 +23,7 @@ from interp.diffing.lens import TunedLens, check_layers, final_readout
 from interp.finetuning.pair import ModelPair
 from interp.sites import Site, as_site
 
+_CHUNK = 4096  # positions per chunk of the per-token statistics
 Tokens = Int[Tensor, "doc pos"]
 Mask = Int[Tensor, "doc pos"]
 
@@ -154,14 +155,19 @@ def paired_pass(
                 outs.append((logits.float().log_softmax(-1).cpu(), {k: v.cpu() for k, v in cache.items()}))
             (lp_b, cache_b), (lp_f, cache_f) = outs
             real = mask.cpu().bool()
-            kl_b = (lp_f.exp() * (lp_f - lp_b)).sum(-1).clamp_min(0) * real  # (b, t)
-            kl[r, :width] = kl_b
-            base_top[r, :width] = lp_b.argmax(-1)
-            ft_top[r, :width] = lp_f.argmax(-1)
-            diff = lp_f - lp_b  # (b, t, vocab)
-            promoted[r, :width] = diff.topk(n_promoted, dim=-1).indices
-            logprob_shift += (diff * real[..., None]).sum((0, 1)).double()
-            prob_shift += ((lp_f.exp() - lp_b.exp()) * real[..., None]).sum((0, 1)).double()
+            at = real.nonzero()  # (n, 2): the real positions of this batch
+            rows_of = r[at[:, 0]]
+            lb_all, lf_all = lp_b[real], lp_f[real]  # (n, vocab)
+            for c in range(0, len(at), _CHUNK):  # bounded temporaries for large vocabularies
+                lb, lf = lb_all[c : c + _CHUNK], lf_all[c : c + _CHUNK]
+                pf, diff = lf.exp(), lf - lb
+                rr, pp = rows_of[c : c + _CHUNK], at[c : c + _CHUNK, 1]
+                kl[rr, pp] = (pf * diff).sum(-1).clamp_min(0)
+                base_top[rr, pp] = lb.argmax(-1)
+                ft_top[rr, pp] = lf.argmax(-1)
+                promoted[rr, pp] = diff.topk(n_promoted, dim=-1).indices
+                logprob_shift += diff.sum(0).double()
+                prob_shift += (pf - lb.exp()).sum(0).double()
             for i, s in enumerate(lens_sites):
                 hb, hf = cache_b[s.hook_name], cache_f[s.hook_name]
                 if lenses is not None:

@@ -327,7 +327,11 @@ def from_sae_lens(sae: Any, *, hook_name: str | None = None, name: str | None = 
         name=str(name),
         apply_b_dec_to_input=bool(cfg.apply_b_dec_to_input),
         dense_encode=None if plain_topk else sae.encode,
-        trained_on=ModelIdentity(name=str(model_name)) if model_name else None,
+        trained_on=ModelIdentity(
+            name=str(model_name), weights_sha256=cfg.metadata.get("model_weights_sha256")
+        )
+        if model_name
+        else None,
     )
 
 
