@@ -658,7 +658,7 @@ def model_diff_experiment(cfg: ModelDiffConfig, run: Run) -> dict[str, Any]:
             out_dir=run.dir / "diffs" / "control",
         ),
     )
-    _write_outputs(cfg, run, per_pair, labels, b)
+    _write_outputs(run, per_pair, labels)
     results: dict[str, Any] = {"methods": list(METHODS)}
     for c, label in labels.items():
         results[label] = {m: per_pair[label]["scores"][c][m] for m in METHODS}
@@ -678,11 +678,25 @@ def model_diff_experiment(cfg: ModelDiffConfig, run: Run) -> dict[str, Any]:
     return results
 
 
-def _write_outputs(
-    cfg: ModelDiffConfig, run: Run, per_pair: dict[str, dict], labels: dict[str, str], b: dict
-) -> None:
+def latent_class_histogram(relative_norms: dict[str, list[float]]):
+    """Histogram of the crosscoders' relative decoder norms, x in [0, 1], the class thresholds marked."""
+    from interp.plotting import histogram
+
+    fig = histogram(
+        relative_norms,
+        x_title="relative decoder norm (0: base only, 1: fine-tune only)",
+        title="Crosscoder latents by relative decoder norm (live latents; dashed: ft-only / base-only thresholds)",
+        bins=50,
+    )
+    fig.update_xaxes(range=[0, 1])
+    for x in (0.1, 0.9):
+        fig.add_vline(x=x, line_dash="dash", line_color="grey")
+    return fig
+
+
+def _write_outputs(run: Run, per_pair: dict[str, dict], labels: dict[str, str]) -> None:
     """Tables (scores, mined positions and tokens, diff lens, crosscoder) and figures."""
-    from interp.plotting import bar, heatmap, histogram, line
+    from interp.plotting import bar, heatmap, line
 
     rows = []
     for c, label in labels.items():
@@ -722,16 +736,12 @@ def _write_outputs(
             x_title="method",
             y_title="pair",
             title="Model diffing: known-change score per method (control: max over changes)",
+            show_values=True,
         ),
         "scores",
     )
     run.figure(
-        histogram(
-            {p: per_pair[p]["crosscoder"]["relative_norm_live"] for p in pairs},
-            x_title="relative decoder norm (0 base only, 1 fine-tune only)",
-            title="Crosscoder latent classes by relative decoder norm (live latents)",
-            bins=40,
-        ),
+        latent_class_histogram({p: per_pair[p]["crosscoder"]["relative_norm_live"] for p in pairs}),
         "crosscoder_relative_norm",
     )
     run.figure(
@@ -774,30 +784,23 @@ DEMO: dict[str, Any] = {
 
 
 def model_diff_demo(out: Path) -> None:
-    """The demo: `model_diff` on chat-ft and the control with `DEMO` settings; writes the diff-mining table and
-    the crosscoder latent-class histogram into `out`."""
-    from interp.plotting import histogram, save_figure
-    from interp.runner import run_experiment
-
-    res = run_experiment({"experiment": "model_diff", **DEMO}, Path(out) / "run")
-    run_dir = Path(out) / "run"
+    """The demo: `model_diff` on chat-ft and the control with `DEMO` settings; writes the diff-mining table
+    (`diff_mining.csv`) and the crosscoder latent-class histogram (`crosscoder_latent_classes`) into `out`."""
     import json
 
-    pair = json.loads((run_dir / "steps" / "pair_chat-ft.json").read_text())
-    control = json.loads((run_dir / "steps" / "pair_control.json").read_text())
     import pandas as pd
 
-    pd.DataFrame(pair["mined_positions"][:20]).to_csv(Path(out) / "diff_mining.csv", index=False)
-    save_figure(
-        histogram(
-            {
-                "chat-ft": pair["crosscoder"]["relative_norm_live"],
-                "control-ft": control["crosscoder"]["relative_norm_live"],
-            },
-            x_title="relative decoder norm (0 base only, 1 fine-tune only)",
-            title="Crosscoder latents of chat-ft vs the control",
-            bins=40,
-        ),
-        Path(out) / "crosscoder_latent_classes",
-    )
-    print({k: v for k, v in res.items() if k in ("chat-ft", "control_max_score")})
+    from interp.plotting import save_figure
+    from interp.runner import run_experiment
+
+    out = Path(out)
+    res = run_experiment({"experiment": "model_diff", **DEMO}, out / "run")
+    pair = json.loads((out / "run" / "steps" / "pair_chat-ft.json").read_text())
+    control = json.loads((out / "run" / "steps" / "pair_control.json").read_text())
+    pd.DataFrame(pair["mined_positions"][:20]).to_csv(out / "diff_mining.csv", index=False)
+    rel = {
+        "chat-ft": pair["crosscoder"]["relative_norm_live"],
+        "control": control["crosscoder"]["relative_norm_live"],
+    }
+    save_figure(latent_class_histogram(rel), out / "crosscoder_latent_classes")
+    print(f"chat-ft scores: {res['chat-ft']}; control max: {res['control_max_score']:.2f}")
