@@ -760,6 +760,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
+        dist.barrier()  # rank 0 has written the crosscoder; no rank tears gloo down while another still works
         dist.destroy_process_group()
 
 
