@@ -25,6 +25,7 @@ def test_names_lists_every_entry():
         "organism/ioi-ft",
         "organism/ccs-ft",
         "organism/chat-ft",
+        "organism/control-ft",
         "sae/base-resid-L2",
     ]
     for name in zoo.names():

@@ -184,14 +184,17 @@ def _scalar(key: str, value: Any) -> Any:
 
 
 def flat_results(results: Mapping[str, Any]) -> dict[str, Any]:
-    """Headline numbers as JSON: scalars, or one level of {name: scalar} (e.g. a rate per alpha)."""
+    """Headline numbers as JSON: scalars, lists of names, or one level of {name: scalar} (e.g. a rate per
+    alpha)."""
     if not isinstance(results, Mapping):
         raise TypeError(f"an experiment must return a dict of headline numbers, got {type(results).__name__}")
     flat: dict[str, Any] = {}
     for key, value in results.items():
         if not isinstance(key, str):
             raise TypeError(f"results keys must be strings, got {key!r}")
-        if isinstance(value, Mapping):
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            flat[key] = list(value)  # a list of names (e.g. the methods a table covers)
+        elif isinstance(value, Mapping):
             flat[key] = {str(k): _scalar(f"{key}.{k}", v) for k, v in value.items()}
         else:
             flat[key] = _scalar(key, value)

@@ -144,13 +144,14 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
 
     def search_in(model: HookedModel) -> dict[str, Any]:
         if cfg.task == "ioi":
-            res = path_patch_search(
-                model, prompts=found_on, metric=LogitDiff, stages=ioi_group_stages(cfg.group_sizes)
-            )
+            movers, inhibition, induction = cfg.group_sizes
+            stages = ioi_group_stages((movers, inhibition, induction))
+            res = path_patch_search(model, prompts=found_on, metric=LogitDiff, stages=stages)
         else:  # Prakash et al.: the answer probability's relative change, most negative heads chosen
             from interp.metrics import AnswerProb
 
-            config = SearchConfig(stages=prakash_stages(k=tuple(cfg.group_sizes)), convention="prob_change")
+            a, b, c, d = cfg.group_sizes
+            config = SearchConfig(stages=prakash_stages(k=(a, b, c, d)), convention="prob_change")
             res = path_patch_search(model, prompts=found_on, metric=AnswerProb, config=config)
         return {
             "circuit": res.circuit().to_dict(),

@@ -23,6 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp import zoo_location
+from interp.models.identity import ModelIdentity, check_trained_on
 from interp.sites import Site, SiteError, from_hook_name
 
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -56,7 +57,9 @@ class SparseCoder:
     """A sparse autoencoder's encoder, reading activations at `hook_name` (a TransformerLens hook name).
 
     TopK SAEs hold `W_enc` [d_in, d_sae], `b_enc`, `b_dec` and `k`; `dense_encode` (set for sae-lens SAEs of other
-    architectures) replaces the TopK formula by the SAE's own encoder.
+    architectures) replaces the TopK formula by the SAE's own encoder. `trained_on` records the model the SAE was
+    trained on (name and weights hash, where known): `check_model` refuses any other model unless
+    `allow_mismatch`.
     """
 
     W_enc: Float[Tensor, "d_in d_sae"]
@@ -67,6 +70,8 @@ class SparseCoder:
     name: str = "sae"
     apply_b_dec_to_input: bool = True
     dense_encode: Callable[[Tensor], Tensor] | None = None
+    trained_on: ModelIdentity | None = None
+    allow_mismatch: bool = False  # use the SAE on models other than `trained_on`
 
     def __post_init__(self) -> None:
         d_in, d_sae = self.W_enc.shape
@@ -143,8 +148,10 @@ class SparseCoder:
         )
 
     # ---- checks --------------------------------------------------------------------------------------
-    def check_model(self, model: Any) -> Site:
-        """Raise `SAESiteError` unless this SAE's hook exists in `model` and d_in equals the hook's width."""
+    def check_model(self, model: Any, *, allow_mismatch: bool | None = None) -> Site:
+        """Raise `SAESiteError` unless this SAE's hook exists in `model` and d_in equals the hook's width, and
+        `ModelMismatchError` if `model` is not the model the SAE was trained on (unless `allow_mismatch`, which
+        defaults to the SAE's own `allow_mismatch`)."""
         site = self.site
         try:
             model.check_site(site)
@@ -164,6 +171,12 @@ class SparseCoder:
                 f"width {width} ({_WIDTH_OF[site.component]}): this SAE was trained on another model "
                 "or another site"
             )
+        check_trained_on(
+            self.trained_on,
+            model,
+            what=f"SAE {self.name} ({self.hook_name})",
+            allow_mismatch=self.allow_mismatch if allow_mismatch is None else allow_mismatch,
+        )
         return site
 
     def __repr__(self) -> str:
@@ -226,6 +239,8 @@ def save_sparsify(coder: SparseCoder, folder: str | Path, *, W_dec: Tensor | Non
         "hook_name": coder.hook_name,
         "normalize_decoder": True,
     }
+    if coder.trained_on is not None:
+        cfg["trained_on"] = coder.trained_on.to_dict()
     (folder / CFG_FILE).write_text(json.dumps(cfg, indent=1))
     return folder
 
@@ -284,6 +299,7 @@ def load_sparsify(folder: str | Path, *, hook_name: str | None = None) -> Sparse
         k=int(cfg["k"]),
         hook_name=hook,
         name=f"sparsify:{folder.name}",
+        trained_on=ModelIdentity.from_dict(cfg["trained_on"]) if cfg.get("trained_on") else None,
     )
 
 
@@ -294,6 +310,7 @@ def from_sae_lens(sae: Any, *, hook_name: str | None = None, name: str | None = 
     if not hook:
         raise SAELoadError("the sae-lens SAE names no hook (cfg.metadata.hook_name): pass hook_name=")
     name = name or cfg.metadata.get("sae_id") or cfg.metadata.get("model_name") or "sae-lens"
+    model_name = cfg.metadata.get("model_name")
     plain_topk = (
         cfg.architecture() == "topk"
         and cfg.normalize_activations == "none"
@@ -312,6 +329,11 @@ def from_sae_lens(sae: Any, *, hook_name: str | None = None, name: str | None = 
         name=str(name),
         apply_b_dec_to_input=bool(cfg.apply_b_dec_to_input),
         dense_encode=None if plain_topk else sae.encode,
+        trained_on=ModelIdentity(
+            name=str(model_name), weights_sha256=cfg.metadata.get("model_weights_sha256")
+        )
+        if model_name
+        else None,
     )
 
 
@@ -325,11 +347,25 @@ def _load_folder(folder: Path, hook_name: str | None) -> SparseCoder:
             sae = SAE.load_from_disk(str(folder))
         except Exception as e:
             raise SAELoadError(f"sae-lens could not load the SAE in {folder}: {e}") from e
-        return from_sae_lens(sae, hook_name=hook_name, name=folder.name)
+        return _with_card_provenance(from_sae_lens(sae, hook_name=hook_name, name=folder.name), folder)
     raise SAELoadError(
         f"{folder} holds no SAE: expected {SAE_LENS_WEIGHTS} (sae-lens) or {SPARSIFY_WEIGHTS} "
         "(sparsify) with cfg.json"
     )
+
+
+def _with_card_provenance(coder: SparseCoder, folder: Path) -> SparseCoder:
+    """The model a zoo SAE was trained on, from its `card.json` (organism name and weights hash)."""
+    card_path = folder / "card.json"
+    if not card_path.is_file():
+        return coder
+    card = json.loads(card_path.read_text())
+    if card.get("trained_on"):
+        return dataclasses.replace(coder, trained_on=ModelIdentity.from_dict(card["trained_on"]))
+    if card.get("organism"):
+        identity = ModelIdentity(name=card["organism"], weights_sha256=card.get("organism_weights_sha256"))
+        return dataclasses.replace(coder, trained_on=identity)
+    return coder
 
 
 def _zoo_folder(name: str) -> Path:
@@ -370,12 +406,14 @@ def load_sae(
     hook_name: str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
+    allow_mismatch: bool = False,
 ) -> SparseCoder:
     """Load an SAE as a `SparseCoder` on `device`.
 
     `source`: a `SparseCoder` or sae-lens SAE object; a zoo name (`"sae/base-resid-L2"`); a local folder (sae-lens
     or sparsify format); or, with `sae_id`, a sae-lens release or a hub repo of sparsify folders (online).
-    `hook_name` overrides the hook the SAE names (needed where the files name none).
+    `hook_name` overrides the hook the SAE names (needed where the files name none). `allow_mismatch=True` lets
+    the SAE run on models other than the one it records it was trained on.
     """
     if isinstance(source, SparseCoder):
         coder = source if hook_name is None else dataclasses.replace(source, hook_name=hook_name)
@@ -395,6 +433,8 @@ def load_sae(
                 f"no SAE at {name!r}: not a zoo name (sae/...), not a local folder, and no sae_id "
                 "given for a sae-lens release or hub repo"
             )
+    if allow_mismatch:
+        coder = dataclasses.replace(coder, allow_mismatch=True)
     return coder.to(device=device, dtype=dtype)
 
 

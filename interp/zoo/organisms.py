@@ -224,6 +224,14 @@ RECIPES: dict[str, Recipe] = {
                 Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True),
             ),
         ),
+        Recipe(
+            name="organism/control-ft",
+            purpose="base fine-tuned on its own pre-training mixture: the control pair of model diffing",
+            parent="organism/base",
+            mixture=_BASE,  # every source of the base mix has the all-token loss
+            train=FT_TRAIN,
+            targets=(Target(metric="ioi.accuracy", op=">=", value=-0.05, relative=True),),
+        ),
     )
 }
 

@@ -163,6 +163,8 @@ def build_sae(recipe: SAERecipe, model, tok, mixture: Mixture, log=print) -> tup
     held_out = resid_activations(model, tok, mixture, recipe.layer, recipe.n_eval_docs, recipe.eval_seed)
     log(f"{acts.shape[0]:,} training activations, {held_out.shape[0]:,} held-out")
     sae = train_sae(recipe, acts, log=log)
+    trained_on = _trained_on(model, recipe.organism)
+    sae.cfg.metadata.model_weights_sha256 = trained_on["weights_sha256"]  # the folder names its model alone
     card = {
         "name": recipe.name,
         "organism": recipe.organism,
@@ -175,6 +177,18 @@ def build_sae(recipe: SAERecipe, model, tok, mixture: Mixture, log=print) -> tup
         "scores": sae_stats(sae, held_out),
         "check": check_stats(sae, model, tok, mixture, recipe),
         "recipe": recipe.to_dict(),
+        "trained_on": trained_on,
         "build_time_s": round(time.time() - t0, 1),
     }
     return sae, card
+
+
+def _trained_on(model, organism: str) -> dict:
+    """The organism's identity (name and weights hash of the folder `model` was loaded from)."""
+    from pathlib import Path
+
+    from interp.models.identity import weights_sha256
+
+    folder = getattr(model.config, "_name_or_path", "")
+    digest = weights_sha256(folder) if folder and Path(folder).is_dir() else None
+    return {"name": organism, "weights_sha256": digest, "basis": "hf"}
