@@ -76,10 +76,7 @@ def forward_last(
         at = end[rows].to(model.device)
         width = int(at.max()) + 1
         batch = tokens[rows, :width]
-        cache: dict[str, Tensor] = {}
-        out = model.run_with_hooks(
-            batch, hooks(rows) if hooks is not None else (), cache=read, _cache_out=cache
-        )
+        out, cache = model.run_with_cache(batch, read, hooks=hooks(rows) if hooks is not None else ())
         b = torch.arange(len(rows), device=out.device)
         logits.append(out[b, at.to(out.device)].float())
         for name in acts:
