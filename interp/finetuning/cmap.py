@@ -29,7 +29,6 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from interp.finetuning.pair import check_pair
-from interp.metrics import as_metric
 from interp.models.base import HookedModel
 from interp.patching.engine import (
     Cell,
@@ -40,8 +39,18 @@ from interp.patching.engine import (
     run_cells_tl,
     run_chunked,
 )
-from interp.patching.readout import Readout, as_readout
+from interp.patching.inputs import (
+    BoundInputs,
+    MetricLike,
+    PositionSpec,
+    bind_inputs,
+    bind_positions,
+    bind_row_position,
+    check_budget,
+)
+from interp.patching.readout import Readout
 from interp.patching.sweep import PatchResult, SweepConfig
+from interp.progress import progress_bar
 from interp.sites import HEAD_COMPONENTS, Site, SiteError
 from interp.tasks.promptset import PromptSet
 
@@ -163,18 +172,26 @@ def _position_mask(pos: Tensor | None, B: int, T: int, relation: str = "eq") -> 
     return {"eq": t == p, "lt": t < p, "gt": t > p, "le": t <= p}[relation]
 
 
-def _bind(metric: Any, prompts: PromptSet, model: HookedModel) -> Readout:
-    m = as_metric(metric, prompts)
-    B, T = prompts.clean.shape
-    return as_readout(m, batch=B, seq_len=T, d_vocab=model.cfg.d_vocab, device=model.device)
-
-
-def _check_prompts(prompts: Any) -> PromptSet:
+def _bind(
+    metric: MetricLike, prompts: Any, model: HookedModel, caller: str, budget: Any = None
+) -> BoundInputs:
+    """The checked prompts and metric of a CMAP entry point (`interp.patching.inputs.bind_inputs`)."""
     if not isinstance(prompts, PromptSet):
-        raise TypeError(f"CMAP needs a PromptSet (group positions are named); got {type(prompts).__name__}")
-    if bool((prompts.attention_mask[:, 0] == 0).any()):
-        raise ValueError("left-padded prompts are not supported by CMAP; pad on the right")
-    return prompts
+        raise TypeError(
+            f"{caller} needs a PromptSet (group positions are named); got {type(prompts).__name__}"
+        )
+    check_budget(budget, caller, "budget")
+    return bind_inputs(model, prompts, metric=metric, caller=caller)
+
+
+def _group_positions(groups: Sequence[HeadGroup], inputs: BoundInputs) -> list[Tensor | None]:
+    """Each group's per-prompt position (None for "all"), checked like every analysis's positions."""
+    return [
+        None
+        if g.position == "all"
+        else bind_row_position(g.position, inputs, name=f"group {g.name!r} position")
+        for g in groups
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -272,10 +289,16 @@ class CircuitEvaluation:
 
 # ------------------------------------------------------------------------------------------------ CMAP
 def _prepare(
-    receiver: HookedModel, sender: HookedModel, prompts: Any, groups: Sequence[HeadGroup]
-) -> tuple[PromptSet, list[HeadGroup], list[Tensor | None]]:
+    receiver: HookedModel,
+    sender: HookedModel,
+    prompts: Any,
+    groups: Sequence[HeadGroup],
+    metric: MetricLike,
+    caller: str,
+    budget: Any,
+) -> tuple[PromptSet, list[HeadGroup], list[Tensor | None], Readout]:
     check_pair(receiver, sender, _ROLES)
-    prompts = _check_prompts(prompts)
+    inputs = _bind(metric, prompts, receiver, caller, budget)
     groups = list(groups)
     if not groups:
         raise ValueError("give at least one HeadGroup")
@@ -284,8 +307,8 @@ def _prepare(
         raise ValueError(f"head group names must be unique; got {names}")
     for g in groups:
         g.validate(receiver)
-    positions = [resolve_position(g.position, prompts) for g in groups]
-    return prompts.to(receiver.device), groups, positions
+    positions = _group_positions(groups, inputs)
+    return prompts.to(receiver.device), groups, positions, inputs.readout
 
 
 @torch.no_grad()
@@ -295,17 +318,18 @@ def cmap_output(
     prompts: PromptSet,
     groups: Sequence[HeadGroup],
     *,
-    metric: Any,
+    metric: MetricLike,
     include_union: bool = True,
     budget: int | None = None,
 ) -> CMAPResult:
     """Output CMAP: each group's head outputs (and components) at its position, taken from `sender`'s run on the
     same prompts, written into `receiver`'s run (Prakash et al. `cmap_out`). One stacked spec per group, plus
     every group at once ("all groups") when `include_union` and there are several groups."""
-    prompts, groups, positions = _prepare(receiver, sender, prompts, groups)
+    prompts, groups, positions, readout = _prepare(
+        receiver, sender, prompts, groups, metric, "cmap_output", budget
+    )
     tokens, mask = prompts.clean, prompts.attention_mask
     B, T = tokens.shape
-    readout = _bind(metric, prompts, receiver)
     specs = [[i] for i in range(len(groups))]
     names = [g.name for g in groups]
     if include_union and len(groups) > 1:
@@ -357,7 +381,7 @@ def cmap_input(
     prompts: PromptSet,
     groups: Sequence[HeadGroup],
     *,
-    metric: Any,
+    metric: MetricLike,
     patch: Sequence[str] = ("q", "k", "v"),
     kv_through_position: bool = False,
     budget: int | None = None,
@@ -370,7 +394,9 @@ def cmap_input(
     patch = tuple(patch)
     if not patch or any(p not in ("q", "k", "v") for p in patch):
         raise ValueError(f"patch must be a non-empty subset of ('q', 'k', 'v'); got {patch}")
-    prompts, groups, positions = _prepare(receiver, sender, prompts, groups)
+    prompts, groups, positions, readout = _prepare(
+        receiver, sender, prompts, groups, metric, "cmap_input", budget
+    )
     for g, p in zip(groups, positions, strict=True):
         if g.components:
             raise ValueError(f"input CMAP patches head inputs only; group {g.name!r} has components")
@@ -380,7 +406,6 @@ def cmap_input(
     B, T = tokens.shape
     cfg = receiver.cfg
     H, KV, L = cfg.n_heads, cfg.n_kv_heads, cfg.n_layers
-    readout = _bind(metric, prompts, receiver)
     layers = sorted({layer for g in groups for layer, _ in g.heads})
     src_sites = [Site(c, layer) for layer in layers for c in patch]
     sender_logits, src = sender.run_with_cache(tokens, src_sites, attention_mask=mask)
@@ -430,20 +455,20 @@ def cmap_sweep(
     prompts: PromptSet,
     *,
     component: str,
-    metric: Any,
+    metric: MetricLike,
     per_head: bool | None = None,
-    positions: str | Sequence[int] = "each",
+    positions: PositionSpec = "each",
     engine: str = "auto",
     budget: int | None = None,
+    progress: bool | None = None,
 ) -> PatchResult:
     """Component CMAP: patch one site of `sender` into `receiver` per cell (every layer x position [x head]).
 
     Same cells, axes and engines as `interp.patching.patch_sweep` (TL fast path with prefix reuse), with the
     other model's activations on the same prompts as the source. `positions`: "each", "all" (whole sequence at
-    once) or a list of token indices.
+    once), an int or a list of token indices, or named positions of the PromptSet (one per prompt).
     """
     check_pair(receiver, sender, _ROLES)
-    prompts = _check_prompts(prompts)
     if component not in SWEEP_COMPONENTS:
         raise SiteError(f"unknown CMAP component {component!r}; valid: {', '.join(SWEEP_COMPONENTS)}")
     per_head = component in HEAD_COMPONENTS if per_head is None else per_head
@@ -452,41 +477,46 @@ def cmap_sweep(
     if engine not in ("auto", "tl", "generic"):
         raise ValueError(f"engine must be 'auto', 'tl' or 'generic'; got {engine!r}")
     receiver.check_site(Site(component, 0))
+    inputs = _bind(metric, prompts, receiver, "cmap_sweep", budget)
+    pos = bind_positions(positions, inputs, receiver)
+    readout = inputs.readout
     prompts = prompts.to(receiver.device)
     tokens, mask = prompts.clean, prompts.attention_mask
     B, T = tokens.shape
     L = receiver.cfg.n_layers
     n_heads = receiver.cfg.n_kv_heads if component in ("k", "v") else receiver.cfg.n_heads
-    if positions == "each":
-        pos_list: list[int | None] = list(range(T))
-    elif positions == "all":
-        pos_list = [None]
-    else:
-        pos_list = [int(p) for p in positions]
-        if any(not 0 <= p < T for p in pos_list):
-            raise ValueError(f"positions {pos_list} must lie in [0, {T})")
+    pos_list = pos.cells
     heads = list(range(n_heads)) if per_head else [None]
     cells = [Cell(layer, p, h) for layer in range(L) for p in pos_list for h in heads]
-    readout = _bind(metric, prompts, receiver)
     sites = [Site(component, layer) for layer in range(L)]
     sender_logits, cache = sender.run_with_cache(tokens, sites, attention_mask=mask)
     sources = {i: cache[s.hook_name] for i, s in enumerate(sites)}
-    if engine == "tl" or (engine == "auto" and receiver.backend == "tl"):
-        vals = run_cells_tl(receiver, tokens, cells, component, sources, readout, budget=budget)
-    else:
-        vals = run_cells_generic(
-            receiver, tokens, cells, component, sources, readout, attention_mask=mask, budget=budget
-        )
+    with progress_bar(len(cells), f"cmap_sweep {component}", progress=progress) as bar:
+        if engine == "tl" or (engine == "auto" and receiver.backend == "tl"):
+            vals = run_cells_tl(
+                receiver, tokens, cells, component, sources, readout, budget=budget, on_done=bar.update
+            )
+        else:
+            vals = run_cells_generic(
+                receiver,
+                tokens,
+                cells,
+                component,
+                sources,
+                readout,
+                attention_mask=mask,
+                budget=budget,
+                on_done=bar.update,
+            )
     shape = (L, len(pos_list), n_heads) if per_head else (L, len(pos_list))
     axes = ("layer", "pos", "head") if per_head else ("layer", "pos")
     scores = vals.mean(-1).view(*shape).cpu()
     if positions == "all":
         scores, axes = scores[:, 0], tuple(a for a in axes if a != "pos")
-    toks = receiver.to_str_tokens(tokens[0])
     labels = {
         "layer": [str(i) for i in range(L)],
         "head": [str(h) for h in range(n_heads)],
-        "pos": ["all"] if positions == "all" else [f"{p}:{toks[p]}" for p in pos_list],
+        "pos": ["all"] if pos.all else pos.labels,
     }
     base = {
         "clean": readout.from_logits(receiver(tokens, attention_mask=mask)).mean().item(),
@@ -495,7 +525,7 @@ def cmap_sweep(
     cfg = SweepConfig(
         component=component,
         per_head=per_head,
-        positions=positions if isinstance(positions, str) else tuple(pos_list),
+        positions=pos.spec,
         direction="cmap",
         source=f"model:{sender.name}",
         mode="exact",
@@ -537,7 +567,7 @@ def evaluate_circuit(
     prompts: PromptSet,
     circuits: Mapping[str, Sequence[HeadGroup]] | Sequence[HeadGroup],
     *,
-    metric: Any,
+    metric: MetricLike,
     reference: PromptSet,
     budget: int | None = None,
 ) -> CircuitEvaluation:
@@ -546,7 +576,7 @@ def evaluate_circuit(
 
     The circuit is only head indices: a circuit found in model A is evaluated inside model B by passing B.
     """
-    prompts = _check_prompts(prompts)
+    inputs = _bind(metric, prompts, model, "evaluate_circuit", budget)
     if not isinstance(circuits, Mapping):
         circuits = {"circuit": list(circuits)}
     if not circuits:
@@ -556,14 +586,12 @@ def evaluate_circuit(
             g.validate(model)
             if g.components:
                 raise ValueError(f"circuit evaluation keeps heads only; group {g.name!r} has components")
-    positions = {
-        name: [resolve_position(g.position, prompts) for g in groups] for name, groups in circuits.items()
-    }
+    positions = {name: _group_positions(groups, inputs) for name, groups in circuits.items()}
     prompts = prompts.to(model.device)
     tokens, mask = prompts.clean, prompts.attention_mask
     B, T = tokens.shape
     cfg = model.cfg
-    readout = _bind(metric, prompts, model)
+    readout = inputs.readout
     means = mean_head_outputs(model, reference, T)
     names = list(circuits)
     writes = []

@@ -119,18 +119,31 @@ def cache_sites(
     attention_mask: Tensor | None = None,
     budget: int | None = None,
 ) -> dict[str, Tensor]:
-    """The activations of `sites` on `tokens` (keyed by TL hook name), in row chunks that fit `budget`."""
+    """The activations of `sites` on `tokens` (keyed by TL hook name), in row chunks that fit `budget`. On the
+    TL backend the pass stops after the last block it needs (no logits)."""
     B, T = tokens.shape
-    rows = rows_per_chunk(model, T, budget)
-    if rows >= B:
-        return model.run_with_cache(tokens, sites, attention_mask=attention_mask)[1]
-    parts = [
-        model.run_with_cache(
-            tokens[sl], sites, attention_mask=None if attention_mask is None else attention_mask[sl]
-        )[1]
-        for sl in _chunks(B, rows)
-    ]
-    return {k: torch.cat([c[k] for c in parts]) for k in parts[0]}
+    tl_route = model.backend == "tl" and all(s.component != "result" for s in sites)
+    rows = min(B, rows_per_chunk(model, T, budget, logits=not tl_route))
+
+    def run(sl: slice) -> dict[str, Tensor]:
+        mask = None if attention_mask is None else attention_mask[sl]
+        if not tl_route:
+            return model.run_with_cache(tokens[sl], sites, attention_mask=mask)[1]
+        cache: dict[str, Tensor] = {}
+        hooks = [(s.hook_name, _saver(cache, s.hook_name)) for s in sites]
+        stop = max(s.layer for s in sites) + 1
+        model.tl.run_with_hooks(tokens[sl], fwd_hooks=hooks, stop_at_layer=stop, attention_mask=mask)
+        return cache
+
+    parts = [run(sl) for sl in _chunks(B, rows)]
+    return parts[0] if len(parts) == 1 else {k: torch.cat([c[k] for c in parts]) for k in parts[0]}
+
+
+def _saver(cache: dict[str, Tensor], name: str) -> Callable[..., None]:
+    def hook(act: Tensor, hook: object) -> None:
+        cache[name] = act
+
+    return hook
 
 
 def run_values(
@@ -141,19 +154,31 @@ def run_values(
     attention_mask: Tensor | None = None,
     budget: int | None = None,
 ) -> Tensor:
-    """Metric values [batch] of the unpatched run on `tokens`, in row chunks that fit `budget` (only the read
-    logits of each chunk are kept, unless the metric needs full logits)."""
+    """Metric values [batch] of the unpatched run on `tokens`: one full forward when it fits `budget`, else row
+    chunks keeping only the read logits of each (on the TL backend only the read logits are computed)."""
     B, T = tokens.shape
     rows = rows_per_chunk(model, T, budget)
 
-    def logits_of(sl: slice) -> Tensor:
-        return model(tokens[sl], attention_mask=None if attention_mask is None else attention_mask[sl])
+    def mask_of(sl: slice) -> Tensor | None:
+        return None if attention_mask is None else attention_mask[sl]
 
     if rows >= B:
-        return values_from_logits(readout, logits_of(slice(0, B))[None])[0]
-    if readout.needs_full_logits:
-        return readout.from_logits(torch.cat([logits_of(sl) for sl in _chunks(B, rows)]))
-    parts = [readout.take(logits_of(sl), rows=sl) for sl in _chunks(B, rows)]
+        return values_from_logits(readout, model(tokens, attention_mask=attention_mask)[None])[0]
+    if readout.needs_full_logits:  # the metric needs them all
+        return readout.from_logits(
+            torch.cat([model(tokens[sl], attention_mask=mask_of(sl)) for sl in _chunks(B, rows)])
+        )
+    if model.backend == "tl":
+        tl, L = model.tl, model.cfg.n_layers
+        parts = []
+        for sl in _chunks(B, rows_per_chunk(model, T, budget, logits=False)):
+            resid = tl.run_with_hooks(tokens[sl], stop_at_layer=L, attention_mask=mask_of(sl))  # [b, T, d]
+            b = torch.arange(resid.shape[0], device=resid.device)[:, None]
+            at = resid[b, readout.positions[sl].to(resid.device)]  # [b, p, d]
+            ids = None if readout.token_ids is None else readout.token_ids[sl]
+            parts.append(unembed_at(tl, at[None], ids)[0])
+        return readout.gathered(torch.cat(parts).float()).float()
+    parts = [readout.take(model(tokens[sl], attention_mask=mask_of(sl)), rows=sl) for sl in _chunks(B, rows)]
     return readout.gathered(torch.cat(parts).float()).float()
 
 

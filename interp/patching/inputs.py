@@ -218,6 +218,22 @@ def bind_tokens(
     return tokens.to(model.device), mask
 
 
+def check_prompt_set(prompts: Any, caller: str, *, allow_left_padding: bool = False) -> PromptSet:
+    """A non-empty PromptSet whose attention mask has a real token in every row and no holes (left padding
+    refused unless allowed); for analyses that take a PromptSet without a model at hand."""
+    if not isinstance(prompts, PromptSet):
+        raise TypeError(f"{caller} needs an interp PromptSet; got {type(prompts).__name__}")
+    if len(prompts) == 0:
+        raise InputError(f"{caller}: the prompt set {prompts.name!r} is empty")
+    side = check_mask(prompts.attention_mask, prompts.clean.shape, caller)
+    if side == "left" and not allow_left_padding:
+        raise InputError(
+            f"{caller}: the prompts are padded on the left; this analysis reads each prompt up to its last real "
+            "token without a mask: pad on the right (as tasks.make does)"
+        )
+    return prompts
+
+
 # --------------------------------------------------------------------------------------------- prompts + metric
 @dataclass(frozen=True, kw_only=True, eq=False)
 class BoundInputs:
@@ -261,7 +277,7 @@ class BoundInputs:
         raise InputError(
             f"{self.caller}: {what} index tokens by absolute position, which means different tokens in prompts of "
             f"different lengths ({length_rows(self.lengths)}): use prompts of one length "
-            f"(tasks.make(..., same_length=True) or ps.same_length()){fix}"
+            f"(tasks.make(..., same_length=True) or ps.same_length()){fix if self.prompts is not None else ''}"
         )
 
 
@@ -299,29 +315,27 @@ def bind_inputs(
     *,
     metric: MetricLike | None = None,
     caller: str,
+    attention_mask: Tokens | None = None,
     need_corrupt: bool = True,
     allow_left_padding: bool = False,
 ) -> BoundInputs:
-    """Check and bind `clean` (a PromptSet, or clean tokens with `corrupt` tokens of the same shape) and
-    `metric`, before any compute: token dtypes, ranges and shapes, the attention mask, padding, and what the
-    metric reads (it must read only real tokens of padded prompts)."""
+    """Check and bind `clean` (a PromptSet, or clean tokens with `corrupt` tokens of the same shape and an
+    optional `attention_mask` they share) and `metric`, before any compute: token dtypes, ranges and shapes, the
+    attention mask, padding, and what the metric reads (it must read only real tokens of padded prompts)."""
     prompts: PromptSet | None = None
     mask: Tensor | None = None
     side = "none"
     if isinstance(clean, PromptSet):
         if corrupt is not None:
             raise TypeError(f"{caller}: pass a PromptSet as clean with corrupt=None, or two token tensors")
+        if attention_mask is not None:
+            raise TypeError(f"{caller}: a PromptSet carries its own attention mask; pass attention_mask=None")
         prompts = clean
         clean_t = check_tokens(model, prompts.clean, name="the clean prompts", caller=caller)
         corrupt_t = check_tokens(model, prompts.corrupt, name="the corrupt prompts", caller=caller)
         side = check_mask(prompts.attention_mask, clean_t.shape, caller)
         if side != "none":
             mask = prompts.attention_mask
-        if side == "left" and not allow_left_padding:
-            raise InputError(
-                f"{caller}: the prompts are padded on the left; this analysis supports unpadded or right-padded "
-                "prompts (as tasks.make builds them): pad on the right"
-            )
     else:
         if hasattr(clean, "clean") and hasattr(clean, "corrupt"):
             raise TypeError(
@@ -339,6 +353,15 @@ def bind_inputs(
                     f"{caller}: clean and corrupt tokens must have the same shape; got {tuple(clean_t.shape)} and "
                     f"{tuple(corrupt_t.shape)}"
                 )
+        if attention_mask is not None:
+            side = check_mask(attention_mask, clean_t.shape, caller)
+            if side != "none":
+                mask = attention_mask.long()
+    if side == "left" and not allow_left_padding:
+        raise InputError(
+            f"{caller}: the prompts are padded on the left; this analysis supports unpadded or right-padded "
+            "prompts (as tasks.make builds them): pad on the right"
+        )
     dev = model.device
     B, T = clean_t.shape
     bound_metric, readout = None, None
@@ -361,31 +384,42 @@ def bind_inputs(
 
 
 def _check_reads_real_tokens(inputs: BoundInputs, model: HookedModel) -> None:
-    """Raise if the metric reads padding of any prompt (e.g. `logits[:, -1]` of a shorter, right-padded one)."""
+    """Raise if the metric reads padding of any prompt (e.g. `logits[:, -1]` of a shorter, right-padded one), or
+    if what it reads cannot be told (no gradient) on prompts of different lengths."""
     readout, mask = inputs.readout, inputs.attention_mask.bool()
     B, T, V = inputs.batch, inputs.seq_len, model.cfg.d_vocab
-    if not readout.needs_full_logits:
-        b = torch.arange(B, device=mask.device)[:, None]
-        reads = torch.zeros(B, T, dtype=torch.bool, device=mask.device)
-        reads[b, readout.positions.to(mask.device)] = True
-        if readout.inferred:
-            reads &= readout.reads.to(mask.device)
-        bad = (reads & ~mask).any(1)
-    else:  # the metric reads full logits: does its value move when only the padding's logits change?
+    reads = readout.reads
+    if reads is None and not readout.needs_full_logits:  # declared positions
+        reads = torch.zeros(B, T, dtype=torch.bool)
+        reads[torch.arange(B)[:, None], readout.positions.cpu()] = True
+    if reads is not None:
+        bad = (reads.to(mask.device) & ~mask).any(1)
+    else:  # an opaque metric: does its value move when only the padding's logits change?
         g = torch.Generator().manual_seed(1)
+        bad = torch.zeros(B, dtype=torch.bool, device=mask.device)
         with torch.no_grad():
-            x = torch.randn(B, T, V, generator=g).to(mask.device)
-            y = torch.where(mask[..., None], x, torch.randn(B, T, V, generator=g).to(mask.device))
-            a, c = readout.from_logits(x), readout.from_logits(y)
-        bad = ~((a == c) | (a.isnan() & c.isnan()))
+            for scale in (1.0, 10.0, 100.0):
+                x = torch.randn(B, T, V, generator=g).to(mask.device) * scale
+                y = torch.where(mask[..., None], x, torch.randn(B, T, V, generator=g).to(mask.device) * scale)
+                a, c = readout.from_logits(x), readout.from_logits(y)
+                bad |= ~((a == c) | (a.isnan() & c.isnan()))
+    fix = (
+        "Use a metric bound to the prompts (interp.metrics.LogitDiff.from_prompts(ps), Accuracy.from_prompts(ps)), "
+        "read each row's last real token at ps.end, or make prompts of one length (tasks.make(..., "
+        "same_length=True))"
+    )
     if bool(bad.any()):
         rows = bad.nonzero().flatten().tolist()
         raise InputError(
             f"{inputs.caller}: the metric reads padding in {describe_rows(rows)} (the prompts differ in length: "
             f"{length_rows(inputs.lengths)}; padded on the {inputs.padding}), e.g. logits[:, -1] is not the last "
-            "real token of a shorter prompt. Use a metric bound to the prompts (interp.metrics.LogitDiff"
-            ".from_prompts(ps)), read each row's last real token at ps.end, or make prompts of one length "
-            "(tasks.make(..., same_length=True))"
+            f"real token of a shorter prompt. {fix}"
+        )
+    if reads is None and inputs.variable_length:
+        raise InputError(
+            f"{inputs.caller}: which positions the metric reads cannot be told ({readout.note}), and the prompts "
+            f"differ in length ({length_rows(inputs.lengths)}), so it could read padding. {fix}, or pass a "
+            "differentiable callable"
         )
 
 

@@ -107,6 +107,7 @@ def path_patch(
     clean: Prompts,
     corrupt: Tokens | None = None,
     metric: MetricLike,
+    attention_mask: Tokens | None = None,
     receivers: str | Sequence[Site] = "logits",
     senders: str | Sequence[tuple[int, int]] = "all",
     freeze: str = "heads",
@@ -118,6 +119,9 @@ def path_patch(
     progress: bool | None = None,
 ) -> PathPatchResult:
     """Score each sender head's effect through the receivers.
+
+    `clean` is a PromptSet, or clean tokens with `corrupt` (and an `attention_mask` they share, padded on either
+    side: every forward pass gets the mask).
 
     `receivers`: "logits" (direct effect) or sites such as `Site("q", 9, head=6)` / `Site("resid_pre", 5)`.
     `senders`: "all" (every head in layers before the earliest receiver) or (layer, head) pairs.
@@ -175,7 +179,15 @@ def path_patch(
             raise InputError(f"sender {layer}.{h} comes after every receiver; it cannot affect them")
     if not send:
         raise InputError("no sender heads: every head is at or after the receivers")
-    inputs = bind_inputs(model, clean, corrupt, metric=metric, caller=caller)
+    inputs = bind_inputs(
+        model,
+        clean,
+        corrupt,
+        metric=metric,
+        caller=caller,
+        attention_mask=attention_mask,
+        allow_left_padding=True,
+    )
     readout = inputs.readout
     s_pos = bind_row_position(sender_pos, inputs, name="sender_pos")
     r_pos = bind_row_position(receiver_pos, inputs, name="receiver_pos")

@@ -248,9 +248,11 @@ def infer_readout(
         return Readout(positions=None, token_ids=None, gathered=None, full=fn, name=name, note=why)
     positions, token_ids = _read_set(patterns[0])
     if positions.shape[1] == seq_len and token_ids is None:  # reads everything: nothing to save
-        return Readout(
+        readout = Readout(
             positions=None, token_ids=None, gathered=None, full=fn, name=name, note="reads every logit"
         )
+        readout.reads = patterns[0].any(-1)
+        return readout
     buffer: list[Tensor] = []
 
     def gathered(x: Gathered) -> Values:

@@ -181,9 +181,7 @@ def _sources(
     L = model.cfg.n_layers
     sites = [Site(component, layer) for layer in range(L)]
     if source == "zero":
-        _, cache = model.run_with_cache(
-            tgt_tokens[:1], sites, attention_mask=None if mask is None else mask[:1]
-        )
+        cache = cache_sites(model, tgt_tokens[:1], sites, attention_mask=None if mask is None else mask[:1])
         return {
             i: torch.zeros_like(cache[s.hook_name]).expand(tgt_tokens.shape[0], *cache[s.hook_name].shape[1:])
             for i, s in enumerate(sites)
@@ -217,6 +215,7 @@ def patch_sweep(
     clean: Prompts,
     corrupt: Tokens | None = None,
     metric: MetricLike,
+    attention_mask: Tokens | None = None,
     component: str = "resid_pre",
     per_head: bool = False,
     positions: PositionSpec = "each",
@@ -235,7 +234,8 @@ def patch_sweep(
     """Activation patching over every (layer, position[, head]) cell, many cells per forward pass.
 
     `denoise` patches clean activations into the corrupt run; `noise` corrupt into clean (TransformerLens'
-    conventions). `source` replaces the patched-in activation by zeros, the batch mean or a seeded resample
+    conventions); `clean` is a PromptSet, or token tensors with `corrupt` (and an `attention_mask` they share,
+    padded on either side). `source` replaces the patched-in activation by zeros, the batch mean or a seeded resample
     of the source run. A cell's score is the batch mean of `metric`. `mode="fast"` allows bf16/TF32 on GPU.
     `positions`: "each" (every token position), "all" (every position at once, per head), an int, a list of
     ints, or named key positions of the PromptSet ("END", "S2+1", or a list of names: one per prompt, so
@@ -272,7 +272,15 @@ def patch_sweep(
     model.check_site(Site(component, 0))
     if engine == "tl" and model.backend != "tl":
         raise InputError("engine='tl' needs a model loaded with backend='tl'")
-    inputs = bind_inputs(model, clean, corrupt, metric=metric, caller=caller, allow_left_padding=True)
+    inputs = bind_inputs(
+        model,
+        clean,
+        corrupt,
+        metric=metric,
+        caller=caller,
+        attention_mask=attention_mask,
+        allow_left_padding=True,
+    )
     if inputs.padding == "left" and engine == "tl":
         raise InputError(
             "patch_sweep: the TL engine runs right-padded or unpadded prompts; these are padded on the left: "
