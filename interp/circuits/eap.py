@@ -27,6 +27,7 @@ from interp.circuits.graph import Circuit, Edge, Graph, node_of
 from interp.models.base import HookedModel
 from interp.patching.engine import bytes_per_token, default_budget, is_oom, values_from_resid
 from interp.patching.inputs import (
+    FiniteGuard,
     MetricLike,
     NonFinite,
     Prompts,
@@ -34,8 +35,6 @@ from interp.patching.inputs import (
     bind_inputs,
     check_budget,
     check_count,
-    check_finite,
-    check_nonfinite,
 )
 from interp.patching.readout import Readout
 from interp.progress import progress_bar
@@ -319,7 +318,7 @@ def eap(
     check_count(ig_steps, "ig_steps", "eap", minimum=0)
     check_count(steps_per_pass, "steps_per_pass", "eap", allow_none=True)
     memory_budget = check_budget(memory_budget, "eap")
-    check_nonfinite(nonfinite, "eap")
+    finite = FiniteGuard("eap", nonfinite)
     check_graph_model(model)
     clean_t, corrupt_t, mask, readout, _ = prepare(model, clean, corrupt, metric)
     if qk_fix and mask is not None:
@@ -337,8 +336,9 @@ def eap(
             src_k, resid_k = source_outputs(model, graph, clean_t, mask, resid_pre=clean_resid)
             v_corrupt = metric_values(model, readout, resid_c, 1)
             v_clean = metric_values(model, readout, resid_k, 1)
-            for what, v in (("corrupt", v_corrupt), ("clean", v_clean)):
-                check_finite(v, caller="eap", label=lambda i, w=what: f"the {w} run", policy=nonfinite)
+            finite(v_corrupt, lambda i: "the corrupt run")
+            finite(v_clean, lambda i: "the clean run")
+            finite.done()
             m_corrupt, m_clean = v_corrupt[0].mean().item(), v_clean[0].mean().item()
             x_clean, x_corrupt = src_k[0].clone(), src_c[0].clone()
             deltas = src_c.sub_(src_k)  # [S, B, T, d]: a_u(corrupt) - a_u(clean)

@@ -14,6 +14,7 @@ from torch import Tensor
 from interp.models.base import HookedModel
 from interp.patching.engine import run_values
 from interp.patching.inputs import (
+    FiniteGuard,
     InputError,
     MetricLike,
     NonFinite,
@@ -24,8 +25,6 @@ from interp.patching.inputs import (
     bind_inputs,
     bind_positions,
     check_choice,
-    check_finite,
-    check_nonfinite,
 )
 from interp.patching.sweep import DIRECTIONS, SWEEP_COMPONENTS, PatchResult, SweepConfig, _cells
 from interp.sites import HEAD_COMPONENTS, Site, SiteError
@@ -49,7 +48,7 @@ def attribution_patch(
     if component not in SWEEP_COMPONENTS:
         raise SiteError(f"unknown patching component {component!r}; valid: {', '.join(SWEEP_COMPONENTS)}")
     check_choice(direction, "direction", DIRECTIONS, caller)
-    check_nonfinite(nonfinite, caller)
+    finite = FiniteGuard(caller, nonfinite)
     if (component in HEAD_COMPONENTS) != per_head:
         raise InputError(
             f"component {component!r} {'needs' if component in HEAD_COMPONENTS else 'has no'} "
@@ -83,7 +82,7 @@ def attribution_patch(
             target, extra, hooks=[(s, keep) for s in grad_sites], attention_mask=mask
         )
         values = readout.from_logits(logits)
-        check_finite(values.detach()[None], caller=caller, label=lambda i: "the target run", policy=nonfinite)
+        finite(values.detach()[None], lambda i: "the target run")
         values.sum().backward()  # prompts are independent: row b of each gradient is ∂M_b/∂a_b
     base = values.detach().mean().item()
     del logits
@@ -117,7 +116,8 @@ def attribution_patch(
     )
     with torch.no_grad():
         other_values = run_values(model, src, readout, attention_mask=mask)
-    check_finite(other_values[None], caller=caller, label=lambda i: "the source run", policy=nonfinite)
+    finite(other_values[None], lambda i: "the source run")
+    finite.done()
     other = other_values.mean().item()
     baseline = {
         "clean": other if direction == "denoise" else base,

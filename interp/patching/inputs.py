@@ -96,26 +96,41 @@ def check_nonfinite(policy: Any, caller: str) -> str:
     return check_choice(policy, "nonfinite", NONFINITE, caller)
 
 
-def check_finite(values: Tensor, *, caller: str, label: Callable[[int], str], policy: str = "raise") -> None:
-    """values [n, batch]: raise (policy "raise") or warn once ("warn") if any is NaN or infinite, naming the
-    first runs (by `label(i)`) and their prompt indices."""
-    bad = ~torch.isfinite(values.detach())
-    if not bool(bad.any()):
-        return
-    runs = bad.any(1).nonzero().flatten().tolist()
-    shown = "; ".join(
-        f"{label(i)}: prompts {', '.join(map(str, bad[i].nonzero().flatten().tolist()[:8]))}"
-        for i in runs[:3]
-    )
-    more = f" (and {len(runs) - 3} more)" if len(runs) > 3 else ""
-    msg = (
-        f"{caller}: the metric is NaN or infinite at {len(runs)} of {values.shape[0]} runs ({shown}{more}). "
-        "Check the metric on these prompts (e.g. the log of a zero probability)"
-    )
-    if policy == "warn":
-        warnings.warn(msg + "; their scores are NaN/inf.", RuntimeWarning, stacklevel=3)
-        return
-    raise NonFiniteError(msg + ", or pass nonfinite='warn' to keep NaN/inf scores.")
+class FiniteGuard:
+    """Checks metric values [n_runs, batch] for NaN/inf: policy "raise" raises at the first bad check, naming
+    the runs (by `label(i)`) and their prompts; "warn" gathers every check and warns once, at `done()`."""
+
+    def __init__(self, caller: str, policy: str = "raise") -> None:
+        self.caller = caller
+        self.policy = check_nonfinite(policy, caller)
+        self._bad: list[str] = []
+        self._runs = 0
+        self._total = 0
+
+    def __call__(self, values: Tensor, label: Callable[[int], str]) -> None:
+        bad = ~torch.isfinite(values.detach())
+        self._total += values.shape[0]
+        if not bool(bad.any()):
+            return
+        runs = bad.any(1).nonzero().flatten().tolist()
+        self._runs += len(runs)
+        for i in runs[: max(0, 3 - len(self._bad))]:
+            prompts = ", ".join(map(str, bad[i].nonzero().flatten().tolist()[:8]))
+            self._bad.append(f"{label(i)}: prompts {prompts}")
+        if self.policy == "raise":
+            raise NonFiniteError(self._message() + ", or pass nonfinite='warn' to keep NaN/inf scores.")
+
+    def _message(self) -> str:
+        more = f" (and {self._runs - len(self._bad)} more)" if self._runs > len(self._bad) else ""
+        return (
+            f"{self.caller}: the metric is NaN or infinite at {self._runs} of {self._total} runs "
+            f"({'; '.join(self._bad)}{more}). Check the metric on these prompts (e.g. the log of a zero "
+            "probability)"
+        )
+
+    def done(self) -> None:
+        if self._bad:
+            warnings.warn(self._message() + "; their scores are NaN/inf.", RuntimeWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------- tokens
@@ -178,8 +193,8 @@ def check_mask(mask: Tensor, shape: torch.Size, caller: str) -> str:
     empty = (mask.sum(1) == 0).nonzero().flatten().tolist()
     if empty:
         raise InputError(
-            f"{caller}: {describe_rows(empty)} of the attention mask are all zeros (no real token): "
-            "drop those prompts"
+            f"{caller}: {describe_rows(empty)} of the attention mask {'is' if len(empty) == 1 else 'are'} all "
+            "zeros (no real token): drop those prompts"
         )
     side = padding_side(mask)
     if side == "mixed":

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from interp.models.base import HookedModel
 from interp.patching.inputs import (
+    FiniteGuard,
     InputError,
     MetricLike,
     NonFinite,
@@ -27,8 +28,6 @@ from interp.patching.inputs import (
     bind_row_position,
     check_choice,
     check_count,
-    check_finite,
-    check_nonfinite,
 )
 from interp.patching.readout import Readout, values_from_logits
 from interp.progress import progress_bar
@@ -136,7 +135,7 @@ def path_patch(
     check_choice(convention, "convention", CONVENTIONS, caller)
     check_choice(freeze, "freeze", FREEZE, caller)
     check_count(max_senders_per_pass, "max_senders_per_pass", caller)
-    check_nonfinite(nonfinite, caller)
+    finite = FiniteGuard(caller, nonfinite)
     c = model.cfg
     L, H = c.n_layers, c.n_heads
     recv: list[Site] = []
@@ -201,8 +200,8 @@ def path_patch(
         m_clean = readout.from_logits(logits_clean)  # [B]
         m_corrupt = readout.from_logits(logits_corrupt)
         del logits_clean, logits_corrupt
-        check_finite(m_clean[None], caller=caller, label=lambda i: "the clean run", policy=nonfinite)
-        check_finite(m_corrupt[None], caller=caller, label=lambda i: "the corrupt run", policy=nonfinite)
+        finite(m_clean[None], lambda i: "the clean run")
+        finite(m_corrupt[None], lambda i: "the corrupt run")
         values = []
         with progress_bar(len(send), "path_patch senders", progress=progress, unit="sender") as bar:
             for start in range(0, len(send), max_senders_per_pass):
@@ -224,7 +223,8 @@ def path_patch(
                 )
                 bar.update(len(group))
         vals = torch.cat(values)  # [S, B]
-    check_finite(vals, caller=caller, label=lambda i: f"sender {send[i][0]}.{send[i][1]}", policy=nonfinite)
+    finite(vals, lambda i: f"sender {send[i][0]}.{send[i][1]}")
+    finite.done()
     if convention == "logit_diff":
         denom = m_corrupt.mean() - m_clean.mean()
         score = (vals.mean(-1) - m_clean.mean()) / denom

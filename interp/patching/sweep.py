@@ -14,6 +14,7 @@ from torch import Tensor
 from interp.models.base import HookedModel
 from interp.patching.engine import Cell, cache_sites, noop_cells, run_cells_generic, run_cells_tl, run_values
 from interp.patching.inputs import (
+    FiniteGuard,
     InputError,
     MetricLike,
     NonFinite,
@@ -26,8 +27,6 @@ from interp.patching.inputs import (
     check_budget,
     check_choice,
     check_count,
-    check_finite,
-    check_nonfinite,
 )
 from interp.progress import progress_bar
 from interp.sites import HEAD_COMPONENTS, Site, SiteError
@@ -261,7 +260,7 @@ def patch_sweep(
     check_count(prefix_groups, "prefix_groups", caller, allow_none=True)
     check_count(seed, "seed", caller, minimum=0)
     budget = check_budget(memory_budget, caller)
-    check_nonfinite(nonfinite, caller)
+    finite = FiniteGuard(caller, nonfinite)
     if component in HEAD_COMPONENTS and not per_head:
         raise InputError(f"component {component!r} is per head: pass per_head=True")
     if per_head and component not in HEAD_COMPONENTS:
@@ -302,7 +301,7 @@ def patch_sweep(
             "corrupt": run_values(model, corrupt_t, readout, attention_mask=mask, budget=budget),
         }
         for k, v in per_prompt.items():
-            check_finite(v[None], caller=caller, label=lambda i, k=k: f"the {k} run", policy=nonfinite)
+            finite(v[None], lambda i, k=k: f"the {k} run")
         base = {k: v.mean().item() for k, v in per_prompt.items()}
         # cells whose source equals the target exactly are no-ops: their value is the target run's metric
         skip = (
@@ -311,6 +310,7 @@ def patch_sweep(
             else torch.zeros(len(cells), dtype=bool)
         )
         todo = [c for c, s in zip(cells, skip.tolist(), strict=True) if not s]
+        todo_index = [i for i, s in enumerate(skip.tolist()) if not s]
         vals = per_prompt["corrupt" if direction == "denoise" else "clean"].expand(len(cells), -1).clone()
         with progress_bar(len(todo), f"patch_sweep {component}", progress=progress) as bar:
             if todo and use_tl:
@@ -352,7 +352,8 @@ def patch_sweep(
             where += f", pos {labels['pos'][pos.cells.index(c.pos)]}"
         return f"cell ({where}{'' if c.head is None else f', head {c.head}'})"
 
-    check_finite(vals, caller=caller, label=cell_label, policy=nonfinite)
+    finite(vals[~skip.to(vals.device)], lambda i: cell_label(todo_index[i]))
+    finite.done()
     scores = vals.mean(-1).view(*shape).cpu()
     cfg = SweepConfig(
         component=component,
