@@ -331,7 +331,7 @@ def unembed(tl, resid: Tensor, token_ids: Tensor | None) -> Tensor:
     final norm, `normalization_type=None`, skip it)."""
     x = tl.ln_final(resid) if hasattr(tl, "ln_final") else resid
     if token_ids is None:
-        logits = x @ tl.W_U + tl.b_U
+        logits = (x @ tl.W_U).add_(tl.b_U)  # in place: one [.., vocab] tensor, not two
     else:
         w = tl.W_U.T[token_ids]  # [B, k, d]
         logits = torch.einsum("cbd,bkd->cbk", x, w) + tl.b_U[token_ids]
