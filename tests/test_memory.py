@@ -1,55 +1,27 @@
 """Memory stays within `memory_budget` at a large vocabulary: no [batch, pos, vocab] tensor unless the metric
 needs one; baselines, sources and cells are chunked; the scores are those of an unconstrained sweep.
 
-Peak memory is measured by a dispatch mode that tracks every tensor storage allocated inside it until the
-storage is freed (views and in-place results of existing tensors are not new memory)."""
+Peak memory is measured by `LiveBytes` (benchmarks/_common.py, shared with the benchmark's memory row): a
+dispatch mode that tracks every tensor storage allocated inside it until the storage is freed (views and in-place
+results of existing tensors are not new memory)."""
 
-import weakref
+import os
+import sys
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-from interp.metrics import AnswerProb, LogitDiff
-from interp.models.base import ModelConfig
-from interp.models.tl import TLModel
-from interp.patching import patch_sweep
-from interp.tasks.promptset import PromptSet
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from _common import LiveBytes  # noqa: E402
+
+from interp.metrics import AnswerProb, LogitDiff  # noqa: E402
+from interp.models.base import ModelConfig  # noqa: E402
+from interp.models.tl import TLModel  # noqa: E402
+from interp.patching import patch_sweep  # noqa: E402
+from interp.tasks.promptset import PromptSet  # noqa: E402
 
 V, B, T = 100_000, 4, 24
 FULL_LOGITS = B * T * V * 4  # bytes of one [batch, pos, vocab] float32 tensor (38 MB)
-
-
-class LiveBytes(TorchDispatchMode):
-    """Peak and largest bytes of the tensor storages allocated while active and still alive."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = self.peak = self.largest = 0
-        self._refs: dict[int, weakref.ref] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        given = {
-            t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
-        }
-        for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor):
-                continue
-            st = t.untyped_storage()
-            ptr, n = st.data_ptr(), st.nbytes()
-            if n == 0 or ptr in given or ptr in self._refs:
-                continue
-            self.live += n
-            self.peak, self.largest = max(self.peak, self.live), max(self.largest, n)
-            self._refs[ptr] = weakref.ref(st, lambda _, ptr=ptr, n=n: self._free(ptr, n))
-        return out
-
-    def _free(self, ptr: int, n: int) -> None:
-        self.live -= n
-        self._refs.pop(ptr, None)
 
 
 @pytest.fixture(scope="module")
