@@ -514,7 +514,7 @@ def _qk_fix_scores(
     """Add the AtP* scores of every query/key edge into `scores` (in place, summed over prompts like the rest):
     for each upstream source u and layer l, the exact patterns with Δa_u added to the attention input (the clean
     `resid[l]`) of every head's query (clean keys) or key (clean queries), dotted with ∂M/∂pattern."""
-    from interp.patching.attribution import _rot, _scores
+    from interp.patching.attribution import causal_pattern, rotate_qk
 
     tl = model.tl
     B = resid[0].shape[0]
@@ -523,12 +523,12 @@ def _qk_fix_scores(
     def rotated_qk(layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
         normed = tl.blocks[layer].ln1(x)
         q, k, _ = tl.blocks[layer].attn.calculate_qkv_matrices(normed, normed, normed)
-        return _rot(model, layer, q, "q"), _rot(model, layer, k, "k")
+        return rotate_qk(model, layer, q, "q"), rotate_qk(model, layer, k, "k")
 
     for layer in range(graph.n_layers):
         up = graph.n_upstream(layer, "q")
         q0, k0 = rotated_qk(layer, resid[layer])
-        p0 = _scores(model, layer, q0, k0)  # [B, H, T, T]
+        p0 = causal_pattern(model, layer, q0, k0)  # [B, H, T, T]
         grad = pattern_grads[layer]
         per = max(1, rows_per_pass // B)
         for s0 in range(0, up, per):
@@ -536,8 +536,8 @@ def _qk_fix_scores(
             n = d.shape[0]
             qn, kn = rotated_qk(layer, (resid[layer][None] + d).reshape(n * B, *d.shape[2:]))
             for kind, pat in (
-                ("q", _scores(model, layer, qn, k0.repeat(n, 1, 1, 1))),
-                ("k", _scores(model, layer, q0.repeat(n, 1, 1, 1), kn)),
+                ("q", causal_pattern(model, layer, qn, k0.repeat(n, 1, 1, 1))),
+                ("k", causal_pattern(model, layer, q0.repeat(n, 1, 1, 1), kn)),
             ):
                 eff = ((pat.view(n, B, H, *p0.shape[2:]) - p0) * grad).sum((1, 3, 4))  # [n, H]
                 if kind == "k":

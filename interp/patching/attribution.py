@@ -8,6 +8,8 @@ softmax). Scores have the shapes of `patch_sweep`, so the two compare cell for c
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
@@ -26,8 +28,11 @@ from interp.patching.inputs import (
     bind_positions,
     check_choice,
 )
-from interp.patching.sweep import DIRECTIONS, SWEEP_COMPONENTS, PatchResult, SweepConfig, _cells
+from interp.patching.sweep import DIRECTIONS, SWEEP_COMPONENTS, PatchResult, SweepConfig, sweep_cells
 from interp.sites import HEAD_COMPONENTS, Site, SiteError
+
+if TYPE_CHECKING:
+    from interp.models.tl import TLModel
 
 
 def attribution_patch(
@@ -63,7 +68,7 @@ def attribution_patch(
     c = model.cfg
     L = c.n_layers
     n_heads = c.n_kv_heads if component in ("k", "v") else c.n_heads
-    _, shape, axes = _cells(component, per_head, pos, L, n_heads)
+    _, shape, axes = sweep_cells(component, per_head, pos, L, n_heads)
     target, src = (corrupt_t, clean_t) if direction == "denoise" else (clean_t, corrupt_t)
     fix = qk_fix and component in ("q", "k")
     sites = [Site(component, layer) for layer in range(L)]
@@ -149,7 +154,7 @@ def _qk_sites(model, L: int) -> list[Site]:
     return [Site("q", layer) for layer in range(L)] + [Site("k", layer) for layer in range(L)]
 
 
-def _rot(model, layer: int, x: Tensor, which: str) -> Tensor:
+def rotate_qk(model: TLModel, layer: int, x: Tensor, which: str) -> Tensor:
     """Rotary-embed queries/keys [b, pos, head, d_head] as TL's attention does (identity without rotary)."""
     attn = model.tl.blocks[layer].attn
     if model.tl.cfg.positional_embedding_type == "rotary":
@@ -157,7 +162,7 @@ def _rot(model, layer: int, x: Tensor, which: str) -> Tensor:
     return x
 
 
-def _scores(model, layer: int, q: Tensor, k: Tensor) -> Tensor:
+def causal_pattern(model: TLModel, layer: int, q: Tensor, k: Tensor) -> Tensor:
     """Causally masked attention pattern [b, head, q, k] from rotated q [b,q,h,d] and k [b,k,kvh,d]."""
     cfg = model.tl.cfg
     rep = cfg.n_heads // k.shape[2]
@@ -175,16 +180,16 @@ def _qk_effect(
     model, component: str, layer: int, src_cache: dict, tgt_cache: dict, pattern: Tensor
 ) -> Tensor:
     """AtP*: exact Δpattern for each query/key cell, dotted with ∂M/∂pattern -> [b, pos, head]."""
-    q_t = _rot(model, layer, tgt_cache[f"blocks.{layer}.attn.hook_q"], "q")
-    k_t = _rot(model, layer, tgt_cache[f"blocks.{layer}.attn.hook_k"], "k")
-    q_s = _rot(model, layer, src_cache[f"blocks.{layer}.attn.hook_q"], "q")
-    k_s = _rot(model, layer, src_cache[f"blocks.{layer}.attn.hook_k"], "k")
+    q_t = rotate_qk(model, layer, tgt_cache[f"blocks.{layer}.attn.hook_q"], "q")
+    k_t = rotate_qk(model, layer, tgt_cache[f"blocks.{layer}.attn.hook_k"], "k")
+    q_s = rotate_qk(model, layer, src_cache[f"blocks.{layer}.attn.hook_q"], "q")
+    k_s = rotate_qk(model, layer, src_cache[f"blocks.{layer}.attn.hook_k"], "k")
     grad = pattern.grad  # [b, head, q, k]
     base = pattern.detach()
     b, T = q_t.shape[0], q_t.shape[1]
     H = model.cfg.n_heads
     if component == "q":  # a query change at p alters row p only
-        new = _scores(model, layer, q_s, k_t)  # row p of `new` is the pattern with query p patched
+        new = causal_pattern(model, layer, q_s, k_t)  # row p of `new` is the pattern with query p patched
         eff = ((new - base) * grad).sum(-1)  # [b, head, q]
         return eff.transpose(1, 2)
     kvh = k_t.shape[2]
@@ -192,7 +197,7 @@ def _qk_effect(
     for p in range(T):  # a key change at p alters column p of every row q >= p
         k_new = k_t.clone()
         k_new[:, p] = k_s[:, p]
-        new = _scores(model, layer, q_t, k_new)
+        new = causal_pattern(model, layer, q_t, k_new)
         eff = ((new - base) * grad).sum((-1, -2))  # [b, head]
         out[:, p] = eff.view(b, kvh, H // kvh).sum(-1)
     return out

@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
@@ -25,6 +26,11 @@ from torch import Tensor
 
 from interp.models.base import HookedModel
 from interp.patching.readout import Readout, values_from_logits
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from interp.models.tl import TLModel
 from interp.sites import Site
 
 
@@ -302,7 +308,7 @@ class TargetCache:
     final: Tensor  # [B, T, d] residual entering ln_final
 
 
-def cache_target(model, tokens: Tensor, *, budget: int | None = None) -> TargetCache:
+def cache_target(model: TLModel, tokens: Tensor, *, budget: int | None = None) -> TargetCache:
     """One target forward pass (in row chunks that fit `budget`) caching what prefix reuse and layer starts need."""
     tl = model.tl
     L = model.cfg.n_layers
@@ -326,7 +332,7 @@ def cache_target(model, tokens: Tensor, *, budget: int | None = None) -> TargetC
     )
 
 
-def unembed(tl, resid: Tensor, token_ids: Tensor | None) -> Tensor:
+def unembed(tl: HookedTransformer, resid: Tensor, token_ids: Tensor | None) -> Tensor:
     """Logits from final residuals [C, B, d]: only the columns `token_ids` [B, k] when given (models without a
     final norm, `normalization_type=None`, skip it)."""
     x = tl.ln_final(resid) if hasattr(tl, "ln_final") else resid
@@ -341,7 +347,7 @@ def unembed(tl, resid: Tensor, token_ids: Tensor | None) -> Tensor:
     return logits
 
 
-def unembed_at(tl, resid: Tensor, token_ids: Tensor | None) -> Tensor:
+def unembed_at(tl: HookedTransformer, resid: Tensor, token_ids: Tensor | None) -> Tensor:
     """Logits [C, B, p, k] from final residuals [C, B, p, d] at p read positions per prompt."""
     C, B, p, d = resid.shape
     if p == 1:
@@ -390,7 +396,7 @@ def _precision(fast: bool, device: torch.device):
 
 
 def run_cells_tl(
-    model,
+    model: TLModel,
     tokens: Tensor,
     cells: list[Cell],
     component: str,
@@ -440,7 +446,7 @@ def run_cells_tl(
         idxs = sorted(idxs, key=lambda i: cells[i].layer)
         n_new = T - p0
         per_cell = B * n_new * bytes_per_token(model, T)
-        if readout.needs_full_logits or readout.needs_check:
+        if readout.needs_full_logits:  # (an inferred read set's first check adds one cell's full logits)
             per_cell += 2 * B * T * V * 4
         elif readout.token_ids is None:
             per_cell += 2 * B * readout.positions.shape[1] * V * 4

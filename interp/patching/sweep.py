@@ -148,7 +148,7 @@ class PatchResult:
         )
 
 
-def _cells(
+def sweep_cells(
     component: str, per_head: bool, positions: SweepPositions, n_layers: int, n_heads: int
 ) -> tuple[list[Cell], tuple[int, ...], tuple[str, ...]]:
     """The cell grid, its result shape and axis names."""
@@ -289,7 +289,7 @@ def patch_sweep(
     readout = inputs.readout
     clean_t, corrupt_t, mask = inputs.clean, inputs.corrupt, inputs.attention_mask
     n_heads = model.cfg.n_kv_heads if component in ("k", "v") else model.cfg.n_heads
-    cells, shape, axes = _cells(component, per_head, pos, model.cfg.n_layers, n_heads)
+    cells, shape, axes = sweep_cells(component, per_head, pos, model.cfg.n_layers, n_heads)
 
     target, src = (corrupt_t, clean_t) if direction == "denoise" else (clean_t, corrupt_t)
     use_tl = engine == "tl" or (engine == "auto" and model.backend == "tl" and inputs.padding != "left")
