@@ -41,7 +41,9 @@ from interp.patching.engine import (
 )
 from interp.patching.inputs import (
     BoundInputs,
+    FiniteGuard,
     MetricLike,
+    NonFinite,
     PositionSpec,
     bind_inputs,
     bind_positions,
@@ -321,10 +323,12 @@ def cmap_output(
     metric: MetricLike,
     include_union: bool = True,
     budget: int | None = None,
+    nonfinite: NonFinite = "raise",
 ) -> CMAPResult:
     """Output CMAP: each group's head outputs (and components) at its position, taken from `sender`'s run on the
     same prompts, written into `receiver`'s run (Prakash et al. `cmap_out`). One stacked spec per group, plus
     every group at once ("all groups") when `include_union` and there are several groups."""
+    finite = FiniteGuard("cmap_output", nonfinite)
     prompts, groups, positions, readout = _prepare(
         receiver, sender, prompts, groups, metric, "cmap_output", budget
     )
@@ -363,6 +367,8 @@ def cmap_output(
     values = run_masked(
         receiver, tokens, writes, readout, n_specs=len(specs), attention_mask=mask, budget=budget
     )
+    finite(values, lambda i: f"group {names[i]!r}")
+    finite.done()
     return CMAPResult(
         kind="output",
         groups=tuple(names),
@@ -385,6 +391,7 @@ def cmap_input(
     patch: Sequence[str] = ("q", "k", "v"),
     kv_through_position: bool = False,
     budget: int | None = None,
+    nonfinite: NonFinite = "raise",
 ) -> CMAPResult:
     """Input CMAP: each group's heads get the sender's q at the group's position and/or its k/v at the positions
     before it (Prakash et al. `cmap_in`; `kv_through_position=True` includes the position itself, so the heads
@@ -394,6 +401,7 @@ def cmap_input(
     patch = tuple(patch)
     if not patch or any(p not in ("q", "k", "v") for p in patch):
         raise ValueError(f"patch must be a non-empty subset of ('q', 'k', 'v'); got {patch}")
+    finite = FiniteGuard("cmap_input", nonfinite)
     prompts, groups, positions, readout = _prepare(
         receiver, sender, prompts, groups, metric, "cmap_input", budget
     )
@@ -437,6 +445,8 @@ def cmap_input(
         site = Site("z", layer)
         writes.append(MaskedWrite(site=site, source=own[site.hook_name], where=where))
     values = run_masked(receiver, tokens, writes, readout, n_specs=n, attention_mask=mask, budget=budget)
+    finite(values, lambda i: f"group {groups[i].name!r}")
+    finite.done()
     return CMAPResult(
         kind="input",
         groups=tuple(g.name for g in groups),
@@ -460,6 +470,7 @@ def cmap_sweep(
     positions: PositionSpec = "each",
     engine: str = "auto",
     budget: int | None = None,
+    nonfinite: NonFinite = "raise",
     progress: bool | None = None,
 ) -> PatchResult:
     """Component CMAP: patch one site of `sender` into `receiver` per cell (every layer x position [x head]).
@@ -469,6 +480,7 @@ def cmap_sweep(
     once), an int or a list of token indices, or named positions of the PromptSet (one per prompt).
     """
     check_pair(receiver, sender, _ROLES)
+    finite = FiniteGuard("cmap_sweep", nonfinite)
     if component not in SWEEP_COMPONENTS:
         raise SiteError(f"unknown CMAP component {component!r}; valid: {', '.join(SWEEP_COMPONENTS)}")
     per_head = component in HEAD_COMPONENTS if per_head is None else per_head
@@ -508,10 +520,12 @@ def cmap_sweep(
                 budget=budget,
                 on_done=bar.update,
             )
+    finite(vals, lambda i: f"cell (layer {cells[i].layer}, pos {cells[i].pos}, head {cells[i].head})")
+    finite.done()
     shape = (L, len(pos_list), n_heads) if per_head else (L, len(pos_list))
     axes = ("layer", "pos", "head") if per_head else ("layer", "pos")
     scores = vals.mean(-1).view(*shape).cpu()
-    if positions == "all":
+    if pos.all:
         scores, axes = scores[:, 0], tuple(a for a in axes if a != "pos")
     labels = {
         "layer": [str(i) for i in range(L)],
