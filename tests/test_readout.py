@@ -112,3 +112,29 @@ def test_probe_leaves_the_global_random_state_alone(pair):
         _metrics(ans, wrong)["log_prob_answer"], batch=B, seq_len=T, d_vocab=30, device=torch.device("cpu")
     )
     assert torch.equal(torch.rand(3), before)
+
+
+@pytest.mark.parametrize("ig_steps", [0, 3])
+def test_eap_with_a_lambda_equals_eap_with_the_metric_object(tiny_models, pair, ig_steps):
+    """EAP's forward reads the metric through the same readout, and its gradient flows through the lambda."""
+    from interp.circuits import eap
+
+    clean, corrupt, ans, wrong = pair
+    model = tiny_models("gpt2", "tl")
+
+    class Declared:
+        positions = torch.full((B,), T - 1)
+        token_ids = torch.stack([ans, wrong], 1)
+
+        def from_gathered(self, x):
+            return x[..., 0] - x[..., 1]
+
+        def __call__(self, lg):
+            return lg[torch.arange(B), -1, ans] - lg[torch.arange(B), -1, wrong]
+
+    kw = dict(clean=clean, corrupt=corrupt, ig_steps=ig_steps)
+    ref = eap(model, metric=Declared(), **kw)
+    got = eap(model, metric=_metrics(ans, wrong)["logit_diff_last"], **kw)
+    assert ref.scores.abs().max() > 0
+    assert torch.allclose(got.scores, ref.scores, atol=1e-6)
+    assert got.baseline == pytest.approx(ref.baseline, abs=1e-6)

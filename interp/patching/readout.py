@@ -264,12 +264,13 @@ def infer_readout(
         p = positions.to(x.device)[:, :, None]
         lead = x.shape[:-3]
         flat = x.reshape(-1, *x.shape[-3:])
+        idx = (b[..., 0], p[..., 0]) if token_ids is None else (b, p, token_ids.to(x.device)[:, None, :])
         vals = []
         for cell in flat:
-            if token_ids is None:
-                buf[b[..., 0], p[..., 0]] = cell.to(buf.dtype)
-            else:
-                buf[b, p, token_ids.to(x.device)[:, None, :]] = cell.to(buf.dtype)
+            if cell.requires_grad:  # a fresh tensor per run, so that autograd sees no in-place reuse
+                vals.append(fn(torch.zeros_like(buf).index_put(idx, cell.to(buf.dtype))).float())
+                continue
+            buf[idx] = cell.to(buf.dtype)
             vals.append(fn(buf).float())
         return torch.stack(vals).reshape(*lead, batch)
 
