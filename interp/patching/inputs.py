@@ -40,8 +40,6 @@ RowPositions = Int[Tensor, " batch"]
 NonFinite = Literal["raise", "warn"]
 NONFINITE = ("raise", "warn")
 
-SWEEP_POSITION_WORDS = ("each", "all")
-
 
 class InputError(ValueError):
     """A bad input to an analysis, found before any compute."""
