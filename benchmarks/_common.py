@@ -6,9 +6,12 @@ import os
 import platform
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from interp.files import atomic_write_json
 
@@ -61,3 +64,38 @@ def device_name() -> str:
 
 def write_json(path: str | Path, data: dict) -> None:
     atomic_write_json(path, data, indent=2)
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak and largest bytes of the tensor storages allocated while active and still alive (any device).
+
+    Every aten op's outputs are tracked until their storage is freed; views and in-place results of tensors that
+    existed before (weights, inputs) are not new memory. Used as `with LiveBytes() as mem: ...; mem.peak`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = self.largest = 0
+        self._refs: dict[int, weakref.ref] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        given = {
+            t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)
+        }
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            ptr, n = st.data_ptr(), st.nbytes()
+            if n == 0 or ptr in given or ptr in self._refs:
+                continue
+            self.live += n
+            self.peak, self.largest = max(self.peak, self.live), max(self.largest, n)
+            self._refs[ptr] = weakref.ref(st, lambda _, ptr=ptr, n=n: self._free(ptr, n))
+        return out
+
+    def _free(self, ptr: int, n: int) -> None:
+        self.live -= n
+        self._refs.pop(ptr, None)

@@ -2,6 +2,7 @@
 
 import os
 
+os.environ.setdefault("INTERP_PROGRESS", "0")  # no progress bars in tests
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -58,9 +58,8 @@ def ps():
 def test_pattern_and_output_interventions(tiny_models, ps):
     model = tiny_models("gpt2", "tl")
     iv = Intervention(layer=1, head=2, kind="pattern", at="END", attend_to=("X", "Y"))
-    cache = {}
-    model.run_with_hooks(
-        ps.clean, intervention_hooks(model, ps, [iv]), cache=[Site("z", 1), Site("v", 1)], _cache_out=cache
+    _, cache = model.run_with_cache(
+        ps.clean, [Site("z", 1), Site("v", 1)], hooks=intervention_hooks(model, ps, [iv])
     )
     b = torch.arange(3)
     v = cache["blocks.1.attn.hook_v"][:, :, 2]
@@ -68,12 +67,8 @@ def test_pattern_and_output_interventions(tiny_models, ps):
     assert torch.allclose(cache["blocks.1.attn.hook_z"][:, -1, 2], want, atol=1e-6)
     kill = Intervention(layer=0, head=1, kind="output", at="END", scale=0.0)
     swap = Intervention(layer=1, head=0, kind="output", at=None, source="corrupt")
-    cache = {}
-    model.run_with_hooks(
-        ps.clean,
-        intervention_hooks(model, ps, [kill, swap]),
-        cache=[Site("z", 0), Site("z", 1)],
-        _cache_out=cache,
+    _, cache = model.run_with_cache(
+        ps.clean, [Site("z", 0), Site("z", 1)], hooks=intervention_hooks(model, ps, [kill, swap])
     )
     _, corrupt = model.run_with_cache(ps.corrupt, [Site("z", 1)])
     assert cache["blocks.0.attn.hook_z"][:, -1, 1].abs().max() == 0

@@ -105,7 +105,9 @@ def test_self_patching_is_a_noop(models, prompts, arch, backend):
     assert torch.allclose(out.values, out.receiver.expand_as(out.values), atol=1e-5)
     inp = cmap_input(m, m, prompts, HEADS_ONLY, metric=LogitDiff)
     assert torch.allclose(inp.values, inp.receiver.expand_as(inp.values), atol=1e-5)
-    sweep = cmap_sweep(m, m, prompts, component="resid_pre", metric=LogitDiff)
+    # prompts of different lengths: positions by role (a column per named position, one token per prompt)
+    sweep = cmap_sweep(m, m, prompts, component="resid_pre", metric=LogitDiff, positions=["S2", "END"])
+    assert sweep.labels["pos"] == ["S2", "END"]
     assert torch.allclose(sweep.scores, torch.full_like(sweep.scores, out.receiver.mean().item()), atol=1e-5)
 
 

@@ -143,14 +143,14 @@ def test_oom_backoff(tiny_models, pair, monkeypatch):
     calls = {"n": 0}
     real = engine.run_chunked
 
-    def flaky(n_cells, per_cell_bytes, budget, fn):
+    def flaky(n_cells, per_cell_bytes, budget, fn, on_done=None):
         def wrapped(sl):
             calls["n"] += 1
             if sl.stop - sl.start > 1:
                 raise RuntimeError("CUDA out of memory (simulated)")
             return fn(sl)
 
-        return real(n_cells, per_cell_bytes, budget, wrapped)
+        return real(n_cells, per_cell_bytes, budget, wrapped, on_done)
 
     monkeypatch.setattr(engine, "run_chunked", flaky)
     res = patch_sweep(model, **kw)

@@ -37,8 +37,7 @@ def oracle(model, clean, corrupt, metric, sender, receiver=None, r_pos=None, fre
         hooks += [(Site("mlp_out", layer), lambda a, s: cc[s.hook_name]) for layer in range(L)]
     if receiver is None:
         return metric(model.run_with_hooks(clean, hooks)).mean()
-    rec = {}
-    model.run_with_hooks(clean, hooks, cache=[receiver], _cache_out=rec)
+    _, rec = model.run_with_cache(clean, [receiver], hooks=hooks)
 
     def recv_hook(act, site):
         out = act.clone()

@@ -309,8 +309,7 @@ def test_steering_sets_the_coordinate_at_the_last_token_only(model, ccs):
     layer, site = 1, Site("resid_post", 1)
     s = Subspace(model.cfg.d_model, 1, seed=0)
     _, before = model.run_with_cache(tokens, [site])
-    after: dict = {}
-    model.run_with_hooks(tokens, steering_hooks(s, layer, 3.0, end)(b), cache=[site], _cache_out=after)
+    _, after = model.run_with_cache(tokens, [site], hooks=steering_hooks(s, layer, 3.0, end)(b))
     h0, h1 = before[site.hook_name], after[site.hook_name]  # the cache reads the site after the steering hook
     torch.testing.assert_close(s.coordinates(h1[b, end])[:, 0], torch.full((3,), 3.0), atol=1e-5, rtol=0)
     p = s.projection()

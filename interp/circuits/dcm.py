@@ -23,6 +23,7 @@ from torch import Tensor
 
 from interp.circuits.search import resolve_position
 from interp.models.base import HookedModel
+from interp.patching.inputs import check_prompt_set
 from interp.sites import Site
 from interp.tasks.promptset import PromptSet
 
@@ -169,11 +170,17 @@ def dcm(
     produce when the right heads are patched; `position`: the base position name where the group acts
     (`source_position`: the source's, default the same name); None patches every position.
     """
+    check_prompt_set(base, "dcm (base)")
+    check_prompt_set(source, "dcm (source)")
     n = len(base)
+    if not isinstance(targets, Tensor) or targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise TypeError("dcm: targets must be a LongTensor [n] of token ids")
     if len(source) != n or targets.shape != (n,):
         raise ValueError(f"base ({n}), source ({len(source)}) and targets {tuple(targets.shape)} must align")
     if not heads:
         raise ValueError("DCM needs at least one head in the group")
+    if int(targets.min()) < 0 or int(targets.max()) >= model.cfg.d_vocab:
+        raise ValueError(f"dcm: targets must be token ids in [0, {model.cfg.d_vocab})")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     bad = [h for h in heads if not (0 <= h[0] < L and 0 <= h[1] < H)]
     if bad:

@@ -25,9 +25,20 @@ from torch import Tensor
 
 from interp.circuits.graph import Circuit, Edge, Graph, node_of
 from interp.models.base import HookedModel
-from interp.patching.engine import bytes_per_token, default_budget, is_oom
-from interp.patching.engine import unembed as _unembed
-from interp.patching.readout import Readout, as_readout
+from interp.patching.engine import bytes_per_token, default_budget, is_oom, values_from_resid
+from interp.patching.inputs import (
+    FiniteGuard,
+    MetricLike,
+    NonFinite,
+    Prompts,
+    Tokens,
+    bind_inputs,
+    check_budget,
+    check_count,
+)
+from interp.patching.readout import Readout
+from interp.progress import progress_bar
+from interp.tasks.promptset import PromptSet
 
 SourceActs = Float[Tensor, "source batch pos d_model"]
 TL_HOOK = tuple[str, Callable[..., Any]]
@@ -121,27 +132,10 @@ def run_to_resid(
     )
 
 
-def unembed(tl: Any, resid: Tensor, token_ids: Tensor | None) -> Tensor:
-    """Logits from final residuals [C, B, d] (only columns `token_ids` [B, k] when given); models without a
-    final norm (`normalization_type=None`) skip it."""
-    if hasattr(tl, "ln_final"):
-        return _unembed(tl, resid, token_ids)
-    if token_ids is None:
-        return resid @ tl.W_U + tl.b_U
-    return torch.einsum("cbd,bkd->cbk", resid, tl.W_U.T[token_ids]) + tl.b_U[token_ids]
-
-
 def metric_values(model: HookedModel, readout: Readout, resid: Tensor, n: int) -> Float[Tensor, "n batch"]:
     """Metric per (copy, prompt) from final residuals [n*batch, pos, d] of `n` stacked copies of the prompts."""
-    tl = model.tl
     R, T, d = resid.shape
-    resid = resid.view(n, R // n, T, d)
-    if readout.gathered is not None:
-        b = torch.arange(R // n, device=resid.device)
-        at = resid[:, b, readout.positions]  # [n, B, d]
-        return readout.gathered(unembed(tl, at, readout.token_ids).float()).float()
-    logits = unembed(tl, resid.reshape(-1, 1, d), None).view(n, R // n, T, -1)
-    return torch.stack([readout.from_logits(lg) for lg in logits])
+    return values_from_resid(model, readout, resid.view(n, R // n, T, d))
 
 
 def source_outputs(
@@ -173,28 +167,17 @@ def source_outputs(
 
 
 def prepare(
-    model: HookedModel, clean: Any, corrupt: Tensor | None, metric: Any
-) -> tuple[Tensor, Tensor, Tensor | None, Readout, Any]:
-    """(clean, corrupt, attention mask, readout, prompts) from a PromptSet or two token tensors."""
-    from interp.patching.sweep import _tokens_pair
-
-    clean_t, corrupt_t, prompts = _tokens_pair(clean, corrupt)
-    if clean_t.shape != corrupt_t.shape or clean_t.ndim != 2:
-        raise ValueError(
-            f"clean and corrupt tokens must both be [batch, pos] of one shape; got "
-            f"{tuple(clean_t.shape)} and {tuple(corrupt_t.shape)}"
-        )
-    mask = getattr(prompts, "attention_mask", None)
-    if mask is not None and bool((mask[:, 0] == 0).any()):
-        raise ValueError("left-padded prompts are not supported; pad on the right")
-    if mask is not None and bool(mask.all()):
-        mask = None
-    dev = model.device
-    B, T = clean_t.shape
-    if prompts is not None and not hasattr(metric, "positions") and hasattr(metric, "from_prompts"):
-        metric = metric.from_prompts(prompts)
-    readout = as_readout(metric, batch=B, seq_len=T, d_vocab=model.cfg.d_vocab, device=dev)
-    return clean_t.to(dev), corrupt_t.to(dev), None if mask is None else mask.to(dev), readout, prompts
+    model: HookedModel,
+    clean: Prompts,
+    corrupt: Tokens | None,
+    metric: MetricLike,
+    *,
+    caller: str = "eap",
+) -> tuple[Tensor, Tensor, Tensor | None, Readout, PromptSet | None]:
+    """(clean, corrupt, attention mask or None, readout, prompts) from a PromptSet or two token tensors,
+    checked before any compute (`interp.patching.inputs.bind_inputs`); right padding only."""
+    inputs = bind_inputs(model, clean, corrupt, metric=metric, caller=caller)
+    return inputs.clean, inputs.corrupt, inputs.attention_mask, inputs.readout, inputs.prompts
 
 
 def _contract(deltas: Tensor, grad: Tensor) -> Float[Tensor, "source dest"]:
@@ -307,13 +290,15 @@ def _rows_per_pass(model: HookedModel, T: int, budget: int | None) -> int:
 def eap(
     model: HookedModel,
     *,
-    clean: Any,
-    corrupt: Tensor | None = None,
-    metric: Any,
+    clean: Prompts,
+    corrupt: Tokens | None = None,
+    metric: MetricLike,
     ig_steps: int = 0,
     qk_fix: bool = False,
     steps_per_pass: int | None = None,
     memory_budget: int | None = None,
+    nonfinite: NonFinite = "raise",
+    progress: bool | None = None,
 ) -> EdgeScores:
     """Edge scores by EAP (`ig_steps=0`) or EAP-IG with `ig_steps` interpolation steps (Hanna et al. 2024).
 
@@ -327,9 +312,13 @@ def eap(
     computed exactly (norm and softmax included), instead of the linear estimate that a saturated softmax
     breaks. On `organism/base` IOI it raises the Spearman correlation of EAP with exact edge patching from
     0.76 to ≥ 0.9 (tested); it costs one extra norm and q/k projection per (upstream source, layer).
+    `nonfinite`: "raise" if the metric is NaN/inf on the clean or corrupt run, "warn" to go on; `progress`: a
+    progress bar over the interpolation steps (None: on terminals unless INTERP_PROGRESS=0).
     """
-    if not isinstance(ig_steps, int) or isinstance(ig_steps, bool) or ig_steps < 0:
-        raise ValueError(f"ig_steps must be an int >= 0, got {ig_steps!r}")
+    check_count(ig_steps, "ig_steps", "eap", minimum=0)
+    check_count(steps_per_pass, "steps_per_pass", "eap", allow_none=True)
+    memory_budget = check_budget(memory_budget, "eap")
+    finite = FiniteGuard("eap", nonfinite)
     check_graph_model(model)
     clean_t, corrupt_t, mask, readout, _ = prepare(model, clean, corrupt, metric)
     if qk_fix and mask is not None:
@@ -345,14 +334,21 @@ def eap(
             src_c, resid_c = source_outputs(model, graph, corrupt_t, mask)
             clean_resid: dict[int, Tensor] | None = {} if qk_fix else None
             src_k, resid_k = source_outputs(model, graph, clean_t, mask, resid_pre=clean_resid)
-            m_corrupt = metric_values(model, readout, resid_c, 1)[0].mean().item()
-            m_clean = metric_values(model, readout, resid_k, 1)[0].mean().item()
+            v_corrupt = metric_values(model, readout, resid_c, 1)
+            v_clean = metric_values(model, readout, resid_k, 1)
+            finite(v_corrupt, lambda i: "the corrupt run")
+            finite(v_clean, lambda i: "the clean run")
+            finite.done()
+            m_corrupt, m_clean = v_corrupt[0].mean().item(), v_clean[0].mean().item()
             x_clean, x_corrupt = src_k[0].clone(), src_c[0].clone()
             deltas = src_c.sub_(src_k)  # [S, B, T, d]: a_u(corrupt) - a_u(clean)
             del src_k
         scores = torch.zeros(len(graph.sources), len(graph.destinations), device=model.device)
         pattern_grads: dict[int, Tensor] | None = {} if qk_fix else None
         i = 0
+        bar = progress_bar(
+            len(alphas), f"eap{'-ig' if ig_steps else ''} gradients", progress=progress, unit="step"
+        )
         while i < len(alphas):
             try:
                 scores += _gradient_pass(
@@ -374,7 +370,9 @@ def eap(
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
+            bar.update(min(per_pass, len(alphas) - i))
             i += per_pass
+        bar.close()
         if pattern_grads is not None:
             with torch.no_grad():
                 _qk_fix_scores(model, graph, clean_resid, deltas, pattern_grads, scores, per_pass * B)
@@ -516,7 +514,7 @@ def _qk_fix_scores(
     """Add the AtP* scores of every query/key edge into `scores` (in place, summed over prompts like the rest):
     for each upstream source u and layer l, the exact patterns with Δa_u added to the attention input (the clean
     `resid[l]`) of every head's query (clean keys) or key (clean queries), dotted with ∂M/∂pattern."""
-    from interp.patching.attribution import _rot, _scores
+    from interp.patching.attribution import causal_pattern, rotate_qk
 
     tl = model.tl
     B = resid[0].shape[0]
@@ -525,12 +523,12 @@ def _qk_fix_scores(
     def rotated_qk(layer: int, x: Tensor) -> tuple[Tensor, Tensor]:
         normed = tl.blocks[layer].ln1(x)
         q, k, _ = tl.blocks[layer].attn.calculate_qkv_matrices(normed, normed, normed)
-        return _rot(model, layer, q, "q"), _rot(model, layer, k, "k")
+        return rotate_qk(model, layer, q, "q"), rotate_qk(model, layer, k, "k")
 
     for layer in range(graph.n_layers):
         up = graph.n_upstream(layer, "q")
         q0, k0 = rotated_qk(layer, resid[layer])
-        p0 = _scores(model, layer, q0, k0)  # [B, H, T, T]
+        p0 = causal_pattern(model, layer, q0, k0)  # [B, H, T, T]
         grad = pattern_grads[layer]
         per = max(1, rows_per_pass // B)
         for s0 in range(0, up, per):
@@ -538,8 +536,8 @@ def _qk_fix_scores(
             n = d.shape[0]
             qn, kn = rotated_qk(layer, (resid[layer][None] + d).reshape(n * B, *d.shape[2:]))
             for kind, pat in (
-                ("q", _scores(model, layer, qn, k0.repeat(n, 1, 1, 1))),
-                ("k", _scores(model, layer, q0.repeat(n, 1, 1, 1), kn)),
+                ("q", causal_pattern(model, layer, qn, k0.repeat(n, 1, 1, 1))),
+                ("k", causal_pattern(model, layer, q0.repeat(n, 1, 1, 1), kn)),
             ):
                 eff = ((pat.view(n, B, H, *p0.shape[2:]) - p0) * grad).sum((1, 3, 4))  # [n, H]
                 if kind == "k":
@@ -551,9 +549,9 @@ def _qk_fix_scores(
 def edge_patch(
     model: HookedModel,
     *,
-    clean: Any,
-    corrupt: Tensor | None = None,
-    metric: Any,
+    clean: Prompts,
+    corrupt: Tokens | None = None,
+    metric: MetricLike,
     edges: Sequence[Edge],
     max_edges_per_pass: int = 32,
 ) -> Float[Tensor, " edges"]:
@@ -562,8 +560,9 @@ def edge_patch(
     Only the sender's contribution to that one destination's input changes; everything else is recomputed.
     This is what EAP estimates to first order (the slow reference for it; one forward per edge, batched).
     """
+    check_count(max_edges_per_pass, "max_edges_per_pass", "edge_patch")
     check_graph_model(model)
-    clean_t, corrupt_t, mask, readout, _ = prepare(model, clean, corrupt, metric)
+    clean_t, corrupt_t, mask, readout, _ = prepare(model, clean, corrupt, metric, caller="edge_patch")
     with graph_mode(model) as graph:
         idx = [graph.edge_index(tuple(e)) for e in edges]
         with torch.no_grad():

@@ -37,7 +37,9 @@ from interp.circuits.eap import (
 from interp.circuits.graph import Circuit, Graph, head_name, node_of, parse_head
 from interp.models.base import HookedModel
 from interp.patching.engine import bytes_per_token, default_budget, read_full
+from interp.patching.inputs import MetricLike
 from interp.sites import Site
+from interp.tasks.promptset import PromptSet
 
 LEVELS = ("node", "edge")
 ABLATIONS = ("mean", "resample")
@@ -294,14 +296,15 @@ def circuit_values(
     model: HookedModel,
     circuits: Sequence[Circuit | Tensor],
     *,
-    prompts: Any,
-    metric: Any,
+    prompts: PromptSet,
+    metric: MetricLike,
     config: EvalConfig = EvalConfig(),
 ) -> Tensor:
     """[n_circuits, batch] metric values of the model running each circuit alone (edge level: a circuit may
     also be a [source, dest] bool mask)."""
     prompts = _as_prompts(prompts)
-    clean_t, corrupt_t, mask, readout, prompts = prepare(model, prompts, None, metric)
+    clean_t, corrupt_t, mask, readout, bound = prepare(model, prompts, None, metric, caller="circuit_values")
+    prompts = bound if bound is not None else prompts
     out: list[Tensor] = []
     n = config.max_circuits_per_pass or _circuits_per_pass(model, *clean_t.shape, edge=config.level == "edge")
     with torch.no_grad():
@@ -328,7 +331,12 @@ def circuit_values(
 
 
 def evaluate_circuit(
-    model: HookedModel, circuit: Circuit, *, prompts: Any, metric: Any, config: EvalConfig = EvalConfig()
+    model: HookedModel,
+    circuit: Circuit,
+    *,
+    prompts: PromptSet,
+    metric: MetricLike,
+    config: EvalConfig = EvalConfig(),
 ) -> CircuitEval:
     """The model's, the circuit's and the empty circuit's metric (batch means) under `config`'s ablation."""
     if config.level == "edge":
@@ -338,7 +346,7 @@ def evaluate_circuit(
         runs = [circuit, Circuit()]
     vals = circuit_values(model, runs, prompts=prompts, metric=metric, config=config).mean(-1)
     if config.level == "node":  # the model itself: no hook at all
-        clean_t, _, mask, readout, _ = prepare(model, prompts, None, metric)
+        clean_t, _, mask, readout, _ = prepare(model, prompts, None, metric, caller="evaluate_circuit")
         with torch.no_grad():
             model_value = readout.from_logits(model(clean_t, attention_mask=mask)).mean().item()
     else:
@@ -355,7 +363,12 @@ def evaluate_circuit(
 
 
 def minimality(
-    model: HookedModel, circuit: Circuit, *, prompts: Any, metric: Any, config: EvalConfig = EvalConfig()
+    model: HookedModel,
+    circuit: Circuit,
+    *,
+    prompts: PromptSet,
+    metric: MetricLike,
+    config: EvalConfig = EvalConfig(),
 ) -> dict[str, float]:
     """Per circuit head: (M(C) − M(C without it)) / |M(model)| (Wang et al.: every node should add ≥ 1%)."""
     if config.level != "node":
@@ -363,7 +376,7 @@ def minimality(
     heads = [head_name(*h) for h in circuit.heads]
     without = [_drop_node(circuit, n) for n in heads]
     vals = circuit_values(model, [circuit, *without], prompts=prompts, metric=metric, config=config).mean(-1)
-    clean_t, _, mask, readout, _ = prepare(model, prompts, None, metric)
+    clean_t, _, mask, readout, _ = prepare(model, prompts, None, metric, caller="minimality")
     with torch.no_grad():
         ref = abs(readout.from_logits(model(clean_t, attention_mask=mask)).mean().item()) or 1.0
     return {n: float((vals[0] - vals[i + 1]) / ref) for i, n in enumerate(heads)}
@@ -431,8 +444,8 @@ def random_baseline(
     model: HookedModel,
     circuit: Circuit,
     *,
-    prompts: Any,
-    metric: Any,
+    prompts: PromptSet,
+    metric: MetricLike,
     config: EvalConfig = EvalConfig(),
     n: int = 10,
     seed: int = 0,
@@ -462,8 +475,8 @@ def complete_circuit(
     model: HookedModel,
     circuit: Circuit,
     *,
-    prompts: Any,
-    metric: Any,
+    prompts: PromptSet,
+    metric: MetricLike,
     target: float,
     config: EvalConfig = EvalConfig(),
     method: str = "backward",
@@ -576,8 +589,8 @@ def faithfulness_curve(
     model: HookedModel,
     scores: EdgeScores,
     *,
-    prompts: Any,
-    metric: Any,
+    prompts: PromptSet,
+    metric: MetricLike,
     fractions: Sequence[float] = MIB_FRACTIONS,
     selection: str = "top",
     config: EvalConfig = EvalConfig(level="edge", ablation="resample"),

@@ -16,9 +16,10 @@ from torch import Tensor
 
 from interp.circuits.graph import Circuit, Kept, head_name
 from interp.models.base import HookedModel
+from interp.patching.inputs import MetricLike, check_count, check_prompt_set
 from interp.patching.path import CONVENTIONS, PathPatchResult, path_patch
 from interp.sites import Site
-from interp.tasks.promptset import POSITION_SPEC
+from interp.tasks.promptset import POSITION_SPEC, PromptSet
 
 RECEIVERS = ("logits", "q", "k", "v")
 SELECT = ("top_k", "threshold")
@@ -337,8 +338,8 @@ def _choose(
 def path_patch_search(
     model: HookedModel,
     *,
-    prompts: Any,
-    metric: Any,
+    prompts: PromptSet,
+    metric: MetricLike,
     config: SearchConfig | None = None,
     stages: tuple[Stage, ...] | None = None,
     max_senders_per_pass: int = 64,
@@ -352,8 +353,10 @@ def path_patch_search(
         if stages is None:
             raise ValueError("pass config= (a SearchConfig) or stages=")
         config = SearchConfig(stages=tuple(stages))
-    if not hasattr(prompts, "clean") or not hasattr(prompts, "positions"):
+    if not isinstance(prompts, PromptSet):
         raise TypeError("prompts must be a PromptSet (named positions are needed for the stages)")
+    check_prompt_set(prompts, "path_patch_search")
+    check_count(max_senders_per_pass, "max_senders_per_pass", "path_patch_search")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     # check every position spec before the first forward pass
     for s in config.stages:

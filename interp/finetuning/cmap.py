@@ -30,7 +30,6 @@ from torch import Tensor
 
 from interp.circuits.graph import Circuit, parse_head
 from interp.finetuning.pair import check_pair
-from interp.metrics import as_metric
 from interp.models.base import HookedModel
 from interp.patching.engine import (
     Cell,
@@ -41,8 +40,19 @@ from interp.patching.engine import (
     run_cells_tl,
     run_chunked,
 )
-from interp.patching.readout import Readout, as_readout
+from interp.patching.inputs import (
+    BoundInputs,
+    FiniteGuard,
+    MetricLike,
+    NonFinite,
+    PositionSpec,
+    bind_inputs,
+    bind_positions,
+    check_budget,
+)
+from interp.patching.readout import Readout
 from interp.patching.sweep import PatchResult, SweepConfig
+from interp.progress import progress_bar
 from interp.sites import HEAD_COMPONENTS, Site, SiteError
 from interp.tasks.promptset import PromptSet
 
@@ -145,18 +155,16 @@ def _position_mask(pos: Tensor | None, B: int, T: int, relation: str = "eq") -> 
     return {"eq": t == p, "lt": t < p, "gt": t > p, "le": t <= p}[relation]
 
 
-def _bind(metric: Any, prompts: PromptSet, model: HookedModel) -> Readout:
-    m = as_metric(metric, prompts)
-    B, T = prompts.clean.shape
-    return as_readout(m, batch=B, seq_len=T, d_vocab=model.cfg.d_vocab, device=model.device)
-
-
-def _check_prompts(prompts: Any) -> PromptSet:
+def _bind(
+    metric: MetricLike, prompts: Any, model: HookedModel, caller: str, budget: Any = None
+) -> BoundInputs:
+    """The checked prompts and metric of a CMAP entry point (`interp.patching.inputs.bind_inputs`)."""
     if not isinstance(prompts, PromptSet):
-        raise TypeError(f"CMAP needs a PromptSet (group positions are named); got {type(prompts).__name__}")
-    if bool((prompts.attention_mask[:, 0] == 0).any()):
-        raise ValueError("left-padded prompts are not supported by CMAP; pad on the right")
-    return prompts
+        raise TypeError(
+            f"{caller} needs a PromptSet (group positions are named); got {type(prompts).__name__}"
+        )
+    check_budget(budget, caller, "budget")
+    return bind_inputs(model, prompts, metric=metric, caller=caller)
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -219,12 +227,18 @@ class CMAPResult:
 
 # ------------------------------------------------------------------------------------------------ CMAP
 def _prepare(
-    receiver: HookedModel, sender: HookedModel, prompts: Any, circuit: Circuit
-) -> tuple[PromptSet, list[PatchGroup], list[dict[str, Tensor]]]:
-    """Check the pair, prompts and groups before any forward pass; per group, the [B, T] patch mask of each of
-    its nodes (keyed by node name)."""
+    receiver: HookedModel,
+    sender: HookedModel,
+    prompts: Any,
+    circuit: Circuit,
+    metric: MetricLike,
+    caller: str,
+    budget: Any,
+) -> tuple[PromptSet, list[PatchGroup], list[dict[str, Tensor]], Readout]:
+    """Check the pair, prompts, metric and groups before any forward pass; per group, the [B, T] patch mask of
+    each of its nodes (keyed by node name), and the bound readout."""
     check_pair(receiver, sender, _ROLES)
-    prompts = _check_prompts(prompts)
+    inputs = _bind(metric, prompts, receiver, caller, budget)
     groups = circuit_groups(circuit)
     masks = []
     for g in groups:
@@ -236,7 +250,8 @@ def _prepare(
             receiver.check_site(Site("mlp_out", layer))
             m[f"m{layer}"] = _node_mask(prompts, specs)
         masks.append(m)
-    return prompts.to(receiver.device), groups, masks
+    assert inputs.readout is not None  # bound with a metric
+    return prompts.to(receiver.device), groups, masks, inputs.readout
 
 
 @torch.no_grad()
@@ -246,17 +261,20 @@ def cmap_output(
     prompts: PromptSet,
     circuit: Circuit,
     *,
-    metric: Any,
+    metric: MetricLike,
     include_union: bool = True,
     budget: int | None = None,
+    nonfinite: NonFinite = "raise",
 ) -> CMAPResult:
     """Output CMAP: each group's head outputs (and MLP outputs) where the circuit keeps them, taken from
     `sender`'s run on the same prompts, written into `receiver`'s run (Prakash et al. `cmap_out`). One stacked
     spec per group, plus every group at once ("all groups") when `include_union` and there are several."""
-    prompts, groups, masks = _prepare(receiver, sender, prompts, circuit)
+    finite = FiniteGuard("cmap_output", nonfinite)
+    prompts, groups, masks, readout = _prepare(
+        receiver, sender, prompts, circuit, metric, "cmap_output", budget
+    )
     tokens, mask = prompts.clean, prompts.attention_mask
     B, T = tokens.shape
-    readout = _bind(metric, prompts, receiver)
     specs = [[i] for i in range(len(groups))]
     names = [g.name for g in groups]
     if include_union and len(groups) > 1:
@@ -289,6 +307,8 @@ def cmap_output(
     values = run_masked(
         receiver, tokens, writes, readout, n_specs=len(specs), attention_mask=mask, budget=budget
     )
+    finite(values, lambda i: f"group {names[i]!r}")
+    finite.done()
     return CMAPResult(
         kind="output",
         groups=tuple(names),
@@ -320,10 +340,11 @@ def cmap_input(
     prompts: PromptSet,
     circuit: Circuit,
     *,
-    metric: Any,
+    metric: MetricLike,
     patch: Sequence[str] = ("q", "k", "v"),
     kv_through_position: bool = False,
     budget: int | None = None,
+    nonfinite: NonFinite = "raise",
 ) -> CMAPResult:
     """Input CMAP: each group's heads get the sender's q at the group's position and/or its k/v at the positions
     before it (Prakash et al. `cmap_in`; `kv_through_position=True` includes the position itself, so the heads
@@ -333,13 +354,13 @@ def cmap_input(
     patch = tuple(patch)
     if not patch or any(p not in ("q", "k", "v") for p in patch):
         raise ValueError(f"patch must be a non-empty subset of ('q', 'k', 'v'); got {patch}")
-    prompts, groups, _ = _prepare(receiver, sender, prompts, circuit)
+    finite = FiniteGuard("cmap_input", nonfinite)
+    prompts, groups, _, readout = _prepare(receiver, sender, prompts, circuit, metric, "cmap_input", budget)
     positions = [_group_position(g, prompts) for g in groups]
     tokens, mask = prompts.clean, prompts.attention_mask
     B, T = tokens.shape
     cfg = receiver.cfg
     H, KV, L = cfg.n_heads, cfg.n_kv_heads, cfg.n_layers
-    readout = _bind(metric, prompts, receiver)
     layers = sorted({layer for g in groups for layer, _, _ in g.heads})
     src_sites = [Site(c, layer) for layer in layers for c in patch]
     sender_logits, src = sender.run_with_cache(tokens, src_sites, attention_mask=mask)
@@ -371,6 +392,8 @@ def cmap_input(
         site = Site("z", layer)
         writes.append(MaskedWrite(site=site, source=own[site.hook_name], where=where))
     values = run_masked(receiver, tokens, writes, readout, n_specs=n, attention_mask=mask, budget=budget)
+    finite(values, lambda i: f"group {groups[i].name!r}")
+    finite.done()
     return CMAPResult(
         kind="input",
         groups=tuple(g.name for g in groups),
@@ -389,20 +412,22 @@ def cmap_sweep(
     prompts: PromptSet,
     *,
     component: str,
-    metric: Any,
+    metric: MetricLike,
     per_head: bool | None = None,
-    positions: str | Sequence[int] = "each",
+    positions: PositionSpec = "each",
     engine: str = "auto",
     budget: int | None = None,
+    nonfinite: NonFinite = "raise",
+    progress: bool | None = None,
 ) -> PatchResult:
     """Component CMAP: patch one site of `sender` into `receiver` per cell (every layer x position [x head]).
 
     Same cells, axes and engines as `interp.patching.patch_sweep` (TL fast path with prefix reuse), with the
     other model's activations on the same prompts as the source. `positions`: "each", "all" (whole sequence at
-    once) or a list of token indices.
+    once), an int or a list of token indices, or named positions of the PromptSet (one per prompt).
     """
     check_pair(receiver, sender, _ROLES)
-    prompts = _check_prompts(prompts)
+    finite = FiniteGuard("cmap_sweep", nonfinite)
     if component not in SWEEP_COMPONENTS:
         raise SiteError(f"unknown CMAP component {component!r}; valid: {', '.join(SWEEP_COMPONENTS)}")
     per_head = component in HEAD_COMPONENTS if per_head is None else per_head
@@ -411,42 +436,56 @@ def cmap_sweep(
     if engine not in ("auto", "tl", "generic"):
         raise ValueError(f"engine must be 'auto', 'tl' or 'generic'; got {engine!r}")
     receiver.check_site(Site(component, 0))
+    inputs = _bind(metric, prompts, receiver, "cmap_sweep", budget)
+    pos = bind_positions(positions, inputs, receiver)
+    readout = inputs.readout
+    assert readout is not None  # bound with a metric
     prompts = prompts.to(receiver.device)
     tokens, mask = prompts.clean, prompts.attention_mask
     B, T = tokens.shape
     L = receiver.cfg.n_layers
     n_heads = receiver.cfg.n_kv_heads if component in ("k", "v") else receiver.cfg.n_heads
-    if positions == "each":
-        pos_list: list[int | None] = list(range(T))
-    elif positions == "all":
-        pos_list = [None]
-    else:
-        given = [int(p) for p in positions]
-        if any(not 0 <= p < T for p in given):
-            raise ValueError(f"positions {given} must lie in [0, {T})")
-        pos_list = list(given)
+    pos_list = pos.cells
     heads = list(range(n_heads)) if per_head else [None]
     cells = [Cell(layer, p, h) for layer in range(L) for p in pos_list for h in heads]
-    readout = _bind(metric, prompts, receiver)
     sites = [Site(component, layer) for layer in range(L)]
     sender_logits, cache = sender.run_with_cache(tokens, sites, attention_mask=mask)
     sources = {i: cache[s.hook_name] for i, s in enumerate(sites)}
-    if engine == "tl" or (engine == "auto" and receiver.backend == "tl"):
-        vals = run_cells_tl(receiver, tokens, cells, component, sources, readout, budget=budget)
-    else:
-        vals = run_cells_generic(
-            receiver, tokens, cells, component, sources, readout, attention_mask=mask, budget=budget
-        )
+    with progress_bar(len(cells), f"cmap_sweep {component}", progress=progress) as bar:
+        if engine == "tl" or (engine == "auto" and receiver.backend == "tl"):
+            vals = run_cells_tl(
+                receiver,  # type: ignore[arg-type]  # the TL backend's model
+                tokens,
+                cells,
+                component,
+                sources,
+                readout,
+                budget=budget,
+                on_done=bar.update,
+            )
+        else:
+            vals = run_cells_generic(
+                receiver,
+                tokens,
+                cells,
+                component,
+                sources,
+                readout,
+                attention_mask=mask,
+                budget=budget,
+                on_done=bar.update,
+            )
+    finite(vals, lambda i: f"cell (layer {cells[i].layer}, pos {cells[i].pos}, head {cells[i].head})")
+    finite.done()
     shape = (L, len(pos_list), n_heads) if per_head else (L, len(pos_list))
     axes: tuple[str, ...] = ("layer", "pos", "head") if per_head else ("layer", "pos")
     scores = vals.mean(-1).view(*shape).cpu()
-    if positions == "all":
+    if pos.all:
         scores, axes = scores[:, 0], tuple(a for a in axes if a != "pos")
-    toks = receiver.to_str_tokens(tokens[0])
     labels = {
         "layer": [str(i) for i in range(L)],
         "head": [str(h) for h in range(n_heads)],
-        "pos": ["all"] if positions == "all" else [f"{p}:{toks[p]}" for p in pos_list if p is not None],
+        "pos": ["all"] if pos.all else list(pos.labels or []),
     }
     base = {
         "clean": readout.from_logits(receiver(tokens, attention_mask=mask)).mean().item(),
@@ -455,7 +494,7 @@ def cmap_sweep(
     cfg = SweepConfig(
         component=component,
         per_head=per_head,
-        positions=positions if isinstance(positions, str) else tuple(p for p in pos_list if p is not None),
+        positions=pos.spec,
         direction="cmap",
         source=f"model:{sender.name}",
         mode="exact",

@@ -22,6 +22,7 @@ FTC alpha-scaling (Def. 5.1): `x_{l+1} = x_l + PTC + alpha * FTC`, both blocks r
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from torch import Tensor
 from interp.files import atomic_save_safetensors
 from interp.finetuning.pair import ModelPair
 from interp.models.base import HookedModel
+from interp.patching.inputs import bind_tokens, check_count
 
 Components = Float[Tensor, "layer batch pos d_model"]
 Stream = Float[Tensor, "batch pos d_model"]
@@ -313,14 +315,12 @@ def _route(pair: ModelPair) -> _TLRoute | _HFRoute:
 
 
 # ------------------------------------------------------------------------------------------------ public API
-def _tokens_and_mask(tokens: Any, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    if hasattr(tokens, "clean") and hasattr(tokens, "attention_mask"):  # a PromptSet
-        return tokens.clean, tokens.attention_mask if attention_mask is None else attention_mask
-    if not isinstance(tokens, Tensor):
-        raise TypeError(
-            f"tokens must be a LongTensor [batch, pos] or a PromptSet; got {type(tokens).__name__}"
-        )
-    return tokens, attention_mask
+def _tokens_and_mask(
+    model: HookedModel, tokens: Any, attention_mask: Tensor | None, caller: str
+) -> tuple[Tensor, Tensor | None]:
+    """Checked tokens and mask on the model's device (`interp.patching.inputs.bind_tokens`): integer ids in the
+    vocabulary, a non-empty batch, a mask with a real token in every row."""
+    return bind_tokens(model, tokens, attention_mask, caller=caller)
 
 
 @torch.no_grad()
@@ -337,9 +337,7 @@ def tuco(
     PromptSet (its clean prompts and mask). Pads on the right or the left with `attention_mask`.
     """
     pair = ModelPair(base, finetuned)  # raises, naming every mismatch, before any compute
-    tokens, attention_mask = _tokens_and_mask(tokens, attention_mask)
-    tokens = finetuned._check_tokens(tokens, attention_mask)
-    mask = attention_mask.to(tokens.device) if attention_mask is not None else None
+    tokens, mask = _tokens_and_mask(finetuned, tokens, attention_mask, "tuco")
     route = _route(pair)
     xs = route.stream(tokens, mask)  # [L + 1, B, T, d]: resid_pre of each layer, then the final residual
     L = pair.n_layers
@@ -370,7 +368,8 @@ def tuco_scores(
     batch_size: int = 32,
 ) -> Float[Tensor, " n"]:
     """Only the TuCo scores of many prompts, `batch_size` at a time (keeps no components in memory)."""
-    tokens, attention_mask = _tokens_and_mask(tokens, attention_mask)
+    check_count(batch_size, "batch_size", "tuco_scores")
+    tokens, attention_mask = _tokens_and_mask(finetuned, tokens, attention_mask, "tuco_scores")
     out = []
     for i in range(0, tokens.shape[0], batch_size):
         m = None if attention_mask is None else attention_mask[i : i + batch_size]
@@ -398,15 +397,20 @@ def scaled_logits(
     """
     _check_alpha(alpha)
     pair = ModelPair(base, finetuned)
-    tokens, attention_mask = _tokens_and_mask(tokens, attention_mask)
-    tokens = finetuned._check_tokens(tokens, attention_mask)
-    mask = attention_mask.to(tokens.device) if attention_mask is not None else None
+    tokens, mask = _tokens_and_mask(finetuned, tokens, attention_mask, "scaled_logits")
     return _route(pair).scaled(tokens, mask, float(alpha))
 
 
 def _check_alpha(alpha: float) -> None:
-    if not isinstance(alpha, (int, float)) or alpha != alpha or alpha < 0:
-        raise ValueError(f"alpha must be a number >= 0 (Nuti et al. scale FTC by alpha >= 0); got {alpha!r}")
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+        or not math.isfinite(alpha)
+        or alpha < 0
+    ):
+        raise ValueError(
+            f"alpha must be a finite number >= 0 (Nuti et al. scale FTC by alpha >= 0); got {alpha!r}"
+        )
 
 
 @torch.no_grad()
@@ -429,10 +433,9 @@ def generate_scaled(
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int; got {max_new_tokens!r}")
     pair = ModelPair(base, finetuned)
-    tokens, attention_mask = _tokens_and_mask(tokens, attention_mask)
-    tokens = finetuned._check_tokens(tokens, attention_mask)
+    tokens, attention_mask = _tokens_and_mask(finetuned, tokens, attention_mask, "generate_scaled")
     B, T = tokens.shape
-    mask = torch.ones_like(tokens) if attention_mask is None else attention_mask.to(tokens.device)
+    mask = torch.ones_like(tokens) if attention_mask is None else attention_mask
     lengths = mask.sum(1)
     route = _route(pair)
     out = torch.empty(B, max_new_tokens, dtype=torch.long, device=tokens.device)

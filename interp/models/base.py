@@ -126,33 +126,23 @@ class HookedModel(ABC):
         tokens: Tensor,
         sites: Iterable[Site | str],
         *,
-        attention_mask: Tensor | None = None,
         hooks: Hooks = (),
+        attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits plus the activations of `sites` (after `hooks`, if any, have edited them), keyed by TL hook
-        name (full tensors, not narrowed)."""
+        """Logits plus the activations of `sites`, keyed by TL hook name (full tensors, not narrowed); with
+        `hooks`, of the run those hooks edit (each site read after its own hooks)."""
+        tokens = self._check_tokens(tokens, attention_mask)
+        hook_list = [(self.check_site(as_site(s)), fn) for s, fn in hooks]
+        cache_sites = [self.check_site(as_site(s)) for s in sites]
         cache: dict[str, Tensor] = {}
-        logits = self.run_with_hooks(
-            tokens, hooks, attention_mask=attention_mask, cache=sites, _cache_out=cache
-        )
+        logits = self._run(tokens, hook_list, cache_sites, attention_mask, cache)
         return logits, cache
 
-    def run_with_hooks(
-        self,
-        tokens: Tensor,
-        hooks: Hooks,
-        *,
-        attention_mask: Tensor | None = None,
-        cache: Iterable[Site | str] = (),
-        _cache_out: dict[str, Tensor] | None = None,
-    ) -> Tensor:
+    def run_with_hooks(self, tokens: Tensor, hooks: Hooks, *, attention_mask: Tensor | None = None) -> Tensor:
         """Logits of a forward pass in which each hook may read or replace its site's activation."""
         tokens = self._check_tokens(tokens, attention_mask)
         hook_list = [(self.check_site(as_site(s)), fn) for s, fn in hooks]
-        cache_sites = [self.check_site(as_site(s)) for s in cache]
-        return self._run(
-            tokens, hook_list, cache_sites, attention_mask, _cache_out if _cache_out is not None else {}
-        )
+        return self._run(tokens, hook_list, [], attention_mask, {})
 
     @abstractmethod
     def _run(

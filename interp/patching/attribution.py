@@ -8,71 +8,73 @@ softmax). Scores have the shapes of `patch_sweep`, so the two compare cell for c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from interp.models.base import HookedModel
-from interp.patching.readout import as_readout
-from interp.patching.sweep import (
-    DIRECTIONS,
-    SWEEP_COMPONENTS,
-    PatchResult,
-    SweepConfig,
-    _cells,
-    _tokens_pair,
+from interp.patching.engine import run_values
+from interp.patching.inputs import (
+    FiniteGuard,
+    InputError,
+    MetricLike,
+    NonFinite,
+    PositionSpec,
+    Prompts,
+    SweepPositions,
+    Tokens,
+    bind_inputs,
+    bind_positions,
+    check_choice,
 )
+from interp.patching.sweep import DIRECTIONS, SWEEP_COMPONENTS, PatchResult, SweepConfig, sweep_cells
 from interp.sites import HEAD_COMPONENTS, Site, SiteError
+
+if TYPE_CHECKING:
+    from interp.models.tl import TLModel
 
 
 def attribution_patch(
     model: HookedModel,
     *,
-    clean: Any,
-    corrupt: Tensor | None = None,
-    metric: Any,
+    clean: Prompts,
+    corrupt: Tokens | None = None,
+    metric: MetricLike,
     component: str = "resid_pre",
     per_head: bool = False,
-    positions: str = "each",
+    positions: PositionSpec = "each",
     direction: str = "denoise",
     qk_fix: bool = True,
+    nonfinite: NonFinite = "raise",
 ) -> PatchResult:
     """First-order estimate of `patch_sweep` (same arguments and result layout) from one forward+backward."""
-    clean_t, corrupt_t, prompts = _tokens_pair(clean, corrupt)
+    caller = "attribution_patch"
     if component not in SWEEP_COMPONENTS:
         raise SiteError(f"unknown patching component {component!r}; valid: {', '.join(SWEEP_COMPONENTS)}")
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}; got {direction!r}")
+    check_choice(direction, "direction", DIRECTIONS, caller)
+    finite = FiniteGuard(caller, nonfinite)
     if (component in HEAD_COMPONENTS) != per_head:
-        raise ValueError(
+        raise InputError(
             f"component {component!r} {'needs' if component in HEAD_COMPONENTS else 'has no'} "
             "per-head cells: set per_head accordingly"
         )
-    if positions not in ("each", "all"):
-        raise ValueError("attribution_patch supports positions='each' or 'all'")
-    if clean_t.shape != corrupt_t.shape:
-        raise ValueError(
-            f"clean and corrupt tokens must have the same shape; got {tuple(clean_t.shape)} and "
-            f"{tuple(corrupt_t.shape)}"
-        )
     if model.backend != "tl":
-        raise ValueError("attribution_patch needs gradients through hooks: load the model with backend='tl'")
+        raise InputError("attribution_patch needs gradients through hooks: load the model with backend='tl'")
+    inputs = bind_inputs(model, clean, corrupt, metric=metric, caller=caller)
+    pos = bind_positions(positions, inputs, model)
+    readout = inputs.readout
+    clean_t, corrupt_t, mask = inputs.clean, inputs.corrupt, inputs.attention_mask
     c = model.cfg
-    L, B, T = c.n_layers, *clean_t.shape
-    dev = model.device
-    clean_t, corrupt_t = clean_t.to(dev), corrupt_t.to(dev)
-    if prompts is not None and not hasattr(metric, "positions") and hasattr(metric, "from_prompts"):
-        metric = metric.from_prompts(prompts)
-    readout = as_readout(metric, batch=B, seq_len=T, d_vocab=c.d_vocab, device=dev)
+    L = c.n_layers
     n_heads = c.n_kv_heads if component in ("k", "v") else c.n_heads
-    _, shape, axes, pos_list = _cells(component, per_head, positions, L, n_heads, T)
+    _, shape, axes = sweep_cells(component, per_head, pos, L, n_heads)
     target, src = (corrupt_t, clean_t) if direction == "denoise" else (clean_t, corrupt_t)
     fix = qk_fix and component in ("q", "k")
     sites = [Site(component, layer) for layer in range(L)]
     extra = _qk_sites(model, L) if fix else []
     with torch.no_grad():
-        _, src_cache = model.run_with_cache(src, sites + extra)
+        _, src_cache = model.run_with_cache(src, sites + extra, attention_mask=mask)
     acts: dict[str, Tensor] = {}
 
     def keep(act: Tensor, site: Site) -> None:
@@ -81,12 +83,14 @@ def attribution_patch(
 
     grad_sites = sites + ([Site("pattern", layer) for layer in range(L)] if fix else [])
     with torch.enable_grad():
-        logits = model.run_with_hooks(
-            target, [(s, keep) for s in grad_sites], cache=extra, _cache_out=(tgt_extra := {})
+        logits, tgt_extra = model.run_with_cache(
+            target, extra, hooks=[(s, keep) for s in grad_sites], attention_mask=mask
         )
         values = readout.from_logits(logits)
+        finite(values.detach()[None], lambda i: "the target run")
         values.sum().backward()  # prompts are independent: row b of each gradient is ∂M_b/∂a_b
     base = values.detach().mean().item()
+    del logits
     per_layer = []
     for layer, s in enumerate(sites):
         if fix:
@@ -96,19 +100,18 @@ def attribution_patch(
         else:
             delta = src_cache[s.hook_name] - acts[s.hook_name].detach()
             eff = _reduce(delta * acts[s.hook_name].grad, component, per_head)
-        per_layer.append(eff.mean(0))  # [pos(, head)]
+        per_layer.append(_columns(eff, pos))  # [pos(, head)]
     scores = torch.stack(per_layer)  # [layer, pos(, head)]
-    if positions == "all":
+    if pos.all:
         scores = scores.sum(1)
     scores = (scores + base).detach().cpu().view(*shape)
-    toks = model.to_str_tokens(clean_t[0])
     labels = {"layer": [str(i) for i in range(L)], "head": [str(h) for h in range(n_heads)]}
-    if pos_list is not None:
-        labels["pos"] = [f"{p}:{toks[p]}" for p in pos_list]
+    if pos.labels is not None:
+        labels["pos"] = pos.labels
     cfg = SweepConfig(
         component=component,
         per_head=per_head,
-        positions=positions,
+        positions=pos.spec,
         direction=direction,
         source="run",
         mode="atp*" if fix else "atp",
@@ -117,12 +120,27 @@ def attribution_patch(
         seed=0,
     )
     with torch.no_grad():
-        other = readout.from_logits(model(src)).mean().item()
+        other_values = run_values(model, src, readout, attention_mask=mask)
+    finite(other_values[None], lambda i: "the source run")
+    finite.done()
+    other = other_values.mean().item()
     baseline = {
         "clean": other if direction == "denoise" else base,
         "corrupt": base if direction == "denoise" else other,
     }
     return PatchResult(scores=scores, axes=axes, labels=labels, config=cfg, baseline=baseline)
+
+
+def _columns(eff: Tensor, pos: SweepPositions) -> Tensor:
+    """Per-prompt effects [batch, pos(, head)] -> batch means per position column [n_pos(, head)] (every
+    position for "all", summed by the caller)."""
+    if pos.all or pos.spec == "each":
+        return eff.mean(0)
+    b = torch.arange(eff.shape[0], device=eff.device)
+    cols = [
+        eff[:, p] if isinstance(p, int) else eff[b, torch.tensor(p, device=eff.device)] for p in pos.cells
+    ]
+    return torch.stack(cols, 1).mean(0)
 
 
 def _reduce(x: Tensor, component: str, per_head: bool) -> Tensor:
@@ -136,7 +154,7 @@ def _qk_sites(model, L: int) -> list[Site]:
     return [Site("q", layer) for layer in range(L)] + [Site("k", layer) for layer in range(L)]
 
 
-def _rot(model, layer: int, x: Tensor, which: str) -> Tensor:
+def rotate_qk(model: TLModel, layer: int, x: Tensor, which: str) -> Tensor:
     """Rotary-embed queries/keys [b, pos, head, d_head] as TL's attention does (identity without rotary)."""
     attn = model.tl.blocks[layer].attn
     if model.tl.cfg.positional_embedding_type == "rotary":
@@ -144,7 +162,7 @@ def _rot(model, layer: int, x: Tensor, which: str) -> Tensor:
     return x
 
 
-def _scores(model, layer: int, q: Tensor, k: Tensor) -> Tensor:
+def causal_pattern(model: TLModel, layer: int, q: Tensor, k: Tensor) -> Tensor:
     """Causally masked attention pattern [b, head, q, k] from rotated q [b,q,h,d] and k [b,k,kvh,d]."""
     cfg = model.tl.cfg
     rep = cfg.n_heads // k.shape[2]
@@ -162,16 +180,16 @@ def _qk_effect(
     model, component: str, layer: int, src_cache: dict, tgt_cache: dict, pattern: Tensor
 ) -> Tensor:
     """AtP*: exact Δpattern for each query/key cell, dotted with ∂M/∂pattern -> [b, pos, head]."""
-    q_t = _rot(model, layer, tgt_cache[f"blocks.{layer}.attn.hook_q"], "q")
-    k_t = _rot(model, layer, tgt_cache[f"blocks.{layer}.attn.hook_k"], "k")
-    q_s = _rot(model, layer, src_cache[f"blocks.{layer}.attn.hook_q"], "q")
-    k_s = _rot(model, layer, src_cache[f"blocks.{layer}.attn.hook_k"], "k")
+    q_t = rotate_qk(model, layer, tgt_cache[f"blocks.{layer}.attn.hook_q"], "q")
+    k_t = rotate_qk(model, layer, tgt_cache[f"blocks.{layer}.attn.hook_k"], "k")
+    q_s = rotate_qk(model, layer, src_cache[f"blocks.{layer}.attn.hook_q"], "q")
+    k_s = rotate_qk(model, layer, src_cache[f"blocks.{layer}.attn.hook_k"], "k")
     grad = pattern.grad  # [b, head, q, k]
     base = pattern.detach()
     b, T = q_t.shape[0], q_t.shape[1]
     H = model.cfg.n_heads
     if component == "q":  # a query change at p alters row p only
-        new = _scores(model, layer, q_s, k_t)  # row p of `new` is the pattern with query p patched
+        new = causal_pattern(model, layer, q_s, k_t)  # row p of `new` is the pattern with query p patched
         eff = ((new - base) * grad).sum(-1)  # [b, head, q]
         return eff.transpose(1, 2)
     kvh = k_t.shape[2]
@@ -179,7 +197,7 @@ def _qk_effect(
     for p in range(T):  # a key change at p alters column p of every row q >= p
         k_new = k_t.clone()
         k_new[:, p] = k_s[:, p]
-        new = _scores(model, layer, q_t, k_new)
+        new = causal_pattern(model, layer, q_t, k_new)
         eff = ((new - base) * grad).sum((-1, -2))  # [b, head]
         out[:, p] = eff.view(b, kvh, H // kvh).sum(-1)
     return out

@@ -18,22 +18,37 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from interp.models.base import HookedModel
-from interp.patching.readout import Readout
+from interp.patching.readout import Readout, values_from_logits
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from interp.models.tl import TLModel
 from interp.sites import Site
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One patch: `component` at `layer`, at token `pos` (None: all positions), of `head` (None: whole site)."""
+    """One patch: `component` at `layer`, at token `pos` (None: all positions; a tuple: one position per prompt,
+    e.g. a named key position of prompts of different lengths), of `head` (None: whole site)."""
 
     layer: int
-    pos: int | None = None
+    pos: int | tuple[int, ...] | None = None
     head: int | None = None
+
+    @property
+    def start(self) -> int:
+        """The first position this cell changes."""
+        if self.pos is None:
+            return 0
+        return self.pos if isinstance(self.pos, int) else min(self.pos)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -65,8 +80,15 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(i, min(n, i + size))
 
 
+Progress = Callable[[int], None]  # told how many cells a finished chunk held
+
+
 def run_chunked(
-    n_cells: int, per_cell_bytes: int, budget: int, fn: Callable[[slice], Tensor]
+    n_cells: int,
+    per_cell_bytes: int,
+    budget: int,
+    fn: Callable[[slice], Tensor],
+    on_done: Progress | None = None,
 ) -> list[Tensor]:
     """Call fn on cell slices sized to the budget; on OOM halve the size and retry."""
     size = max(1, min(n_cells, budget // max(1, per_cell_bytes)))
@@ -83,17 +105,113 @@ def run_chunked(
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             continue
+        if on_done is not None:
+            on_done(sl.stop - sl.start)
         start = sl.stop
     return out
 
 
+def rows_per_chunk(model: HookedModel, seq_len: int, budget: int | None, *, logits: bool = True) -> int:
+    """Prompts per forward pass of the unpatched runs (sources, baselines) within `budget` bytes."""
+    per_row = seq_len * (bytes_per_token(model, seq_len) + (2 * model.cfg.d_vocab * 4 if logits else 0))
+    return max(1, (budget or default_budget(model.device)) // per_row)
+
+
+def cache_sites(
+    model: HookedModel,
+    tokens: Tensor,
+    sites: list[Site],
+    *,
+    attention_mask: Tensor | None = None,
+    budget: int | None = None,
+) -> dict[str, Tensor]:
+    """The activations of `sites` on `tokens` (keyed by TL hook name), in row chunks that fit `budget`. On the
+    TL backend the pass stops after the last block it needs (no logits)."""
+    B, T = tokens.shape
+    tl_route = model.backend == "tl" and all(s.component != "result" for s in sites)
+    rows = min(B, rows_per_chunk(model, T, budget, logits=not tl_route))
+
+    def run(sl: slice) -> dict[str, Tensor]:
+        mask = None if attention_mask is None else attention_mask[sl]
+        if not tl_route:
+            return model.run_with_cache(tokens[sl], sites, attention_mask=mask)[1]
+        cache: dict[str, Tensor] = {}
+        hooks = [(s.hook_name, _saver(cache, s.hook_name)) for s in sites]
+        stop = max(s.layer for s in sites) + 1
+        model.tl.run_with_hooks(tokens[sl], fwd_hooks=hooks, stop_at_layer=stop, attention_mask=mask)
+        return cache
+
+    parts = [run(sl) for sl in _chunks(B, rows)]
+    return parts[0] if len(parts) == 1 else {k: torch.cat([c[k] for c in parts]) for k in parts[0]}
+
+
+def _saver(cache: dict[str, Tensor], name: str) -> Callable[..., None]:
+    def hook(act: Tensor, hook: object) -> None:
+        cache[name] = act
+
+    return hook
+
+
+def run_values(
+    model: HookedModel,
+    tokens: Tensor,
+    readout: Readout,
+    *,
+    attention_mask: Tensor | None = None,
+    budget: int | None = None,
+) -> Tensor:
+    """Metric values [batch] of the unpatched run on `tokens`: one full forward when it fits `budget`, else row
+    chunks keeping only the read logits of each (on the TL backend only the read logits are computed)."""
+    B, T = tokens.shape
+    rows = rows_per_chunk(model, T, budget)
+
+    def mask_of(sl: slice) -> Tensor | None:
+        return None if attention_mask is None else attention_mask[sl]
+
+    if rows >= B:
+        return values_from_logits(readout, model(tokens, attention_mask=attention_mask)[None])[0]
+    if readout.needs_full_logits:  # the metric needs them all
+        return readout.from_logits(
+            torch.cat([model(tokens[sl], attention_mask=mask_of(sl)) for sl in _chunks(B, rows)])
+        )
+    if model.backend == "tl":
+        tl, L = model.tl, model.cfg.n_layers
+        parts = []
+        for sl in _chunks(B, rows_per_chunk(model, T, budget, logits=False)):
+            resid = tl.run_with_hooks(tokens[sl], stop_at_layer=L, attention_mask=mask_of(sl))  # [b, T, d]
+            b = torch.arange(resid.shape[0], device=resid.device)[:, None]
+            at = resid[b, readout.positions[sl].to(resid.device)]  # [b, p, d]
+            ids = None if readout.token_ids is None else readout.token_ids[sl]
+            parts.append(unembed_at(tl, at[None], ids)[0])
+        return readout.gathered(torch.cat(parts).float()).float()
+    parts = [readout.take(model(tokens[sl], attention_mask=mask_of(sl)), rows=sl) for sl in _chunks(B, rows)]
+    return readout.gathered(torch.cat(parts).float()).float()
+
+
 def _index(cell: Cell, component: str, offset: int = 0) -> tuple:
-    """The index of `cell` into an activation (after the batch axis) holding positions from `offset` on."""
+    """The index of `cell` into an activation (after the batch axis) holding positions from `offset` on
+    (cells with one position for every prompt)."""
     h = slice(None) if cell.head is None else cell.head
     p = slice(offset, None) if cell.pos is None else cell.pos
     if component == "pattern":  # [b, head, q, k]; positions index the query axis
         return (h, p)
     return (p,) if cell.head is None else (p, h)
+
+
+def _at_rows(act: Tensor, rows: Tensor, pos: Tensor, cell: Cell, component: str) -> tuple:
+    """The index of a per-prompt-position cell into `act`: rows `rows`, position `pos[i]` in row `rows[i]`."""
+    h = slice(None) if cell.head is None else cell.head
+    if component == "pattern":
+        return (rows, h, pos)
+    return (rows, pos) if cell.head is None else (rows, pos, h)
+
+
+def source_of(acts: Tensor, cell: Cell, component: str) -> Tensor:
+    """The part of a full activation [batch, ...] that `cell` replaces."""
+    if isinstance(cell.pos, tuple):
+        b = torch.arange(acts.shape[0], device=acts.device)
+        return acts[_at_rows(acts, b, torch.tensor(cell.pos, device=acts.device), cell, component)]
+    return acts[(slice(None), *_index(cell, component))]
 
 
 def write_cell(act: Tensor, rows: slice, cell: Cell, src: Tensor, component: str, offset: int = 0) -> None:
@@ -102,6 +220,11 @@ def write_cell(act: Tensor, rows: slice, cell: Cell, src: Tensor, component: str
     `act` is the target activation for a stacked chunk (TL shapes); `src` the source activation [batch, ...] of
     the same site over the full sequence; `offset` is the first position `act` holds (prefix reuse).
     """
+    if isinstance(cell.pos, tuple):
+        pos = torch.tensor(cell.pos, device=act.device)
+        r = torch.arange(rows.start, rows.stop, device=act.device)
+        act[_at_rows(act, r, pos - offset, cell, component)] = source_of(src, cell, component)
+        return
     idx = _index(cell, component)
     dst = list(idx)
     pos_axis = 1 if component == "pattern" else 0
@@ -121,10 +244,7 @@ def noop_cells(
     (their score is the target run's metric, no forward pass needed)."""
     return torch.tensor(
         [
-            torch.equal(
-                sources[c.layer][(slice(None), *_index(c, component))],
-                targets[c.layer][(slice(None), *_index(c, component))],
-            )
+            torch.equal(source_of(sources[c.layer], c, component), source_of(targets[c.layer], c, component))
             for c in cells
         ],
         dtype=torch.bool,
@@ -142,6 +262,7 @@ def run_cells_generic(
     *,
     attention_mask: Tensor | None = None,
     budget: int | None = None,
+    on_done: Progress | None = None,
 ) -> Tensor:
     """Per-cell metric values [n_cells, batch]: full forwards with `C` cells stacked along the batch."""
     B, T = tokens.shape
@@ -166,20 +287,14 @@ def run_cells_generic(
             hooks.append((Site(component, layer), hook))
         mask = attention_mask.repeat(C, 1) if attention_mask is not None else None
         logits = model.run_with_hooks(tokens.repeat(C, 1), hooks, attention_mask=mask)
-        return read_full(readout, logits.view(C, B, T, -1))
+        return values_from_logits(readout, logits.view(C, B, T, -1))
 
-    return torch.cat(run_chunked(len(cells), per_cell, budget, chunk))
+    return torch.cat(run_chunked(len(cells), per_cell, budget, chunk, on_done))
 
 
 def read_full(readout: Readout, logits: Tensor) -> Tensor:
     """[C, B, T, V] logits -> [C, B] metric values."""
-    if readout.gathered is not None:
-        b = torch.arange(logits.shape[1], device=logits.device)
-        at = logits[:, b, readout.positions]  # [C, B, V]
-        if readout.token_ids is not None:
-            at = torch.gather(at, -1, readout.token_ids.expand(at.shape[0], -1, -1))
-        return readout.gathered(at.float()).float()
-    return torch.stack([readout.from_logits(lg) for lg in logits])
+    return values_from_logits(readout, logits)
 
 
 # --------------------------------------------------------------------------------------------- TL fast engine
@@ -193,26 +308,36 @@ class TargetCache:
     final: Tensor  # [B, T, d] residual entering ln_final
 
 
-def cache_target(model, tokens: Tensor) -> TargetCache:
-    """One target forward pass caching what prefix reuse and layer starts need."""
+def cache_target(model: TLModel, tokens: Tensor, *, budget: int | None = None) -> TargetCache:
+    """One target forward pass (in row chunks that fit `budget`) caching what prefix reuse and layer starts need."""
     tl = model.tl
     L = model.cfg.n_layers
     names = {f"blocks.{i}.hook_resid_pre" for i in range(L)} | {f"blocks.{i}.attn.hook_k" for i in range(L)}
     names |= {f"blocks.{i}.attn.hook_v" for i in range(L)} | {f"blocks.{L - 1}.hook_resid_post"}
-    _, cache = tl.run_with_cache(tokens, names_filter=lambda n: n in names, return_type=None)
+    B, T = tokens.shape
+    rows = rows_per_chunk(model, T, budget, logits=False)
+    caches = [
+        tl.run_with_cache(tokens[sl], names_filter=lambda n: n in names, return_type=None)[1]
+        for sl in _chunks(B, min(B, rows))
+    ]
+
+    def get(name: str) -> Tensor:
+        return caches[0][name] if len(caches) == 1 else torch.cat([c[name] for c in caches])
+
     return TargetCache(
-        resid_pre=[cache[f"blocks.{i}.hook_resid_pre"] for i in range(L)],
-        keys=[cache[f"blocks.{i}.attn.hook_k"] for i in range(L)],
-        values=[cache[f"blocks.{i}.attn.hook_v"] for i in range(L)],
-        final=cache[f"blocks.{L - 1}.hook_resid_post"],
+        resid_pre=[get(f"blocks.{i}.hook_resid_pre") for i in range(L)],
+        keys=[get(f"blocks.{i}.attn.hook_k") for i in range(L)],
+        values=[get(f"blocks.{i}.attn.hook_v") for i in range(L)],
+        final=get(f"blocks.{L - 1}.hook_resid_post"),
     )
 
 
-def unembed(tl, resid: Tensor, token_ids: Tensor | None) -> Tensor:
-    """Logits from final residuals [C, B, d]: only the columns `token_ids` [B, k] when given."""
-    x = tl.ln_final(resid)
+def unembed(tl: HookedTransformer, resid: Tensor, token_ids: Tensor | None) -> Tensor:
+    """Logits from final residuals [C, B, d]: only the columns `token_ids` [B, k] when given (models without a
+    final norm, `normalization_type=None`, skip it)."""
+    x = tl.ln_final(resid) if hasattr(tl, "ln_final") else resid
     if token_ids is None:
-        logits = x @ tl.W_U + tl.b_U
+        logits = (x @ tl.W_U).add_(tl.b_U)  # in place: one [.., vocab] tensor, not two
     else:
         w = tl.W_U.T[token_ids]  # [B, k, d]
         logits = torch.einsum("cbd,bkd->cbk", x, w) + tl.b_U[token_ids]
@@ -220,6 +345,39 @@ def unembed(tl, resid: Tensor, token_ids: Tensor | None) -> Tensor:
     if cap > 0:
         logits = cap * torch.tanh(logits / cap)
     return logits
+
+
+def unembed_at(tl: HookedTransformer, resid: Tensor, token_ids: Tensor | None) -> Tensor:
+    """Logits [C, B, p, k] from final residuals [C, B, p, d] at p read positions per prompt."""
+    C, B, p, d = resid.shape
+    if p == 1:
+        return unembed(tl, resid[:, :, 0], token_ids)[:, :, None]
+    if token_ids is None:
+        return unembed(tl, resid.reshape(C, B * p, d), None).view(C, B, p, -1)
+    ids = token_ids.repeat_interleave(p, dim=0)  # [B * p, k]: row b's ids at each of its positions
+    return unembed(tl, resid.reshape(C, B * p, d), ids).view(C, B, p, -1)
+
+
+def values_from_resid(
+    model: HookedModel, readout: Readout, resid: Float[Tensor, "C batch pos d_model"]
+) -> Float[Tensor, "C batch"]:
+    """Metric values of C stacked runs from their residual streams entering the final norm (TL backend): only
+    the logits the metric reads are computed (full logits when it needs them)."""
+    tl = model.tl
+    C, B, T, d = resid.shape
+
+    def full(r: Tensor) -> Tensor:
+        logits = unembed(tl, r.reshape(-1, 1, d), None).view(r.shape[0], B, T, -1)
+        return torch.stack([readout.from_logits(lg) for lg in logits])
+
+    if readout.needs_full_logits:
+        return full(resid)
+    b = torch.arange(B, device=resid.device)[:, None]
+    at = resid[:, b, readout.positions.to(resid.device)]  # [C, B, p, d]
+    vals = readout.gathered(unembed_at(tl, at, readout.token_ids).float()).float()
+    if readout.needs_check and not readout.check(vals[:1], full(resid[:1])):
+        return full(resid)
+    return vals
 
 
 @contextmanager
@@ -238,7 +396,7 @@ def _precision(fast: bool, device: torch.device):
 
 
 def run_cells_tl(
-    model,
+    model: TLModel,
     tokens: Tensor,
     cells: list[Cell],
     component: str,
@@ -250,6 +408,7 @@ def run_cells_tl(
     prefix_groups: int | None = None,
     fast: bool = False,
     budget: int | None = None,
+    on_done: Progress | None = None,
 ) -> Tensor:
     """Per-cell metric values [n_cells, batch] on the TL backend, starting each cell at its patched layer.
 
@@ -257,19 +416,20 @@ def run_cells_tl(
     layer l joins the stacked run at block l (from the target's cached residual there), so blocks run once per
     start position over all cells that have reached them, not once per cell. `prefix_groups=k` merges the start
     positions into k contiguous groups, each recomputed from its first position: fewer, larger passes for a
-    little recomputation (for GPUs, where kernel launches rather than FLOPs can dominate).
+    little recomputation (for GPUs, where kernel launches rather than FLOPs can dominate). Prompts must be
+    unpadded or right-padded (causal attention: padding after a prompt never reaches its real tokens).
     """
     from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry as Entry
 
     tl = model.tl
     B, T = tokens.shape
     L = model.cfg.n_layers
-    target = target or cache_target(model, tokens)
+    target = target or cache_target(model, tokens, budget=budget)
     budget = budget or (CPU_CHUNK_BYTES if model.device.type == "cpu" else default_budget(model.device))
     hook_name = {c: Site(component, c).hook_name for c in range(L)}
     out = torch.empty(len(cells), B, device=tokens.device)
     # group cells by the first position they recompute (keys/values at pos only matter to queries >= pos too)
-    starts = [cell.pos if (prefix_reuse and cell.pos is not None) else 0 for cell in cells]
+    starts = [cell.start if prefix_reuse else 0 for cell in cells]
     first = {p: p for p in starts}
     if prefix_groups is not None:
         distinct = sorted(first)
@@ -280,12 +440,16 @@ def run_cells_tl(
     groups: dict[int, list[int]] = defaultdict(list)
     for idx, p in enumerate(starts):
         groups[first[p]].append(idx)
-    pos = readout.positions
+    V = model.cfg.d_vocab
 
     for p0, idxs in groups.items():
         idxs = sorted(idxs, key=lambda i: cells[i].layer)
         n_new = T - p0
         per_cell = B * n_new * bytes_per_token(model, T)
+        if readout.needs_full_logits:  # (an inferred read set's first check adds one cell's full logits)
+            per_cell += 2 * B * T * V * 4
+        elif readout.token_ids is None:
+            per_cell += 2 * B * readout.positions.shape[1] * V * 4
 
         def chunk(sl: slice, p0=p0, idxs=idxs, n_new=n_new) -> Tensor:
             group = [cells[i] for i in idxs[sl]]
@@ -319,19 +483,27 @@ def run_cells_tl(
                         )
                     resid = tl.blocks[j](resid, past_kv_cache_entry=entry)
             resid = resid.float().view(C, B, n_new, -1)
-            if readout.needs_full_logits:
-                full = torch.cat([target.final[:, :p0].expand(C, -1, -1, -1), resid], dim=2)
-                logits = unembed(tl, full.reshape(C * B * T, 1, -1), None).view(C, B, T, -1)
-                return torch.stack([readout.from_logits(lg) for lg in logits])
-            b = torch.arange(B, device=tokens.device)
-            rel = (pos - p0).clamp(min=0)
-            at = resid[:, b, rel]  # [C, B, d]
-            before = pos < p0  # the patch cannot reach these prompts' read positions
-            if bool(before.any()):
-                at = torch.where(before[None, :, None], target.final[b, pos][None].expand_as(at), at)
-            logits = unembed(tl, at, readout.token_ids)
-            return readout.gathered(logits.float()).float()
 
-        vals = torch.cat(run_chunked(len(idxs), per_cell, budget, chunk))
+            def full(r: Tensor) -> Tensor:
+                n = r.shape[0]
+                whole = torch.cat([target.final[:, :p0].expand(n, -1, -1, -1), r], dim=2)
+                logits = unembed(tl, whole.reshape(n * B * T, 1, -1), None).view(n, B, T, -1)
+                return torch.stack([readout.from_logits(lg) for lg in logits])
+
+            if readout.needs_full_logits:
+                return full(resid)
+            pos = readout.positions  # [B, p]
+            b = torch.arange(B, device=tokens.device)[:, None]
+            rel = (pos - p0).clamp(min=0)
+            at = resid[:, b, rel]  # [C, B, p, d]
+            before = pos < p0  # the patch cannot reach these read positions
+            if bool(before.any()):
+                at = torch.where(before[None, :, :, None], target.final[b, pos][None].expand_as(at), at)
+            vals = readout.gathered(unembed_at(tl, at, readout.token_ids).float()).float()
+            if readout.needs_check and not readout.check(vals[:1], full(resid[:1])):
+                return full(resid)
+            return vals
+
+        vals = torch.cat(run_chunked(len(idxs), per_cell, budget, chunk, on_done))
         out[torch.tensor(idxs, device=out.device)] = vals
     return out

@@ -10,14 +10,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from interp.models.base import HookedModel
-from interp.patching.readout import as_readout
+from interp.patching.inputs import (
+    FiniteGuard,
+    InputError,
+    MetricLike,
+    NonFinite,
+    Prompts,
+    RowPositions,
+    Tokens,
+    as_index,
+    bind_inputs,
+    bind_row_position,
+    check_choice,
+    check_count,
+)
+from interp.patching.readout import Readout, values_from_logits
+from interp.progress import progress_bar
 from interp.sites import Site
+
+RowPositionSpec = int | str | RowPositions | None
 
 CONVENTIONS = ("logit_diff", "prob_change", "raw")
 FREEZE = ("heads", "heads+mlps")
@@ -71,22 +87,6 @@ class PathPatchResult:
         )
 
 
-def _positions(pos: Any, prompts: Any, batch: int, device: torch.device) -> Tensor | None:
-    """None (all positions), or a LongTensor [batch] from an int, a tensor or a PromptSet position name."""
-    if pos is None:
-        return None
-    if isinstance(pos, str):
-        if not hasattr(prompts, "position"):
-            raise ValueError(f"position name {pos!r} needs a PromptSet; the prompts were given as tensors")
-        return prompts.position(pos).to(device)
-    if isinstance(pos, int):
-        return torch.full((batch,), pos, device=device, dtype=torch.long)
-    pos = torch.as_tensor(pos, device=device).long()
-    if pos.shape != (batch,):
-        raise ValueError(f"positions must be one per prompt ({batch}); got shape {tuple(pos.shape)}")
-    return pos
-
-
 def _set_rows(act: Tensor, rows: slice, src: Tensor, head: int | None, pos: Tensor | None) -> None:
     """act[rows][b, pos_b, head] = src[b, pos_b, head] for each prompt b (all positions if pos is None)."""
     if pos is None:
@@ -103,18 +103,24 @@ def _set_rows(act: Tensor, rows: slice, src: Tensor, head: int | None, pos: Tens
 def path_patch(
     model: HookedModel,
     *,
-    clean: Any,
-    corrupt: Tensor | None = None,
-    metric: Any,
+    clean: Prompts,
+    corrupt: Tokens | None = None,
+    metric: MetricLike,
+    attention_mask: Tokens | None = None,
     receivers: str | Sequence[Site] = "logits",
     senders: str | Sequence[tuple[int, int]] = "all",
     freeze: str = "heads",
-    sender_pos: Any = None,
-    receiver_pos: Any = None,
+    sender_pos: RowPositionSpec = None,
+    receiver_pos: RowPositionSpec = None,
     convention: str = "logit_diff",
     max_senders_per_pass: int = 64,
+    nonfinite: NonFinite = "raise",
+    progress: bool | None = None,
 ) -> PathPatchResult:
     """Score each sender head's effect through the receivers.
+
+    `clean` is a PromptSet, or clean tokens with `corrupt` (and an `attention_mask` they share, padded on either
+    side: every forward pass gets the mask).
 
     `receivers`: "logits" (direct effect) or sites such as `Site("q", 9, head=6)` / `Site("resid_pre", 5)`.
     `senders`: "all" (every head in layers before the earliest receiver) or (layer, head) pairs.
@@ -122,28 +128,27 @@ def path_patch(
     `convention`: "logit_diff" — (M_patched − M_clean) / (M_corrupt − M_clean) on batch means (Wang/Merullo;
     use a logit-difference metric); "prob_change" — mean over prompts of (p_patched − p_clean) / p_clean
     (Prakash; use an answer-probability metric); "raw" — M_patched − M_clean.
+    `nonfinite`: "raise" if the metric is NaN/inf anywhere, "warn" to keep such scores; `progress`: a progress
+    bar on long runs (None: on terminals unless INTERP_PROGRESS=0).
     """
-    from interp.patching.sweep import _tokens_pair
-
-    clean_t, corrupt_t, prompts = _tokens_pair(clean, corrupt)
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}; got {convention!r}")
-    if freeze not in FREEZE:
-        raise ValueError(f"freeze must be one of {FREEZE}; got {freeze!r}")
-    if clean_t.shape != corrupt_t.shape:
-        raise ValueError(
-            f"clean and corrupt tokens must have the same shape; got {tuple(clean_t.shape)} and "
-            f"{tuple(corrupt_t.shape)}"
-        )
+    caller = "path_patch"
+    check_choice(convention, "convention", CONVENTIONS, caller)
+    check_choice(freeze, "freeze", FREEZE, caller)
+    check_count(max_senders_per_pass, "max_senders_per_pass", caller)
+    finite = FiniteGuard(caller, nonfinite)
     c = model.cfg
     L, H = c.n_layers, c.n_heads
     recv: list[Site] = []
     if receivers != "logits":
-        if isinstance(receivers, str):
-            raise ValueError(f"receivers must be 'logits' or a list of Sites; got {receivers!r}")
+        if isinstance(receivers, str) or not isinstance(receivers, Sequence):
+            raise InputError(f"receivers must be 'logits' or a list of Sites; got {receivers!r}")
+        if not receivers:
+            raise InputError("receivers is empty: give 'logits' or at least one Site")
         for s in receivers:
+            if not isinstance(s, Site):
+                raise TypeError(f"receivers must be Sites (e.g. Site('q', 9, head=6)); got {s!r}")
             if s.component not in RECEIVER_COMPONENTS:
-                raise ValueError(f"receiver {s}: component must be one of {RECEIVER_COMPONENTS}")
+                raise InputError(f"receiver {s}: component must be one of {RECEIVER_COMPONENTS}")
             model.check_site(s)
             recv.append(s)
     first_recv = min((s.layer for s in recv), default=L)
@@ -156,39 +161,70 @@ def path_patch(
             or (layer == first_recv and any(s.component.startswith("resid_post") for s in recv))
         ]
     else:
-        send = [(int(a), int(b)) for a, b in senders]
+        if isinstance(senders, str):
+            raise InputError(f"senders must be 'all' or (layer, head) pairs; got {senders!r}")
+        send = []
+        for pair in senders:
+            idx = (
+                [as_index(v) for v in pair] if isinstance(pair, (tuple, list)) and len(pair) == 2 else [None]
+            )
+            if None in idx:
+                raise TypeError(f"senders must be (layer, head) pairs of ints; got {pair!r}")
+            send.append((idx[0], idx[1]))
     for layer, h in send:
         if not (0 <= layer < L and 0 <= h < H):
-            raise ValueError(f"sender head {layer}.{h} out of range (layers 0..{L - 1}, heads 0..{H - 1})")
+            raise InputError(f"sender head {layer}.{h} out of range (layers 0..{L - 1}, heads 0..{H - 1})")
         if recv and layer > max(s.layer for s in recv):
-            raise ValueError(f"sender {layer}.{h} comes after every receiver; it cannot affect them")
+            raise InputError(f"sender {layer}.{h} comes after every receiver; it cannot affect them")
     if not send:
-        raise ValueError("no sender heads: every head is at or after the receivers")
-    dev = model.device
-    B, T = clean_t.shape
-    clean_t, corrupt_t = clean_t.to(dev), corrupt_t.to(dev)
-    if prompts is not None and not hasattr(metric, "positions") and hasattr(metric, "from_prompts"):
-        metric = metric.from_prompts(prompts)
-    readout = as_readout(metric, batch=B, seq_len=T, d_vocab=c.d_vocab, device=dev)
-    s_pos = _positions(sender_pos, prompts, B, dev)
-    r_pos = _positions(receiver_pos, prompts, B, dev)
+        raise InputError("no sender heads: every head is at or after the receivers")
+    inputs = bind_inputs(
+        model,
+        clean,
+        corrupt,
+        metric=metric,
+        caller=caller,
+        attention_mask=attention_mask,
+        allow_left_padding=True,
+    )
+    readout = inputs.readout
+    s_pos = bind_row_position(sender_pos, inputs, name="sender_pos")
+    r_pos = bind_row_position(receiver_pos, inputs, name="receiver_pos")
+    clean_t, corrupt_t, mask = inputs.clean, inputs.corrupt, inputs.attention_mask
 
     z_sites = [Site("z", layer) for layer in range(L)]
     mlp_sites = [Site("mlp_out", layer) for layer in range(L)] if freeze == "heads+mlps" else []
     with torch.no_grad():
-        logits_clean, clean_cache = model.run_with_cache(clean_t, z_sites + mlp_sites)
-        logits_corrupt, corrupt_cache = model.run_with_cache(corrupt_t, z_sites)
+        logits_clean, clean_cache = model.run_with_cache(clean_t, z_sites + mlp_sites, attention_mask=mask)
+        logits_corrupt, corrupt_cache = model.run_with_cache(corrupt_t, z_sites, attention_mask=mask)
         m_clean = readout.from_logits(logits_clean)  # [B]
         m_corrupt = readout.from_logits(logits_corrupt)
+        del logits_clean, logits_corrupt
+        finite(m_clean[None], lambda i: "the clean run")
+        finite(m_corrupt[None], lambda i: "the corrupt run")
         values = []
-        for start in range(0, len(send), max_senders_per_pass):
-            group = send[start : start + max_senders_per_pass]
-            values.append(
-                _patched_values(
-                    model, clean_t, group, clean_cache, corrupt_cache, recv, s_pos, r_pos, freeze, readout
+        with progress_bar(len(send), "path_patch senders", progress=progress, unit="sender") as bar:
+            for start in range(0, len(send), max_senders_per_pass):
+                group = send[start : start + max_senders_per_pass]
+                values.append(
+                    _patched_values(
+                        model,
+                        clean_t,
+                        mask,
+                        group,
+                        clean_cache,
+                        corrupt_cache,
+                        recv,
+                        s_pos,
+                        r_pos,
+                        freeze,
+                        readout,
+                    )
                 )
-            )
+                bar.update(len(group))
         vals = torch.cat(values)  # [S, B]
+    finite(vals, lambda i: f"sender {send[i][0]}.{send[i][1]}")
+    finite.done()
     if convention == "logit_diff":
         denom = m_corrupt.mean() - m_clean.mean()
         score = (vals.mean(-1) - m_clean.mean()) / denom
@@ -209,12 +245,15 @@ def path_patch(
     )
 
 
-def _patched_values(model, clean_t, group, clean_cache, corrupt_cache, recv, s_pos, r_pos, freeze, readout):
+def _patched_values(
+    model, clean_t, mask, group, clean_cache, corrupt_cache, recv, s_pos, r_pos, freeze, readout
+):
     """[S, B] metric values for a group of senders, stacked along the batch."""
     B = clean_t.shape[0]
     S = len(group)
     L = model.cfg.n_layers
     tokens = clean_t.repeat(S, 1)
+    masks = None if mask is None else mask.repeat(S, 1)
 
     def freeze_z(layer: int):
         def hook(act: Tensor, site: Site) -> Tensor:
@@ -233,11 +272,10 @@ def _patched_values(model, clean_t, group, clean_cache, corrupt_cache, recv, s_p
     if freeze == "heads+mlps":
         hooks += [(Site("mlp_out", layer), freeze_mlp) for layer in range(L)]
     if not recv:  # direct effect on the logits
-        logits = model.run_with_hooks(tokens, hooks)
+        logits = model.run_with_hooks(tokens, hooks, attention_mask=masks)
         return _values(readout, logits, S, B)
     # step 1: record the receivers' inputs
-    recorded: dict[str, Tensor] = {}
-    model.run_with_hooks(tokens, hooks, cache=recv, _cache_out=recorded)
+    _, recorded = model.run_with_cache(tokens, recv, hooks=hooks, attention_mask=masks)
     # step 2: a clean run with only the receivers patched
     patch_hooks = []
     for site in recv:
@@ -258,11 +296,9 @@ def _patched_values(model, clean_t, group, clean_cache, corrupt_cache, recv, s_p
             return out
 
         patch_hooks.append((Site(site.component, site.layer), rhook))
-    logits = model.run_with_hooks(tokens, patch_hooks)
+    logits = model.run_with_hooks(tokens, patch_hooks, attention_mask=masks)
     return _values(readout, logits, S, B)
 
 
-def _values(readout, logits: Tensor, S: int, B: int) -> Tensor:
-    from interp.patching.engine import read_full
-
-    return read_full(readout, logits.view(S, B, *logits.shape[1:]))
+def _values(readout: Readout, logits: Tensor, S: int, B: int) -> Tensor:
+    return values_from_logits(readout, logits.view(S, B, *logits.shape[1:]))

@@ -7,14 +7,28 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from interp.models.base import HookedModel
-from interp.patching.engine import Cell, noop_cells, run_cells_generic, run_cells_tl
-from interp.patching.readout import as_readout
+from interp.patching.engine import Cell, cache_sites, noop_cells, run_cells_generic, run_cells_tl, run_values
+from interp.patching.inputs import (
+    FiniteGuard,
+    InputError,
+    MetricLike,
+    NonFinite,
+    PositionSpec,
+    Prompts,
+    SweepPositions,
+    Tokens,
+    bind_inputs,
+    bind_positions,
+    check_budget,
+    check_choice,
+    check_count,
+)
+from interp.progress import progress_bar
 from interp.sites import HEAD_COMPONENTS, Site, SiteError
 
 SWEEP_COMPONENTS = (
@@ -38,7 +52,7 @@ MODES = ("exact", "fast")
 class SweepConfig:
     component: str
     per_head: bool
-    positions: str | tuple[int, ...]
+    positions: str | tuple[int, ...] | tuple[str, ...]
     direction: str
     source: str
     mode: str
@@ -134,39 +148,22 @@ class PatchResult:
         )
 
 
-def _tokens_pair(clean: Any, corrupt: Any) -> tuple[Tensor, Tensor, Any]:
-    """(clean, corrupt, prompts-or-None) from a PromptSet or two token tensors."""
-    if corrupt is None and hasattr(clean, "clean") and hasattr(clean, "corrupt"):
-        return clean.clean, clean.corrupt, clean
-    if hasattr(clean, "clean") and corrupt is None:
-        raise ValueError("pass a PromptSet as `clean` (corrupt=None), or two token tensors")
-    if not isinstance(clean, Tensor) or not isinstance(corrupt, Tensor):
-        raise TypeError("clean/corrupt must be a PromptSet (as clean=) or two LongTensors [batch, pos]")
-    return clean, corrupt, None
-
-
-def _cells(component: str, per_head: bool, positions: Any, n_layers: int, n_heads: int, seq_len: int):
+def sweep_cells(
+    component: str, per_head: bool, positions: SweepPositions, n_layers: int, n_heads: int
+) -> tuple[list[Cell], tuple[int, ...], tuple[str, ...]]:
     """The cell grid, its result shape and axis names."""
-    if positions == "each":
-        pos_list: list[int] | None = list(range(seq_len))
-    elif positions == "all":
-        pos_list = None
-    else:
-        pos_list = [int(p) for p in positions]
-        bad = [p for p in pos_list if not 0 <= p < seq_len]
-        if bad:
-            raise ValueError(f"positions {bad} are outside the prompts' length {seq_len}")
     heads = list(range(n_heads)) if per_head else [None]
-    if pos_list is None and not per_head:
-        raise ValueError(
+    if positions.all and not per_head:
+        raise InputError(
             "positions='all' needs per_head=True (patching a whole layer at every position replaces the run)"
         )
-    cells = [Cell(layer, p, h) for layer in range(n_layers) for p in (pos_list or [None]) for h in heads]
-    if pos_list is None:
-        return cells, (n_layers, n_heads), ("layer", "head"), pos_list
+    cells = [Cell(layer, p, h) for layer in range(n_layers) for p in positions.cells for h in heads]
+    n_pos = len(positions.cells)
+    if positions.all:
+        return cells, (n_layers, n_heads), ("layer", "head")
     if per_head:
-        return cells, (n_layers, len(pos_list), n_heads), ("layer", "pos", "head"), pos_list
-    return cells, (n_layers, len(pos_list)), ("layer", "pos"), pos_list
+        return cells, (n_layers, n_pos, n_heads), ("layer", "pos", "head")
+    return cells, (n_layers, n_pos), ("layer", "pos")
 
 
 def _sources(
@@ -177,20 +174,21 @@ def _sources(
     source: str,
     seed: int,
     mask: Tensor | None,
+    budget: int | None = None,
 ) -> dict[int, Tensor]:
-    """Source activations per layer."""
+    """Source activations per layer (row-chunked to `budget`)."""
     L = model.cfg.n_layers
     sites = [Site(component, layer) for layer in range(L)]
     if source == "zero":
-        _, cache = model.run_with_cache(tgt_tokens[:1], sites)
+        cache = cache_sites(model, tgt_tokens[:1], sites, attention_mask=None if mask is None else mask[:1])
         return {
             i: torch.zeros_like(cache[s.hook_name]).expand(tgt_tokens.shape[0], *cache[s.hook_name].shape[1:])
             for i, s in enumerate(sites)
         }
-    _, cache = model.run_with_cache(src_tokens, sites, attention_mask=mask)
+    cache = cache_sites(model, src_tokens, sites, attention_mask=mask, budget=budget)
     acts = {i: cache[s.hook_name] for i, s in enumerate(sites)}
     if source == "mean":
-        return {i: a.mean(0, keepdim=True).expand_as(a) for i, a in acts.items()}
+        return {i: _masked_mean(a, mask, component == "pattern").expand_as(a) for i, a in acts.items()}
     if source == "resample":
         g = torch.Generator().manual_seed(seed)
         perm = torch.randperm(src_tokens.shape[0], generator=g).to(src_tokens.device)
@@ -198,15 +196,28 @@ def _sources(
     return acts
 
 
+def _masked_mean(a: Tensor, mask: Tensor | None, pattern: bool = False) -> Tensor:
+    """The batch mean [1, ...] of an activation [batch, pos, ...] (pattern: [batch, head, q, k]), over the
+    prompts that are real at each position."""
+    if mask is None:
+        return a.mean(0, keepdim=True)
+    if pattern:  # positions are the query axis
+        m = mask.to(a.dtype)[:, None, :, None]
+    else:
+        m = mask.to(a.dtype).view(*mask.shape, *([1] * (a.ndim - 2)))
+    return (a * m).sum(0, keepdim=True) / m.sum(0, keepdim=True).clamp_min(1)
+
+
 def patch_sweep(
     model: HookedModel,
     *,
-    clean: Any,
-    corrupt: Tensor | None = None,
-    metric: Any,
+    clean: Prompts,
+    corrupt: Tokens | None = None,
+    metric: MetricLike,
+    attention_mask: Tokens | None = None,
     component: str = "resid_pre",
     per_head: bool = False,
-    positions: str | list[int] = "each",
+    positions: PositionSpec = "each",
     direction: str = "denoise",
     source: str = "run",
     mode: str = "exact",
@@ -216,74 +227,81 @@ def patch_sweep(
     memory_budget: int | None = None,
     engine: str = "auto",
     skip_noops: bool = True,
+    nonfinite: NonFinite = "raise",
+    progress: bool | None = None,
 ) -> PatchResult:
     """Activation patching over every (layer, position[, head]) cell, many cells per forward pass.
 
     `denoise` patches clean activations into the corrupt run; `noise` corrupt into clean (TransformerLens'
-    conventions). `source` replaces the patched-in activation by zeros, the batch mean or a seeded resample
+    conventions); `clean` is a PromptSet, or token tensors with `corrupt` (and an `attention_mask` they share,
+    padded on either side). `source` replaces the patched-in activation by zeros, the batch mean or a seeded resample
     of the source run. A cell's score is the batch mean of `metric`. `mode="fast"` allows bf16/TF32 on GPU.
+    `positions`: "each" (every token position), "all" (every position at once, per head), an int, a list of
+    ints, or named key positions of the PromptSet ("END", "S2+1", or a list of names: one per prompt, so
+    prompts of different lengths line up by role; ints and "each" need prompts of one length).
     `engine`: "auto" (TL fast path on the TL backend), "tl" or "generic" (any backend; full forwards).
     `skip_noops`: cells whose source activation equals the target's bit for bit (e.g. positions before the
     first token where clean and corrupt differ) are not run; their score is the target run's metric.
     `prefix_reuse` (TL engine): recompute only positions from the patched one on, over a frozen key/value cache
     of the target's prefix; `prefix_groups=k` recomputes from k shared start positions instead of one per
-    position (fewer, larger passes: try it on GPUs). `memory_budget`: bytes per stacked chunk (default:
-    cache-sized on CPU, half the free memory on GPU); chunks halve on out-of-memory.
+    position (fewer, larger passes: try it on GPUs). `memory_budget`: bytes per stacked chunk and per chunk of
+    the unpatched runs (default: cache-sized on CPU, half the free memory on GPU); chunks halve on out-of-memory.
+    `nonfinite`: "raise" (default) if the metric is NaN/inf anywhere, "warn" to keep such scores.
+    `progress`: a progress bar on long sweeps (None: on terminals unless INTERP_PROGRESS=0).
     """
-    clean_t, corrupt_t, prompts = _tokens_pair(clean, corrupt)
+    caller = "patch_sweep"
     # ---- validation: everything before the first forward pass
     if component not in SWEEP_COMPONENTS:
         raise SiteError(f"unknown patching component {component!r}; valid: {', '.join(SWEEP_COMPONENTS)}")
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}; got {direction!r}")
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}; got {source!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-    if prefix_groups is not None and (
-        not isinstance(prefix_groups, int) or isinstance(prefix_groups, bool) or prefix_groups < 1
-    ):
-        raise ValueError(f"prefix_groups must be None or an int >= 1; got {prefix_groups!r}")
-    if engine not in ("auto", "tl", "generic"):
-        raise ValueError(f"engine must be 'auto', 'tl' or 'generic'; got {engine!r}")
+    check_choice(direction, "direction", DIRECTIONS, caller)
+    check_choice(source, "source", SOURCES, caller)
+    check_choice(mode, "mode", MODES, caller)
+    check_choice(engine, "engine", ("auto", "tl", "generic"), caller)
+    check_count(prefix_groups, "prefix_groups", caller, allow_none=True)
+    check_count(seed, "seed", caller, minimum=0)
+    budget = check_budget(memory_budget, caller)
+    finite = FiniteGuard(caller, nonfinite)
     if component in HEAD_COMPONENTS and not per_head:
-        raise ValueError(f"component {component!r} is per head: pass per_head=True")
+        raise InputError(f"component {component!r} is per head: pass per_head=True")
     if per_head and component not in HEAD_COMPONENTS:
-        raise ValueError(
+        raise InputError(
             f"per_head=True needs a per-head component ({', '.join(HEAD_COMPONENTS)}); "
             f"{component!r} has no heads"
         )
-    if clean_t.shape != corrupt_t.shape:
-        raise ValueError(
-            f"clean and corrupt tokens must have the same shape; got {tuple(clean_t.shape)} and "
-            f"{tuple(corrupt_t.shape)}"
-        )
-    if clean_t.ndim != 2:
-        raise ValueError(f"tokens must be [batch, pos]; got shape {tuple(clean_t.shape)}")
     model.check_site(Site(component, 0))
     if engine == "tl" and model.backend != "tl":
-        raise ValueError("engine='tl' needs a model loaded with backend='tl'")
-    mask = getattr(prompts, "attention_mask", None)
-    if mask is not None and bool((mask[:, 0] == 0).any()):
-        raise ValueError("left-padded prompts are not supported by patching; pad on the right")
-    B, T = clean_t.shape
-    dev = model.device
-    clean_t, corrupt_t = clean_t.to(dev), corrupt_t.to(dev)
-    if prompts is not None and not hasattr(metric, "positions") and hasattr(metric, "from_prompts"):
-        metric = metric.from_prompts(prompts)
-    readout = as_readout(metric, batch=B, seq_len=T, d_vocab=model.cfg.d_vocab, device=dev)
+        raise InputError("engine='tl' needs a model loaded with backend='tl'")
+    inputs = bind_inputs(
+        model,
+        clean,
+        corrupt,
+        metric=metric,
+        caller=caller,
+        attention_mask=attention_mask,
+        allow_left_padding=True,
+    )
+    if inputs.padding == "left" and engine == "tl":
+        raise InputError(
+            "patch_sweep: the TL engine runs right-padded or unpadded prompts; these are padded on the left: "
+            "use engine='generic' (or 'auto'), or pad on the right"
+        )
+    pos = bind_positions(positions, inputs, model)
+    readout = inputs.readout
+    clean_t, corrupt_t, mask = inputs.clean, inputs.corrupt, inputs.attention_mask
     n_heads = model.cfg.n_kv_heads if component in ("k", "v") else model.cfg.n_heads
-    cells, shape, axes, pos_list = _cells(component, per_head, positions, model.cfg.n_layers, n_heads, T)
+    cells, shape, axes = sweep_cells(component, per_head, pos, model.cfg.n_layers, n_heads)
 
     target, src = (corrupt_t, clean_t) if direction == "denoise" else (clean_t, corrupt_t)
-    use_tl = engine == "tl" or (engine == "auto" and model.backend == "tl")
+    use_tl = engine == "tl" or (engine == "auto" and model.backend == "tl" and inputs.padding != "left")
     with torch.no_grad():
-        sources = _sources(model, component, src, target, source, seed, None)
-        targets = _sources(model, component, target, target, "run", seed, None)
+        sources = _sources(model, component, src, target, source, seed, mask, budget)
+        targets = _sources(model, component, target, target, "run", seed, mask, budget)
         per_prompt = {
-            "clean": readout.from_logits(model(clean_t)),
-            "corrupt": readout.from_logits(model(corrupt_t)),
+            "clean": run_values(model, clean_t, readout, attention_mask=mask, budget=budget),
+            "corrupt": run_values(model, corrupt_t, readout, attention_mask=mask, budget=budget),
         }
+        for k, v in per_prompt.items():
+            finite(v[None], lambda i, k=k: f"the {k} run")
         base = {k: v.mean().item() for k, v in per_prompt.items()}
         # cells whose source equals the target exactly are no-ops: their value is the target run's metric
         skip = (
@@ -292,33 +310,55 @@ def patch_sweep(
             else torch.zeros(len(cells), dtype=bool)
         )
         todo = [c for c, s in zip(cells, skip.tolist(), strict=True) if not s]
+        todo_index = [i for i, s in enumerate(skip.tolist()) if not s]
         vals = per_prompt["corrupt" if direction == "denoise" else "clean"].expand(len(cells), -1).clone()
-        if todo and use_tl:
-            done = run_cells_tl(
-                model,
-                target,
-                todo,
-                component,
-                sources,
-                readout,
-                prefix_reuse=prefix_reuse,
-                prefix_groups=prefix_groups,
-                fast=(mode == "fast"),
-                budget=memory_budget,
-            )
-        elif todo:
-            done = run_cells_generic(model, target, todo, component, sources, readout, budget=memory_budget)
+        with progress_bar(len(todo), f"patch_sweep {component}", progress=progress) as bar:
+            if todo and use_tl:
+                done = run_cells_tl(
+                    model,
+                    target,
+                    todo,
+                    component,
+                    sources,
+                    readout,
+                    prefix_reuse=prefix_reuse,
+                    prefix_groups=prefix_groups,
+                    fast=(mode == "fast"),
+                    budget=budget,
+                    on_done=bar.update,
+                )
+            elif todo:
+                done = run_cells_generic(
+                    model,
+                    target,
+                    todo,
+                    component,
+                    sources,
+                    readout,
+                    attention_mask=mask,
+                    budget=budget,
+                    on_done=bar.update,
+                )
         if todo:
             vals[~skip.to(vals.device)] = done
-    scores = vals.mean(-1).view(*shape).cpu()
-    toks = model.to_str_tokens(clean_t[0])
     labels = {"layer": [str(i) for i in range(model.cfg.n_layers)], "head": [str(h) for h in range(n_heads)]}
-    if pos_list is not None:
-        labels["pos"] = [f"{p}:{toks[p]}" for p in pos_list]
+    if pos.labels is not None:
+        labels["pos"] = pos.labels
+
+    def cell_label(i: int) -> str:
+        c = cells[i]
+        where = f"layer {c.layer}"
+        if c.pos is not None:
+            where += f", pos {labels['pos'][pos.cells.index(c.pos)]}"
+        return f"cell ({where}{'' if c.head is None else f', head {c.head}'})"
+
+    finite(vals[~skip.to(vals.device)], lambda i: cell_label(todo_index[i]))
+    finite.done()
+    scores = vals.mean(-1).view(*shape).cpu()
     cfg = SweepConfig(
         component=component,
         per_head=per_head,
-        positions=positions if isinstance(positions, str) else tuple(positions),
+        positions=pos.spec,
         direction=direction,
         source=source,
         mode=mode,

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from interp.metrics import group_pairs, pair_accuracy
 from interp.models.base import HookedModel
+from interp.patching.inputs import check_prompt_set
 from interp.subspace.forward import HooksFor, forward_last
 from interp.tasks import make
 from interp.tasks.context_prior import FORMATS, INTENTS
@@ -108,9 +109,10 @@ def check_ccs(ps: PromptSet, *, format: str | None = None, needs: Sequence[str] 
     two intents share an answer token, and prompt sets lacking a key position named in `needs` (the intent
     position is needed by formats that state an intent).
     """
-    n = len(ps)
-    if n == 0:
+    if isinstance(ps, PromptSet) and len(ps) == 0:
         raise CCSDataError("the CCS prompt set is empty")
+    check_prompt_set(ps, "check_ccs")
+    n = len(ps)
     bad_meta = [i for i, m in enumerate(ps.metadata) if m.get("intent") not in INTENTS or "pair_id" not in m]
     _reject(
         "have no intent in ('context', 'prior') or no pair_id in their metadata",
@@ -235,6 +237,7 @@ def predict(
     model: HookedModel, ps: PromptSet, *, hooks: HooksFor | None = None, batch_size: int = 64
 ) -> Tensor:
     """Top-1 next-token predictions `[rows]` at each prompt's last token (optionally with hooks)."""
+    check_prompt_set(ps, "predict")
     with torch.no_grad():
         logits, _ = forward_last(model, ps.clean, ps.end, hooks=hooks, batch_size=batch_size)
     return logits.argmax(-1).cpu()

@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.models.base import HookedModel, HookFn, Hooks
+from interp.patching.inputs import check_tokens
 from interp.sites import Site
 
 Rows = Int[Tensor, " batch"]
@@ -69,6 +70,7 @@ def forward_last(
     activations). Activations come back keyed by TL hook name, narrowed to the last token: `[batch, ...]`.
     Runs under the caller's grad mode (so DAS can train through it).
     """
+    check_tokens(model, tokens, name="tokens", caller="forward_last")
     check_rows(tokens, end)
     logits: list[Tensor] = []
     acts: dict[str, list[Tensor]] = {s.hook_name: [] for s in read}
