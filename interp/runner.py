@@ -407,7 +407,8 @@ def run_experiment(
     with _signals_interrupt():
         try:
             run.write_config(config)
-            overlays = {"source": str(source), **resolved.overlays} if resolved.overlays else {}
+            where = {"source": str(source)} if isinstance(source, (str, Path)) else {}
+            overlays = {**where, **resolved.overlays} if resolved.overlays else {}
             run.begin_attempt(settings.experiment, **({"overlays": overlays} if overlays else {}))
             logger.info("running %s into %s", settings.experiment, out)
             seed_everything(settings.seed)
