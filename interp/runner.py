@@ -99,10 +99,10 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
 
 
-PRESETS_KEY = "presets"  # config key: preset name -> keys laid over the config when that preset is chosen
-PRESET_KEY = (
-    "preset"  # the chosen preset: `--preset`, or pinned in a config; recorded in the resolved config.yaml
-)
+# config key: preset name -> the keys laid over the config when that preset is chosen
+PRESETS_KEY = "presets"
+# the chosen preset: `--preset`, or pinned in a config; recorded in the resolved config.yaml
+PRESET_KEY = "preset"
 _NOT_OVERLAID = ("experiment", PRESETS_KEY, PRESET_KEY)  # keys no preset or override may set
 _NOT_MAPPED = ("experiment", "description")  # keys whose values the model map leaves alone
 
