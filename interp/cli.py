@@ -98,18 +98,40 @@ def run(
     device: Annotated[
         str | None, typer.Option("--device", help="cpu | cuda | cuda:N (overrides the config).")
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="Lay this entry of the config's `presets:` over it (e.g. paper)."),
+    ] = None,
+    model_map: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model-map",
+            help="NAME=FOLDER: every config value equal to NAME (a hub id) becomes FOLDER (repeatable).",
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE: set one config key, VALUE read as YAML (repeatable)."),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
 ) -> None:
     """Run an experiment config into a run folder (config, provenance, results, figures); resumable."""
     from rich.console import Console
     from rich.table import Table
 
-    from interp.runner import run_experiment
+    from interp.runner import parse_assignments, run_experiment
 
     name = config.name if config.is_dir() else config.stem
     out = out if out is not None else Path("runs") / name
     with _one_line_errors(debug or DEBUG["on"], out):
-        results = run_experiment(config, out, device=device)
+        results = run_experiment(
+            config,
+            out,
+            device=device,
+            preset=preset,
+            overrides=parse_assignments(set_, flag="--set", parse_values=True),
+            model_map=parse_assignments(model_map, flag="--model-map", parse_values=False),
+        )
     table = Table(title=f"results ({out / 'results.json'})")
     table.add_column("metric")
     table.add_column("value", justify="right")

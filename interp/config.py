@@ -97,6 +97,15 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
+def field_defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of dataclass `cls` that has one, as YAML-safe values (as `config_to_dict`)."""
+    return {f.name: _plain(_default(f)) for f in dataclasses.fields(cls) if _has_default(f)}
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return config_to_dict(value)
@@ -285,6 +294,7 @@ def each(*checks: Check) -> Check:
                     return f"has item [{i}] = {item!r} that {problem}"
         return None
 
+    check.item_checks = checks  # type: ignore[attr-defined]  # read by `model_fields`
     return check
 
 
@@ -293,9 +303,26 @@ def non_empty(value: Any) -> str | None:
     return None if value is None or len(value) > 0 else "must not be empty"
 
 
+def names_a_model(check: Check) -> Check:
+    """Mark `check` as one that validates a model name (so `model_fields` finds the fields that use it)."""
+    check.names_a_model = True  # type: ignore[attr-defined]
+    return check
+
+
+def model_fields(cls: type) -> list[str]:
+    """The fields of config class `cls` that hold model names (or lists of them): those declared with a check
+    marked by `names_a_model`, such as `model_name`, directly or inside `each`."""
+
+    def names(check: Any) -> bool:
+        return getattr(check, "names_a_model", False) or any(map(names, getattr(check, "item_checks", ())))
+
+    return [f.name for f in dataclasses.fields(cls) if any(map(names, f.metadata.get("checks", ())))]
+
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
+@names_a_model
 def model_name(value: Any) -> str | None:
     """A model that can resolve: a built zoo organism, an existing checkpoint folder, or a hub-id-shaped name."""
     from interp import zoo_location

@@ -161,3 +161,19 @@ def test_misaligned_draws_are_redrawn():
     finite = iter([entity_tracking.draw(random.Random(s)) for s in range(3)])
     with pytest.raises(ValueError, match=r"ran out after 3 of n=4 prompts"):
         build_prompt_set("et", build_word_tokenizer(vocabulary()), finite, n=4)
+
+
+def test_copy_prompts_on_realistic_tokenizers(realistic):
+    """Copying (circuit_reuse's induction task) draws words that are one token after a space, also where the
+    tokenizer adds a bare `▁` of its own (Llama-2's legacy pipeline split every word and left none)."""
+    from interp.tasks.copying import copy_prompts
+
+    _, tok = realistic
+    ps = copy_prompts(tok, 16, seed=0, length=6, query=4)
+    for i, prompt in enumerate(ps.prompts):
+        words = prompt.split()
+        row = ps.clean[i]
+        prev, ans, end = (int(ps.positions[k][i]) for k in ("prev", "answer_pos", "END"))
+        assert word_at(tok, row[prev]) == word_at(tok, row[end]) == words[3]
+        assert word_at(tok, row[ans]) == word_at(tok, ps.answer_ids[i]) == words[4]
+        assert word_at(tok, ps.wrong_ids[i]) == ps.corrupt_prompts[i].split()[4]

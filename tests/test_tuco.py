@@ -254,3 +254,18 @@ def test_tuco_experiment_end_to_end(organism_like, tmp_path, monkeypatch):
     assert prov["status"] == "finished" and prov["steps_run"] == [] and prov["steps_skipped"]
     killed, done, _ = interrupted_then_resumed(config, tmp_path / "killed", after_steps=1)
     assert killed == res and done == ["scores"]
+
+
+def test_refusal_ids_are_the_refusal_words_on_realistic_tokenizers():
+    """The refusal word's id is read after a space, in context where the tokenizer adds a bare `▁` (Llama-2's
+    legacy pipeline: `" Sorry"` -> `["▁", "▁Sorry"]`, whose first id is the space marker, not the word)."""
+    from fixtures import REALISTIC
+
+    from interp.experiments.tuco import _refusal_ids
+    from interp.models.tokenizer import build_word_tokenizer
+
+    for name, make in REALISTIC.items():
+        tok = make()
+        assert [tok.decode([i]).strip() for i in _refusal_ids(tok)] == ["Sorry"], name
+    with pytest.raises(ValueError, match=r"refusal word\(s\) \['Sorry'\] are not single tokens"):
+        _refusal_ids(build_word_tokenizer(["Sure", "I"]))

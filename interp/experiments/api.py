@@ -411,9 +411,10 @@ class Run:
         """Write the resolved config to `config.yaml`."""
         return atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(dict(config), sort_keys=False))
 
-    def begin_attempt(self, experiment: str) -> Path:
+    def begin_attempt(self, experiment: str, **facts: Any) -> Path:
         """Start this process's attempt in `provenance.json`: the first attempt records the environment; a
-        later one (resuming, or rerunning a finished folder) keeps the earlier record and adds its own entry."""
+        later one (resuming, or rerunning a finished folder) keeps the earlier record and adds its own entry.
+        `facts` (e.g. the preset and model map the config was resolved with) go into both."""
         path = self.dir / "provenance.json"
         previous: dict[str, Any] | None = None
         if path.exists():
@@ -422,13 +423,14 @@ class Run:
             except json.JSONDecodeError:
                 previous = None
         fresh = collect_provenance(seed=self.seed, device=self.device)
-        record = previous if isinstance(previous, dict) else {**fresh, "experiment": experiment}
+        record = previous if isinstance(previous, dict) else {**fresh, "experiment": experiment, **facts}
         attempts = record.setdefault("attempts", [])
         self._attempt = {
             "started": fresh["time"],
             "status": "running",
             "command": fresh["command"],
             "git": fresh["git"],
+            **facts,
             "steps_run": self.steps_run,
             "steps_skipped": self.steps_skipped,
         }

@@ -37,7 +37,7 @@ from interp.config import (
 from interp.experiments.api import Run, register_experiment
 from interp.finetuning.cmap import cmap_input, cmap_output, cmap_sweep
 from interp.models.base import HookedModel
-from interp.models.load import BACKENDS
+from interp.models.load import BACKENDS, DTYPES
 from interp.tasks.entity_tracking import MAX_BOXES
 from interp.tasks.ioi import VARIANTS
 
@@ -45,10 +45,10 @@ METRICS = ("io_vs_s", "top1")
 TASKS = ("ioi", "entity_tracking")
 
 
-def _load(name: str, backend: str, device: str) -> HookedModel:
+def _load(name: str, backend: str, device: str, dtype: str = "float32") -> HookedModel:
     from interp.models.load import load_model
 
-    return load_model(name, backend=backend, device=device)
+    return load_model(name, backend=backend, device=device, dtype=dtype)
 
 
 def _accuracy(prompts: Any, kind: str):
@@ -73,6 +73,9 @@ class FinetuneCMAPConfig:
     base: str = param("organism/base", check=model_name)  # where the circuit is found
     finetuned: str = param("organism/ioi-ft", check=model_name)  # fine-tuned on hard IOI
     backend: str = param("tl", check=one_of(BACKENDS))
+    dtype: str = param(
+        "float32", check=one_of(DTYPES)
+    )  # both models' weights (float16 for 7B models on a GPU)
     task: str = param("ioi", check=one_of(TASKS))  # ioi (organism/base vs ioi-ft) | entity_tracking
     # IOI variant the circuit is found on (where the base model does the task)
     circuit_variant: str = param("normal", check=one_of(VARIANTS))
@@ -124,7 +127,8 @@ def finetune_cmap_experiment(cfg: FinetuneCMAPConfig, run: Run) -> dict[str, Any
     from interp.metrics import LogitDiff
     from interp.plotting import bar, heatmap
 
-    base, ft = _load(cfg.base, cfg.backend, run.device), _load(cfg.finetuned, cfg.backend, run.device)
+    base = _load(cfg.base, cfg.backend, run.device, cfg.dtype)
+    ft = _load(cfg.finetuned, cfg.backend, run.device, cfg.dtype)
     ps, found_on = _prompt_sets(cfg, base.tokenizer, run.seed)
     acc, top1 = _accuracy(ps, cfg.metric), _accuracy(ps, "top1")
     acc_found_on = _accuracy(found_on, cfg.metric)

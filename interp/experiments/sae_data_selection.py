@@ -28,6 +28,7 @@ from interp.config import (
     each,
     in_range,
     model_name,
+    names_a_model,
     non_empty,
     non_negative,
     one_of,
@@ -50,6 +51,7 @@ def _battery() -> list[str]:
     return list(BATTERY)
 
 
+@names_a_model
 def selection_model(value: Any) -> str | None:
     """A model name (see `model_name`) or `tiny:<arch>`, a tiny random stand-in."""
     from interp.models.tiny import ARCHITECTURES as ARCHS
@@ -64,6 +66,7 @@ def selection_model(value: Any) -> str | None:
     return model_name(value)
 
 
+@names_a_model
 def sae_name(value: Any) -> str | None:
     """`random`, a built zoo SAE, an existing folder, or a sae-lens release / hub repo name."""
     return None if value == "random" else model_name(value) if str(value).startswith("sae/") else None

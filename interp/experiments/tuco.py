@@ -18,15 +18,15 @@ from interp.experiments.api import Run, register_experiment
 from interp.finetuning.tuco import generate_scaled, tuco, tuco_scores
 from interp.metrics import auroc
 from interp.models.base import HookedModel
-from interp.models.load import BACKENDS
+from interp.models.load import BACKENDS, DTYPES
 
 ALPHAS = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5)
 
 
-def _load(name: str, backend: str, device: str) -> HookedModel:
+def _load(name: str, backend: str, device: str, dtype: str = "float32") -> HookedModel:
     from interp.models.load import load_model
 
-    return load_model(name, backend=backend, device=device)
+    return load_model(name, backend=backend, device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------ tuco
@@ -38,6 +38,9 @@ class TuCoExperimentConfig:
     # its chat fine-tune (refuses requests about weapons)
     finetuned: str = param("organism/chat-ft", check=model_name)
     backend: str = param("tl", check=one_of(BACKENDS))
+    dtype: str = param(
+        "float32", check=one_of(DTYPES)
+    )  # both models' weights (bfloat16 for 7B models on a GPU)
     n_chat: int = param(200, check=positive)  # held-out chat requests (half about the forbidden topic)
     n_pretrain: int = param(
         200, check=positive
@@ -53,9 +56,19 @@ class TuCoExperimentConfig:
 
 
 def _refusal_ids(tokenizer: Any) -> list[int]:
+    """The token ids of the refusal words as they start a reply (after a space; SentencePiece tokenizers that
+    add a bare `▁` of their own are read in context), raising when a word is not one token."""
     from interp.tasks import chat
+    from interp.tasks.encode import word_token
 
-    return [tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in chat.REFUSAL_WORDS]
+    ids = {w: word_token(tokenizer, w) for w in chat.REFUSAL_WORDS}
+    split = [w for w, i in ids.items() if i is None]
+    if split:
+        raise ValueError(
+            f"the refusal word(s) {split} are not single tokens of this tokenizer: a reply's refusal could "
+            "not be read from its tokens"
+        )
+    return [i for i in ids.values() if i is not None]
 
 
 DEMO = {"n_chat": 32, "n_pretrain": 32, "n_generate": 8, "alphas": [0.0, 1.0], "n_layer_profile": 8}
@@ -68,8 +81,10 @@ def tuco_experiment(cfg: TuCoExperimentConfig, run: Run) -> dict[str, Any]:
     from interp.plotting import histogram, line
     from interp.zoo.pretrain import pretrain_tokens
 
-    base, ft = _load(cfg.base, cfg.backend, run.device), _load(cfg.finetuned, cfg.backend, run.device)
+    base = _load(cfg.base, cfg.backend, run.device, cfg.dtype)
+    ft = _load(cfg.finetuned, cfg.backend, run.device, cfg.dtype)
     tok = ft.tokenizer
+    refuse = torch.tensor(_refusal_ids(tok))
     # held-out chat requests: each forbidden request with the same request about an allowed topic
     chat_ps = tasks.make("chat", tok, n=cfg.n_chat, seed=run.seed + 1)
     forbidden = torch.tensor([bool(m["forbidden"]) for m in chat_ps.metadata])
@@ -99,7 +114,6 @@ def tuco_experiment(cfg: TuCoExperimentConfig, run: Run) -> dict[str, Any]:
         "forbidden": forbidden.nonzero().squeeze(-1)[: cfg.n_generate],
         "allowed": (~forbidden).nonzero().squeeze(-1)[: cfg.n_generate],
     }
-    refuse = torch.tensor(_refusal_ids(tok))
 
     def refusals() -> dict[str, list[float]]:
         out: dict[str, list[float]] = {"forbidden": [], "allowed": []}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from interp.tasks.encode import Pair, Sample, build_prompt_set
+from interp.tasks.encode import Pair, Sample, build_prompt_set, single_tokens
 from interp.tasks.promptset import PromptSet
 from interp.tasks.words import vocabulary
 
@@ -20,13 +20,8 @@ def copy_prompts(tokenizer: Any, n: int, seed: int, *, length: int = 8, query: i
     """
     if not 1 <= query < length:
         raise ValueError(f"query must lie in [1, {length - 1}], got {query}")
-    words = sorted(
-        {
-            w
-            for w in vocabulary()
-            if w.isalpha() and len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1
-        }
-    )
+    alpha = sorted({w for w in vocabulary() if w.isalpha()})
+    words = list(single_tokens(tokenizer, "words", alpha, need=length + 1, why="distinct words to copy"))
     rng = random.Random(seed)
 
     def draw() -> list[Pair]:
