@@ -368,6 +368,30 @@ CASES: dict[str, Case] = {
         tables=("layer_search_trace", "steering", "separation"),
         figures=("layer_search_trace", "das_training", "steering_curve", "separation_histogram"),
     ),
+    "model_diff": Case(
+        model_map=lambda s: {
+            "meta-llama/Llama-3.2-1B": s["llama"],
+            "meta-llama/Llama-3.2-1B-Instruct": s["llama-ft"],
+        },
+        overrides={
+            "layer": "1",
+            "d_sae": "32",
+            "k": "4",
+            "steps": "20",
+            "batch_size": "64",
+            "n_pretrain": "16",
+            "n_chat": "16",
+            "n_task": "4",
+            "n_behaviour": "8",
+            "steer_prompts": "2",
+            "steer_new_tokens": "3",
+            "steer_alphas": "[1.0]",
+            "relevance_docs": "50",
+        },
+        results=("methods", "control_max_score"),
+        tables=(),
+        figures=(),
+    ),
     "sae_data_selection": Case(
         model_map=lambda s: {
             "meta-llama/Meta-Llama-3-8B": s["llama"],
@@ -425,7 +449,13 @@ def test_paper_preset_runs_on_its_stand_in(
     assert written["preset"] == "paper"
     for key, value in preset.items():
         if key not in case.overrides:
-            want = model_map.get(value, value) if isinstance(value, str) else value
+            want = (
+                model_map.get(value, value)
+                if isinstance(value, str)
+                else {k: model_map.get(v, v) if isinstance(v, str) else v for k, v in value.items()}
+                if isinstance(value, dict)
+                else value
+            )
             assert written[key] == want, key
     assert not set(model_map) & {v for v in written.values() if isinstance(v, str)}
     overlays = json.loads((out / "provenance.json").read_text())["overlays"]
