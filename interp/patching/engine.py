@@ -117,39 +117,63 @@ def rows_per_chunk(model: HookedModel, seq_len: int, budget: int | None, *, logi
     return max(1, (budget or default_budget(model.device)) // per_row)
 
 
-def cache_sites(
-    model: HookedModel,
-    tokens: Tensor,
-    sites: list[Site],
-    *,
-    attention_mask: Tensor | None = None,
-    budget: int | None = None,
-) -> dict[str, Tensor]:
-    """The activations of `sites` on `tokens` (keyed by TL hook name), in row chunks that fit `budget`. On the
-    TL backend the pass stops after the last block it needs (no logits)."""
-    B, T = tokens.shape
-    tl_route = model.backend == "tl" and all(s.component != "result" for s in sites)
-    rows = min(B, rows_per_chunk(model, T, budget, logits=not tl_route))
-
-    def run(sl: slice) -> dict[str, Tensor]:
-        mask = None if attention_mask is None else attention_mask[sl]
-        if not tl_route:
-            return model.run_with_cache(tokens[sl], sites, attention_mask=mask)[1]
-        cache: dict[str, Tensor] = {}
-        hooks = [(s.hook_name, _saver(cache, s.hook_name)) for s in sites]
-        stop = max(s.layer for s in sites) + 1
-        model.tl.run_with_hooks(tokens[sl], fwd_hooks=hooks, stop_at_layer=stop, attention_mask=mask)
-        return cache
-
-    parts = [run(sl) for sl in _chunks(B, rows)]
-    return parts[0] if len(parts) == 1 else {k: torch.cat([c[k] for c in parts]) for k in parts[0]}
-
-
 def _saver(cache: dict[str, Tensor], name: str) -> Callable[..., None]:
     def hook(act: Tensor, hook: object) -> None:
         cache[name] = act
 
     return hook
+
+
+FINAL = "final"  # run_cached's key for the residual stream entering the final norm (TL backend)
+
+
+def run_cached(
+    model: HookedModel,
+    tokens: Tensor,
+    sites: list[Site],
+    readout: Readout,
+    *,
+    attention_mask: Tensor | None = None,
+    budget: int | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """One unpatched pass over `tokens`: the activations of `sites` (keyed by TL hook name; on the TL backend also
+    the residual entering the final norm, under `FINAL`) and the metric values [batch], in row chunks that fit
+    `budget`. On the TL backend the pass stops before the unembedding and only the logits the metric reads are
+    computed; elsewhere each chunk keeps only the read logits (full logits when the metric needs them)."""
+    B, T = tokens.shape
+    tl_route = model.backend == "tl" and all(s.component != "result" for s in sites)
+    rows = min(B, rows_per_chunk(model, T, budget, logits=not tl_route or readout.needs_full_logits))
+
+    def mask_of(sl: slice) -> Tensor | None:
+        return None if attention_mask is None else attention_mask[sl]
+
+    caches: list[dict[str, Tensor]] = []
+    parts: list[Tensor] = []
+    for sl in _chunks(B, rows):
+        cache: dict[str, Tensor] = {}
+        if tl_route:
+            hooks = [(s.hook_name, _saver(cache, s.hook_name)) for s in sites]
+            cache[FINAL] = model.tl.run_with_hooks(
+                tokens[sl], fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers, attention_mask=mask_of(sl)
+            )  # [b, T, d]
+        else:
+            logits, cache = model.run_with_cache(tokens[sl], sites, attention_mask=mask_of(sl))
+            if rows >= B:  # the whole batch at once: the readout's own path (and its first check)
+                parts.append(values_from_logits(readout, logits[None])[0])
+            else:
+                parts.append(logits if readout.needs_full_logits else readout.take(logits, rows=sl))
+            del logits
+        caches.append(cache)
+    cache = caches[0] if len(caches) == 1 else {k: torch.cat([c[k] for c in caches]) for k in caches[0]}
+    if tl_route:
+        values = values_from_resid(model, readout, cache[FINAL][None])[0]
+    elif rows >= B:
+        values = parts[0]
+    elif readout.needs_full_logits:  # the metric needs them all
+        values = readout.from_logits(torch.cat(parts))
+    else:
+        values = readout.gathered(torch.cat(parts).float()).float()
+    return cache, values
 
 
 def run_values(
@@ -160,32 +184,8 @@ def run_values(
     attention_mask: Tensor | None = None,
     budget: int | None = None,
 ) -> Tensor:
-    """Metric values [batch] of the unpatched run on `tokens`: one full forward when it fits `budget`, else row
-    chunks keeping only the read logits of each (on the TL backend only the read logits are computed)."""
-    B, T = tokens.shape
-    rows = rows_per_chunk(model, T, budget)
-
-    def mask_of(sl: slice) -> Tensor | None:
-        return None if attention_mask is None else attention_mask[sl]
-
-    if rows >= B:
-        return values_from_logits(readout, model(tokens, attention_mask=attention_mask)[None])[0]
-    if readout.needs_full_logits:  # the metric needs them all
-        return readout.from_logits(
-            torch.cat([model(tokens[sl], attention_mask=mask_of(sl)) for sl in _chunks(B, rows)])
-        )
-    if model.backend == "tl":
-        tl, L = model.tl, model.cfg.n_layers
-        parts = []
-        for sl in _chunks(B, rows_per_chunk(model, T, budget, logits=False)):
-            resid = tl.run_with_hooks(tokens[sl], stop_at_layer=L, attention_mask=mask_of(sl))  # [b, T, d]
-            b = torch.arange(resid.shape[0], device=resid.device)[:, None]
-            at = resid[b, readout.positions[sl].to(resid.device)]  # [b, p, d]
-            ids = None if readout.token_ids is None else readout.token_ids[sl]
-            parts.append(unembed_at(tl, at[None], ids)[0])
-        return readout.gathered(torch.cat(parts).float()).float()
-    parts = [readout.take(model(tokens[sl], attention_mask=mask_of(sl)), rows=sl) for sl in _chunks(B, rows)]
-    return readout.gathered(torch.cat(parts).float()).float()
+    """Metric values [batch] of the unpatched run on `tokens` (`run_cached` caching nothing)."""
+    return run_cached(model, tokens, [], readout, attention_mask=attention_mask, budget=budget)[1]
 
 
 def _index(cell: Cell, component: str, offset: int = 0) -> tuple:
@@ -308,28 +308,36 @@ class TargetCache:
     final: Tensor  # [B, T, d] residual entering ln_final
 
 
+def target_sites(n_layers: int) -> list[Site]:
+    """The sites the fast engine caches of the target run (with the final residual, `FINAL`)."""
+    return [Site(c, layer) for layer in range(n_layers) for c in ("resid_pre", "k", "v")]
+
+
+def target_cache(cache: dict[str, Tensor], n_layers: int) -> TargetCache:
+    """The fast engine's view of a `run_cached` cache of `target_sites` on the TL backend."""
+    return TargetCache(
+        resid_pre=[cache[Site("resid_pre", i).hook_name] for i in range(n_layers)],
+        keys=[cache[Site("k", i).hook_name] for i in range(n_layers)],
+        values=[cache[Site("v", i).hook_name] for i in range(n_layers)],
+        final=cache[FINAL],
+    )
+
+
 def cache_target(model: TLModel, tokens: Tensor, *, budget: int | None = None) -> TargetCache:
-    """One target forward pass (in row chunks that fit `budget`) caching what prefix reuse and layer starts need."""
-    tl = model.tl
+    """One target forward pass (in row chunks that fit `budget`, no logits) caching what prefix reuse and layer
+    starts need."""
     L = model.cfg.n_layers
-    names = {f"blocks.{i}.hook_resid_pre" for i in range(L)} | {f"blocks.{i}.attn.hook_k" for i in range(L)}
-    names |= {f"blocks.{i}.attn.hook_v" for i in range(L)} | {f"blocks.{L - 1}.hook_resid_post"}
     B, T = tokens.shape
     rows = rows_per_chunk(model, T, budget, logits=False)
-    caches = [
-        tl.run_with_cache(tokens[sl], names_filter=lambda n: n in names, return_type=None)[1]
-        for sl in _chunks(B, min(B, rows))
-    ]
-
-    def get(name: str) -> Tensor:
-        return caches[0][name] if len(caches) == 1 else torch.cat([c[name] for c in caches])
-
-    return TargetCache(
-        resid_pre=[get(f"blocks.{i}.hook_resid_pre") for i in range(L)],
-        keys=[get(f"blocks.{i}.attn.hook_k") for i in range(L)],
-        values=[get(f"blocks.{i}.attn.hook_v") for i in range(L)],
-        final=get(f"blocks.{L - 1}.hook_resid_post"),
-    )
+    sites = target_sites(L)
+    caches = []
+    for sl in _chunks(B, min(B, rows)):
+        cache: dict[str, Tensor] = {}
+        hooks = [(s.hook_name, _saver(cache, s.hook_name)) for s in sites]
+        cache[FINAL] = model.tl.run_with_hooks(tokens[sl], fwd_hooks=hooks, stop_at_layer=L)
+        caches.append(cache)
+    merged = caches[0] if len(caches) == 1 else {k: torch.cat([c[k] for c in caches]) for k in caches[0]}
+    return target_cache(merged, L)
 
 
 def unembed(tl: HookedTransformer, resid: Tensor, token_ids: Tensor | None) -> Tensor:

@@ -12,7 +12,15 @@ import torch
 from torch import Tensor
 
 from interp.models.base import HookedModel
-from interp.patching.engine import Cell, cache_sites, noop_cells, run_cells_generic, run_cells_tl, run_values
+from interp.patching.engine import (
+    Cell,
+    noop_cells,
+    run_cached,
+    run_cells_generic,
+    run_cells_tl,
+    target_cache,
+    target_sites,
+)
 from interp.patching.inputs import (
     FiniteGuard,
     InputError,
@@ -167,31 +175,24 @@ def sweep_cells(
 
 
 def _sources(
-    model: HookedModel,
     component: str,
-    src_tokens: Tensor,
-    tgt_tokens: Tensor,
+    src_cache: dict[str, Tensor],
+    tgt_cache: dict[str, Tensor],
+    n_layers: int,
     source: str,
     seed: int,
     mask: Tensor | None,
-    budget: int | None = None,
 ) -> dict[int, Tensor]:
-    """Source activations per layer (row-chunked to `budget`)."""
-    L = model.cfg.n_layers
-    sites = [Site(component, layer) for layer in range(L)]
+    """Source activations per layer from the cached source run (zeros shaped like the target's for `zero`)."""
+    names = [Site(component, layer).hook_name for layer in range(n_layers)]
     if source == "zero":
-        cache = cache_sites(model, tgt_tokens[:1], sites, attention_mask=None if mask is None else mask[:1])
-        return {
-            i: torch.zeros_like(cache[s.hook_name]).expand(tgt_tokens.shape[0], *cache[s.hook_name].shape[1:])
-            for i, s in enumerate(sites)
-        }
-    cache = cache_sites(model, src_tokens, sites, attention_mask=mask, budget=budget)
-    acts = {i: cache[s.hook_name] for i, s in enumerate(sites)}
+        return {i: torch.zeros_like(tgt_cache[n][:1]).expand_as(tgt_cache[n]) for i, n in enumerate(names)}
+    acts = {i: src_cache[n] for i, n in enumerate(names)}
     if source == "mean":
         return {i: _masked_mean(a, mask, component == "pattern").expand_as(a) for i, a in acts.items()}
     if source == "resample":
         g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(src_tokens.shape[0], generator=g).to(src_tokens.device)
+        perm = torch.randperm(next(iter(acts.values())).shape[0], generator=g).to(acts[0].device)
         return {i: a[perm] for i, a in acts.items()}
     return acts
 
@@ -293,13 +294,25 @@ def patch_sweep(
 
     target, src = (corrupt_t, clean_t) if direction == "denoise" else (clean_t, corrupt_t)
     use_tl = engine == "tl" or (engine == "auto" and model.backend == "tl" and inputs.padding != "left")
+    L = model.cfg.n_layers
+    sites = [Site(component, layer) for layer in range(L)]
+    # two unpatched passes: the source run (its activations) and the target run (its activations and, for the TL
+    # engine, what starting at a layer and prefix reuse need), each with its metric values
+    tgt_sites = list({s.hook_name: s for s in sites + (target_sites(L) if use_tl else [])}.values())
     with torch.no_grad():
-        sources = _sources(model, component, src, target, source, seed, mask, budget)
-        targets = _sources(model, component, target, target, "run", seed, mask, budget)
-        per_prompt = {
-            "clean": run_values(model, clean_t, readout, attention_mask=mask, budget=budget),
-            "corrupt": run_values(model, corrupt_t, readout, attention_mask=mask, budget=budget),
-        }
+        src_cache, src_vals = run_cached(
+            model, src, [] if source == "zero" else sites, readout, attention_mask=mask, budget=budget
+        )
+        tgt_cache, tgt_vals = run_cached(
+            model, target, tgt_sites, readout, attention_mask=mask, budget=budget
+        )
+        sources = _sources(component, src_cache, tgt_cache, L, source, seed, mask)
+        targets = {i: tgt_cache[s.hook_name] for i, s in enumerate(sites)}
+        per_prompt = (
+            {"clean": src_vals, "corrupt": tgt_vals}
+            if direction == "denoise"
+            else {"clean": tgt_vals, "corrupt": src_vals}
+        )
         for k, v in per_prompt.items():
             finite(v[None], lambda i, k=k: f"the {k} run")
         base = {k: v.mean().item() for k, v in per_prompt.items()}
@@ -321,6 +334,7 @@ def patch_sweep(
                     component,
                     sources,
                     readout,
+                    target=target_cache(tgt_cache, L),
                     prefix_reuse=prefix_reuse,
                     prefix_groups=prefix_groups,
                     fast=(mode == "fast"),
