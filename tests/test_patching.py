@@ -110,7 +110,10 @@ def test_tiny_memory_budget_still_exact(tiny_models, pair):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-@pytest.mark.parametrize("component,per_head", [("resid_pre", False), ("z", True), ("k", True)])
+@pytest.mark.parametrize(
+    "component,per_head",
+    [("resid_pre", False), ("z", True), ("k", True), ("mlp_out", False), ("resid_post", False), ("q", True)],
+)
 def test_prefix_groups_and_no_prefix_reuse_give_the_same_scores(tiny_models, pair, arch, component, per_head):
     """Recomputing from shared start positions (or from 0) changes only how much is recomputed, not the scores."""
     clean, corrupt, ans, wrong = pair
@@ -130,6 +133,45 @@ def test_prefix_groups_and_no_prefix_reuse_give_the_same_scores(tiny_models, pai
         assert (got - ref).abs().max().item() <= 1e-5, variant
     with pytest.raises(ValueError, match="prefix_groups"):
         patch_sweep(model, prefix_groups=0, **kw)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama", "qwen2", "gemma2"])
+@pytest.mark.parametrize(
+    "component,per_head",
+    [
+        ("z", True),
+        ("q", True),
+        ("attn_out", False),
+        ("mlp_out", False),
+        ("resid_mid", False),
+        ("resid_post", False),
+    ],
+)
+def test_tl_engine_block_local_patches_equal_full_forwards(tiny_models, pair, arch, component, per_head):
+    """The TL engine runs a patch inside a block at one position through that block at that position only
+    (parallel attention/MLP, post-norms, GQA, sliding windows included): the scores equal full hooked forwards."""
+    clean, corrupt, ans, wrong = pair
+    model = tiny_models(arch, "tl")
+    if component not in model.supported_components:
+        pytest.skip(f"{arch} has no {component}")
+    kw = dict(
+        clean=clean, corrupt=corrupt, metric=LogitDiff(ans, wrong), component=component, per_head=per_head
+    )
+    ref = patch_sweep(model, engine="generic", **kw).scores
+    assert ref.abs().max() > 0
+    got = patch_sweep(model, engine="tl", **kw).scores
+    assert (got - ref).abs().max().item() <= 1e-5
+
+
+def test_resid_post_is_the_next_resid_pre(tiny_models, pair):
+    """Patching the residual after block l is patching the one entering block l + 1 (an identity oracle)."""
+    clean, corrupt, ans, wrong = pair
+    model = tiny_models("llama", "tl")
+    kw = dict(clean=clean, corrupt=corrupt, metric=LogitDiff(ans, wrong))
+    post = patch_sweep(model, component="resid_post", **kw).scores
+    pre = patch_sweep(model, component="resid_pre", **kw).scores
+    assert pre[1:].abs().max() > 0
+    assert (post[:-1] - pre[1:]).abs().max().item() <= 1e-5
 
 
 def test_oom_backoff(tiny_models, pair, monkeypatch):

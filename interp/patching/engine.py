@@ -388,6 +388,34 @@ def values_from_resid(
     return vals
 
 
+class _Enough(Exception):
+    """Raised from a hook to stop a forward pass once it has produced what was asked."""
+
+
+def _kv_of(tl: HookedTransformer, layer: int, resid: Tensor) -> tuple[Tensor, Tensor]:
+    """Block `layer`'s keys and values [N, pos, kv_heads, d_head] on residuals `resid` [N, pos, d] (as its key/value
+    hooks and key/value cache hold them), without running the rest of the block."""
+    got: dict[str, Tensor] = {}
+    names = (f"blocks.{layer}.attn.hook_k", f"blocks.{layer}.attn.hook_v")
+
+    def save(act: Tensor, hook) -> None:
+        got[hook.name] = act
+        if len(got) == 2:
+            raise _Enough
+
+    try:
+        with tl.hooks(fwd_hooks=[(n, save) for n in names]):
+            tl.blocks[layer](resid)
+    except _Enough:
+        pass
+    return got[names[0]], got[names[1]]
+
+
+# patching one of these at one position changes its block's output at that position only (queries, attention
+# outputs, MLP outputs, residuals after the attention); keys, values, patterns and the block's input do not qualify
+LOCAL_COMPONENTS = ("z", "q", "attn_out", "mlp_out", "resid_mid", "resid_post")
+
+
 @contextmanager
 def _precision(fast: bool, device: torch.device):
     if fast and device.type == "cuda":
@@ -432,6 +460,8 @@ def run_cells_tl(
     tl = model.tl
     B, T = tokens.shape
     L = model.cfg.n_layers
+    # with q/k norms the key/value cache holds normed keys, the key hook raw ones: recompute from position 0
+    prefix_reuse = prefix_reuse and not getattr(tl.cfg, "use_qk_norm", False)
     target = target or cache_target(model, tokens, budget=budget)
     budget = budget or (CPU_CHUNK_BYTES if model.device.type == "cpu" else default_budget(model.device))
     hook_name = {c: Site(component, c).hook_name for c in range(L)}
@@ -449,6 +479,48 @@ def run_cells_tl(
     for idx, p in enumerate(starts):
         groups[first[p]].append(idx)
     V = model.cfg.d_vocab
+    # components whose patch at one position changes only that position's output of their block
+    local = (
+        component in LOCAL_COMPONENTS and prefix_reuse and all(isinstance(cell.pos, int) for cell in cells)
+    )
+
+    # every prompt reads the metric at one and the same position: the last block needs its query there only
+    read = readout.positions
+    one_read = (
+        None
+        if read is None or read.shape[1] != 1 or not bool((read == read[0, 0]).all())
+        else int(read[0, 0])
+    )
+
+    def query_only(p0: int, rows_at: dict[int, list]) -> bool:
+        """Whether this chunk's last block may run at the read position alone: one shared read position the
+        patches can reach, no first-chunk check pending (it compares full logits), no hook inside the block."""
+        return (
+            one_read is not None
+            and one_read >= p0
+            and prefix_reuse
+            and not readout.needs_check
+            and (local or L - 1 not in rows_at)
+        )
+
+    def last_block_at(resid: Tensor, p0: int, frozen_prefix) -> Tensor:
+        """The last block's output at the read position only, [N, 1, d], from the stacked residuals `resid`
+        [N, T - p0, d]: the keys/values of the positions before it (target prefix, then these rows' own, read
+        off the block's key/value hooks without finishing it) and one query."""
+        r = one_read - p0
+        n = len(resid) // B
+        entry = frozen_prefix(L - 1, p0, n)
+        if r > 0:
+            kv = _kv_of(tl, L - 1, resid[:, :r])
+            if entry is None:
+                entry = Entry(past_keys=kv[0], past_values=kv[1], frozen=True)
+            else:
+                entry = Entry(
+                    past_keys=torch.cat([entry.past_keys, kv[0].to(entry.past_keys.dtype)], 1),
+                    past_values=torch.cat([entry.past_values, kv[1].to(entry.past_values.dtype)], 1),
+                    frozen=True,
+                )
+        return tl.blocks[L - 1](resid[:, r : r + 1], past_kv_cache_entry=entry)
 
     for p0, idxs in groups.items():
         idxs = sorted(idxs, key=lambda i: cells[i].layer)
@@ -474,23 +546,68 @@ def run_cells_tl(
 
                 return hook
 
-            resid: Tensor | None = None  # group is sorted by layer, so its first layer starts the run
-            fwd_hooks = [(hook_name[layer], make_hook(layer)) for layer in rows_at]
+            def frozen_prefix(j: int, upto: int, n: int):
+                """Layer j's target keys/values before position `upto`, for n stacked copies of the batch."""
+                if upto == 0:
+                    return None
+                return Entry(
+                    past_keys=target.keys[j][:, :upto].repeat(n, 1, 1, 1),
+                    past_values=target.values[j][:, :upto].repeat(n, 1, 1, 1),
+                    frozen=True,
+                )
+
+            # joins[j]: the rows that enter the stacked run at block j (j = L: straight to the unembedding)
+            joins: dict[int, list[tuple[Tensor, list[int]]]] = defaultdict(list)
+            if local:
+                # a patch inside block j at one position changes that block's output only there: run block j on
+                # the patched position alone, then join at block j + 1 from the target's residual with that
+                # position replaced
+                with _precision(fast, tokens.device):
+                    for j, items in rows_at.items():
+                        for q in sorted({cell.pos for _, cell in items}):
+                            mine = [(i, cell) for i, cell in items if cell.pos == q]
+                            at_q = [cell for _, cell in mine]
+
+                            def hook(act: Tensor, hook, at_q=at_q, j=j, q=q) -> Tensor:
+                                for i, cell in enumerate(at_q):
+                                    write_cell(
+                                        act, slice(i * B, (i + 1) * B), cell, sources[j], component, offset=q
+                                    )
+                                return act
+
+                            n = len(at_q)
+                            one = target.resid_pre[j][:, q : q + 1].repeat(n, 1, 1)
+                            with tl.hooks(fwd_hooks=[(hook_name[j], hook)]):
+                                one = tl.blocks[j](one, past_kv_cache_entry=frozen_prefix(j, q, n))
+                            after = target.resid_pre[j + 1] if j + 1 < L else target.final
+                            fresh = after[:, p0:].repeat(n, 1, 1)
+                            fresh[:, q - p0] = one[:, 0].to(fresh.dtype)
+                            joins[j + 1].append((fresh, [i for i, _ in mine]))
+            else:
+                for j, items in rows_at.items():
+                    joins[j].append(
+                        (target.resid_pre[j][:, p0:].repeat(len(items), 1, 1), [i for i, _ in items])
+                    )
+            resid: Tensor | None = None  # the first join starts the run
+            n_out = n_new  # positions the run ends with
+            at_read = False  # whether the last block ran at the read position only
+            order: list[int] = []  # the group's cells in the order their rows joined
+            fwd_hooks = [] if local else [(hook_name[layer], make_hook(layer)) for layer in rows_at]
             with tl.hooks(fwd_hooks=fwd_hooks), _precision(fast, tokens.device):
-                for j in range(group[0].layer, L):
-                    if j in rows_at:  # cells patched at this layer join from the target's residual here
-                        fresh = target.resid_pre[j][:, p0:].repeat(len(rows_at[j]), 1, 1)
+                for j in range(min(joins), L + 1):
+                    if joins.get(j):  # cells patched at this layer join from the target's residual here
+                        fresh = torch.cat([rows for rows, _ in joins[j]])
+                        if at_read:  # joining after a last block that ran at the read position only
+                            fresh = fresh[:, one_read - p0 : one_read - p0 + 1]
+                        order += [i for _, ids in joins[j] for i in ids]
                         resid = fresh if resid is None else torch.cat([resid, fresh.to(resid.dtype)])
-                    entry = None
-                    if p0 > 0:
-                        n = len(resid) // B
-                        entry = Entry(
-                            past_keys=target.keys[j][:, :p0].repeat(n, 1, 1, 1),
-                            past_values=target.values[j][:, :p0].repeat(n, 1, 1, 1),
-                            frozen=True,
-                        )
-                    resid = tl.blocks[j](resid, past_kv_cache_entry=entry)
-            resid = resid.float().view(C, B, n_new, -1)
+                    if j == L - 1 and query_only(p0, rows_at):
+                        resid, n_out, at_read = last_block_at(resid, p0, frozen_prefix), 1, True
+                    elif j < L:
+                        resid = tl.blocks[j](resid, past_kv_cache_entry=frozen_prefix(j, p0, len(resid) // B))
+            resid = resid.float().view(C, B, n_out, -1)
+            if order != list(range(C)):
+                resid = resid[torch.argsort(torch.tensor(order, device=resid.device))]
 
             def full(r: Tensor) -> Tensor:
                 n = r.shape[0]
@@ -502,7 +619,7 @@ def run_cells_tl(
                 return full(resid)
             pos = readout.positions  # [B, p]
             b = torch.arange(B, device=tokens.device)[:, None]
-            rel = (pos - p0).clamp(min=0)
+            rel = torch.zeros_like(pos) if at_read else (pos - p0).clamp(min=0)
             at = resid[:, b, rel]  # [C, B, p, d]
             before = pos < p0  # the patch cannot reach these read positions
             if bool(before.any()):
